@@ -1,0 +1,1 @@
+"""erpwatch alerting: the bus subscriber that turns critical events into mail."""
