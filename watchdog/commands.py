@@ -1,0 +1,7 @@
+"""The modules that register ``erpwatch`` sub-commands (each has ``register(subparsers)``)."""
+
+from __future__ import annotations
+
+from watchdog import history
+
+MODULES = [history]
