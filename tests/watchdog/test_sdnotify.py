@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import await_until
+from watchdog import sdnotify
+from watchdog.clock import FakeClock
+
+
+@pytest.fixture
+def listener(tmp_path: Path) -> Iterator[tuple[socket.socket, dict[str, str]]]:
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(5)
+    yield sock, {"NOTIFY_SOCKET": str(path)}
+    sock.close()
+
+
+def _received(sock: socket.socket) -> str:
+    return sock.recv(4096).decode()
+
+
+def test_unset_socket_is_a_noop() -> None:
+    assert sdnotify.notify("READY=1", env={}) is False
+    assert sdnotify.ready(env={}) is False
+    assert sdnotify.watchdog_interval(env={}) is None
+
+
+def test_messages_reach_the_socket(listener: tuple[socket.socket, dict[str, str]]) -> None:
+    sock, env = listener
+    assert sdnotify.ready("supervising\n2 targets", env=env)
+    assert _received(sock) == "READY=1\nSTATUS=supervising 2 targets"
+    assert sdnotify.status("backend healthy", env=env)
+    assert _received(sock) == "STATUS=backend healthy"
+    assert sdnotify.watchdog_ping(env=env)
+    assert _received(sock) == "WATCHDOG=1"
+    assert sdnotify.stopping(env=env)
+    assert _received(sock) == "STOPPING=1"
+
+
+def test_process_environment_is_the_default(
+    listener: tuple[socket.socket, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sock, env = listener
+    monkeypatch.setenv("NOTIFY_SOCKET", env["NOTIFY_SOCKET"])
+    assert sdnotify.notify("READY=1")
+    assert _received(sock) == "READY=1"
+
+
+def test_abstract_namespace_socket() -> None:
+    name = f"erpwatch-test-{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(5)
+        assert sdnotify.ready(env={"NOTIFY_SOCKET": "@" + name})
+        assert _received(sock) == "READY=1"
+
+
+def test_missing_socket_is_reported_not_raised(tmp_path: Path) -> None:
+    assert sdnotify.notify("READY=1", env={"NOTIFY_SOCKET": str(tmp_path / "gone")}) is False
+
+
+def test_watchdog_interval_is_half_the_timeout() -> None:
+    assert sdnotify.watchdog_timeout(env={"WATCHDOG_USEC": "30000000"}) == 30.0
+    assert sdnotify.watchdog_interval(env={"WATCHDOG_USEC": "30000000"}) == 15.0
+    mine = {"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid())}
+    assert sdnotify.watchdog_interval(env=mine) == 1.0
+    other = {"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid() + 1)}
+    assert sdnotify.watchdog_interval(env=other) is None
+    assert sdnotify.watchdog_interval(env={"WATCHDOG_USEC": "soon"}) is None
+    assert sdnotify.watchdog_interval(env={"WATCHDOG_USEC": "0"}) is None
+
+
+async def test_keepalive_pings_each_interval(
+    listener: tuple[socket.socket, dict[str, str]],
+) -> None:
+    sock, env = listener
+    sock.setblocking(False)
+    env = {**env, "WATCHDOG_USEC": "10000000"}
+    clock = FakeClock()
+    healthy = [True]
+    asked: list[bool] = []
+
+    def alive() -> bool:
+        asked.append(healthy[0])
+        return healthy[0]
+
+    task = asyncio.create_task(sdnotify.keepalive(clock, alive=alive, env=env))
+    pings: list[str] = []
+
+    def drain() -> int:
+        while True:
+            try:
+                pings.append(sock.recv(4096).decode())
+            except BlockingIOError:
+                return len(pings)
+
+    await await_until(lambda: drain() == 1, what="first ping")
+    clock.advance(5.0)
+    await await_until(lambda: drain() == 2, what="second ping after half the timeout")
+    healthy[0] = False
+    clock.advance(5.0)
+    await await_until(lambda: len(asked) == 3, what="third liveness question")
+    assert drain() == 2
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert pings == ["WATCHDOG=1", "WATCHDOG=1"]
+
+
+async def test_keepalive_returns_when_watchdog_disabled() -> None:
+    await asyncio.wait_for(sdnotify.keepalive(FakeClock(), env={}), timeout=1)
