@@ -118,3 +118,24 @@ async def test_keepalive_pings_each_interval(
 
 async def test_keepalive_returns_when_watchdog_disabled() -> None:
     await asyncio.wait_for(sdnotify.keepalive(FakeClock(), env={}), timeout=1)
+
+
+def test_unit_file_matches_the_notify_protocol() -> None:
+    unit = Path(__file__).parents[2] / "deploy" / "erpwatch.service"
+    values: dict[str, str] = {}
+    for line in unit.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    assert values["Type"] == "notify"
+    assert values["NotifyAccess"] == "main"
+    assert values["WatchdogSec"] == "30"
+    assert values["Restart"] == "on-failure"
+    assert values["KillMode"] == "mixed"
+    assert values["ExecStart"].endswith("erpwatch run")
+    assert "EnvironmentFile" in values
+    assert values.get("User", "root") != "root"
+    from watchdog.config import Settings
+
+    default_stop = Settings.model_fields["stop_timeout"].default
+    assert float(values["TimeoutStopSec"]) > 2 * default_stop
