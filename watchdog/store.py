@@ -23,4 +23,456 @@ CONTRACT (filled in by the store/bus work):
         def last_event(self, target: str) -> Event | None
         def count(self) -> int
         def close(self) -> None
+
+Additions: ``EventStore.open_readonly(path)`` (``readonly=True``) for ``erpwatch history``
+while ``erpwatch run`` writes; ``transaction()`` for other writers of the same connection;
+``get(event_id)``; ``schema_version()``; `format_ts` / `parse_ts` (the stored time form).
+
+Design notes:
+
+* ``ts`` is stored as ISO-8601 UTC text with milliseconds and a ``Z`` suffix
+  (``2024-05-01T12:00:00.123Z``): fixed width, so text order is time order and every time
+  filter is an index range. `append` returns the event with its ``ts`` normalised to that
+  precision, so a subscriber's copy equals what `query` reads back.
+* Time ranges are half-open: ``since <= ts < until``.
+* Writes go through one connection guarded by a lock (``BEGIN IMMEDIATE`` .. ``COMMIT``);
+  reads use a second connection, so a reader never sees an uncommitted event and never waits
+  for a writer (WAL).
+* sqlite-utils is imported only when `db` is first used: ``erpwatch history`` stays fast.
 """
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from watchdog.events import Event, Severity
+
+if TYPE_CHECKING:
+    import sqlite_utils
+
+CommitHook = Callable[[Event, "sqlite_utils.Database"], None]
+
+SCHEMA_VERSION = 1
+SEVERITY_RANK: dict[str, int] = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
+BUSY_TIMEOUT_S = 5.0
+
+_COLUMNS = "id, ts, target, kind, severity, message, details"
+_ORDER_DESC = "ORDER BY ts DESC, id DESC"
+_ORDER_ASC = "ORDER BY ts ASC, id ASC"
+
+# Each entry upgrades the schema by one version; they run in order inside one transaction.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE IF NOT EXISTS events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts TEXT NOT NULL,
+            target TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            severity TEXT NOT NULL,
+            severity_rank INTEGER NOT NULL,
+            message TEXT NOT NULL,
+            details TEXT NOT NULL DEFAULT '{}'
+        )""",
+        "CREATE INDEX IF NOT EXISTS events_target_kind_ts ON events (target, kind, ts)",
+        "CREATE INDEX IF NOT EXISTS events_target_ts ON events (target, ts)",
+        "CREATE INDEX IF NOT EXISTS events_kind_ts ON events (kind, ts)",
+        "CREATE INDEX IF NOT EXISTS events_ts ON events (ts)",
+        "CREATE INDEX IF NOT EXISTS events_severity_ts ON events (severity_rank, ts)",
+    ),
+)
+assert len(_MIGRATIONS) == SCHEMA_VERSION
+
+
+class StoreError(Exception):
+    """The event database cannot be used (wrong file, newer schema, closed store)."""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """A read-only open found no database file."""
+
+
+def format_ts(ts: datetime) -> str:
+    """The stored form: UTC, milliseconds, ``Z``. A naive datetime is taken as UTC."""
+    ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    return f"{ts:%Y-%m-%dT%H:%M:%S}.{ts.microsecond // 1000:03d}Z"
+
+
+def parse_ts(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def _row_to_event(row: tuple[Any, ...]) -> Event:
+    event_id, ts, target, kind, severity, message, details = row
+    return Event(
+        target=target,
+        kind=kind,
+        message=message,
+        severity=Severity(severity),
+        details=json.loads(details) if details else {},
+        ts=parse_ts(ts),
+        id=event_id,
+    )
+
+
+def _connect(uri: str, timeout: float) -> sqlite3.Connection:
+    conn = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+    return conn
+
+
+def build_query(
+    *,
+    target: str | None = None,
+    kinds: Sequence[str] = (),
+    severity: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    after_id: int | None = None,
+    limit: int | None = 50,
+    newest_first: bool = True,
+) -> tuple[str, list[Any]]:
+    """The SQL and parameters of `EventStore.query` (every filter an index range)."""
+    if limit is not None and limit < 0:
+        raise ValueError("limit must be >= 0 or None")
+    if severity is not None and severity not in SEVERITY_RANK:
+        raise ValueError(f"unknown severity {severity!r}; expected info, warning or critical")
+    where: list[str] = []
+    params: list[Any] = []
+    if target is not None:
+        where.append("target = ?")
+        params.append(target)
+    if since is not None:
+        where.append("ts >= ?")
+        params.append(format_ts(since))
+    if until is not None:
+        where.append("ts < ?")
+        params.append(format_ts(until))
+    if after_id is not None:
+        where.append("id > ?")
+        params.append(after_id)
+    kind_list = list(dict.fromkeys(kinds))
+    min_rank = SEVERITY_RANK[severity] if severity is not None else 0
+    ranks = [rank for rank in SEVERITY_RANK.values() if rank >= min_rank] if min_rank else []
+    if after_id is not None:
+        # Catching up by id: walk the primary key, not the ts index.
+        order = "ORDER BY id DESC" if newest_first else "ORDER BY id ASC"
+    else:
+        order = _ORDER_DESC if newest_first else _ORDER_ASC
+    if len(kind_list) > 1 or (not kind_list and len(ranks) > 1):
+        # One index range per kind (or per severity rank), each already in ts order, merged:
+        # avoids sorting every matching row of an IN list just to keep the newest few.
+        split_col, values = ("kind", kind_list) if kind_list else ("severity_rank", ranks)
+        if kind_list and min_rank:
+            where.append(f"severity_rank >= {min_rank:d}")
+        arms: list[str] = []
+        arm_params: list[Any] = []
+        for value in values:
+            conditions = " AND ".join([f"{split_col} = ?", *where])
+            arm = f"SELECT {_COLUMNS} FROM events WHERE {conditions} {order}"
+            arm_params.extend([value, *params])
+            if limit is not None:
+                arm += " LIMIT ?"
+                arm_params.append(limit)
+            arms.append(f"SELECT * FROM ({arm})")
+        sql = " UNION ALL ".join(arms) + f" {order}"
+        params = arm_params
+    else:
+        if kind_list:
+            where.append("kind = ?")
+            params.append(kind_list[0])
+        if min_rank:
+            # "= max" rather than ">= max": the planner then walks (severity_rank, ts).
+            where.append("severity_rank = ?" if len(ranks) == 1 else "severity_rank >= ?")
+            params.append(min_rank)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        sql = f"SELECT {_COLUMNS} FROM events{clause} {order}"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return sql, params
+
+
+class EventStore:
+    """The append-only event log in one SQLite file (WAL: one writer, many readers).
+
+    Thread-safe: `append` and `transaction` serialise on a lock; queries use their own
+    connection. The bus calls `append` from its single writer thread.
+    """
+
+    def __init__(
+        self, path: Path | str, *, readonly: bool = False, timeout: float = BUSY_TIMEOUT_S
+    ) -> None:
+        self._path = Path(path)
+        self._readonly = readonly
+        self._timeout = timeout
+        self._write_lock = threading.RLock()
+        self._read_lock = threading.Lock()
+        self._db: sqlite_utils.Database | None = None
+        self._closed = False
+        self._conn: sqlite3.Connection | None = None
+        if readonly:
+            if not self._path.is_file():
+                raise StoreNotFoundError(f"no event database at {self._path}")
+            self._read = _connect(self._path.resolve().as_uri() + "?mode=ro", timeout)
+            self._check_readable()
+        else:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            uri = self._path.resolve().as_uri() + "?mode=rwc"
+            self._conn = _connect(uri, timeout)
+            try:
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                self._conn.execute("PRAGMA synchronous = NORMAL")
+                self._migrate(self._conn)
+            except sqlite3.DatabaseError as exc:
+                self._conn.close()
+                raise StoreError(f"cannot use {self._path} as the event database: {exc}") from exc
+            except BaseException:
+                self._conn.close()
+                raise
+            self._read = _connect(uri, timeout)
+        self._read.execute("PRAGMA query_only = ON")
+
+    @classmethod
+    def open_readonly(cls, path: Path | str, *, timeout: float = BUSY_TIMEOUT_S) -> EventStore:
+        """Open an existing database for reading only; `StoreNotFoundError` if there is none.
+
+        Works while another process writes (WAL readers see each committed event).
+        """
+        return cls(path, readonly=True, timeout=timeout)
+
+    # --- properties ---------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def readonly(self) -> bool:
+        return self._readonly
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite-utils over the write connection (read-only connection in read-only mode).
+
+        Use it from a commit hook, inside `transaction()`, or from the bus's writer thread
+        (`EventBus.run_in_writer`): the connection is shared with `append`.
+        """
+        if self._db is None:
+            import sqlite_utils
+
+            self._db = sqlite_utils.Database(self._conn if self._conn is not None else self._read)
+        return self._db
+
+    # --- schema --------------------------------------------------------------------------
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            )
+            current = self._read_version(conn)
+            if current > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self._path} has schema version {current}, newer than this erpwatch "
+                    f"understands ({SCHEMA_VERSION}); upgrade erpwatch"
+                )
+            for statements in _MIGRATIONS[current:]:
+                for statement in statements:
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
+    @staticmethod
+    def _read_version(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _check_readable(self) -> None:
+        try:
+            tables = {
+                name
+                for (name,) in self._read.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'"
+                )
+            }
+        except sqlite3.DatabaseError as exc:
+            self._read.close()
+            raise StoreError(f"{self._path} is not an erpwatch event database ({exc})") from exc
+        if not {"meta", "events"} <= tables:
+            self._read.close()
+            raise StoreError(f"{self._path} is not an erpwatch event database")
+
+    def schema_version(self) -> int:
+        with self._read_lock:
+            return self._read_version(self._read)
+
+    # --- writing -------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``) on the write connection, locked.
+
+        Commits on success, rolls back and re-raises on any exception. Nested use (from a
+        commit hook) is not allowed: hooks already run inside `append`'s transaction.
+        """
+        with self._write_lock:
+            conn = self._writer()
+            if conn.in_transaction:
+                raise StoreError("transaction() is already open on this thread")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.rollback()
+                raise
+            conn.commit()
+
+    def append(self, event: Event, hooks: Sequence[CommitHook] = ()) -> Event:
+        """Insert ``event`` and run ``hooks`` in one transaction; return the committed copy.
+
+        A hook that raises rolls everything back (the event too) and the error propagates.
+        Hooks must not commit; sqlite-utils writes inside them use savepoints.
+        """
+        ts = format_ts(event.ts)
+        severity = Severity(event.severity)
+        db = self.db if hooks else None
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO events (ts, target, kind, severity, severity_rank, message, details)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    ts,
+                    event.target,
+                    event.kind,
+                    str(severity),
+                    SEVERITY_RANK[severity],
+                    event.message,
+                    event.details_json(),
+                ),
+            )
+            assert cursor.lastrowid is not None
+            committed = Event(
+                target=event.target,
+                kind=event.kind,
+                message=event.message,
+                severity=severity,
+                details=event.details,
+                ts=parse_ts(ts),
+                id=cursor.lastrowid,
+            )
+            for hook in hooks:
+                assert db is not None
+                hook(committed, db)
+        return committed
+
+    def _writer(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError("the event store is closed")
+        if self._conn is None:
+            raise StoreError(f"{self._path} is open read-only")
+        return self._conn
+
+    # --- reading -------------------------------------------------------------------------
+
+    def query(
+        self,
+        *,
+        target: str | None = None,
+        kinds: Sequence[str] = (),
+        severity: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        after_id: int | None = None,
+        limit: int | None = 50,
+        newest_first: bool = True,
+    ) -> list[Event]:
+        """Events matching every given filter, ordered by (ts, id); ``limit=None``: all.
+
+        ``severity`` is a minimum; ``since <= ts < until``; ``after_id`` keeps ids greater
+        than it and orders by id (a subscriber catching up after drops:
+        ``query(after_id=sub.last_id, newest_first=False, limit=None)``).
+        """
+        sql, params = build_query(
+            target=target,
+            kinds=kinds,
+            severity=severity,
+            since=since,
+            until=until,
+            after_id=after_id,
+            limit=limit,
+            newest_first=newest_first,
+        )
+        return self._fetch(sql, params)
+
+    def explain(self, **filters: Any) -> list[str]:
+        """EXPLAIN QUERY PLAN details of `query` with these filters (tests, benchmark)."""
+        sql, params = build_query(**filters)
+        with self._read_lock:
+            rows = self._read.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
+        return [str(row[-1]) for row in rows]
+
+    def _fetch(self, sql: str, params: Sequence[Any]) -> list[Event]:
+        if self._closed:
+            raise StoreError("the event store is closed")
+        with self._read_lock:
+            rows = self._read.execute(sql, params).fetchall()
+        return [_row_to_event(row) for row in rows]
+
+    def get(self, event_id: int) -> Event | None:
+        found = self._fetch(f"SELECT {_COLUMNS} FROM events WHERE id = ?", (event_id,))
+        return found[0] if found else None
+
+    def last_event(self, target: str) -> Event | None:
+        found = self.query(target=target, limit=1)
+        return found[0] if found else None
+
+    def count(self) -> int:
+        if self._closed:
+            raise StoreError("the event store is closed")
+        with self._read_lock:
+            (total,) = self._read.execute("SELECT count(*) FROM events").fetchone()
+        return int(total)
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close both connections (idempotent). Waits for a running `append` to finish."""
+        with self._write_lock, self._read_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._read.close()
+            if self._conn is not None:
+                self._conn.close()
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "ro" if self._readonly else "rw"
+        return f"EventStore({str(self._path)!r}, {mode})"
