@@ -233,7 +233,9 @@ class Settings(BaseSettings):
     def _target(self, name: str, overrides: TargetOverrides) -> TargetConfig:
         assert overrides.command is not None
         values: dict[str, Any] = {
-            field: value if (value := getattr(overrides, field)) is not None else getattr(self, field)
+            field: value
+            if (value := getattr(overrides, field)) is not None
+            else getattr(self, field)
             for field in _PER_TARGET_FIELDS
         }
         return TargetConfig(

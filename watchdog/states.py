@@ -86,11 +86,28 @@ class SpawnFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class RestartRequested:
+    """Something outside the health check wants a restart (e.g. the memory cap)."""
+
+    reason: str
+    restart_delay: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class StopRequested:
     pass
 
 
-Signal = Spawned | SpawnFailed | ProbeOk | ProbeDegraded | ProbeFailed | Exited | StopRequested
+Signal = (
+    Spawned
+    | SpawnFailed
+    | RestartRequested
+    | ProbeOk
+    | ProbeDegraded
+    | ProbeFailed
+    | Exited
+    | StopRequested
+)
 
 
 # --- effects: what the monitor must do ------------------------------------------------
@@ -143,8 +160,6 @@ def transition(state: TargetState, signal: Signal) -> tuple[TargetState, tuple[E
 
         case _ if not state.running:
             # A probe or exit that raced a restart, a stop or the limit: nothing changes.
-            if isinstance(signal, Exited) and state is S.FAILED:
-                return state, (Emit("crashed", f"retry failed: {signal.description}"),)
             return state, ()
 
         case ProbeOk():
@@ -171,6 +186,12 @@ def transition(state: TargetState, signal: Signal) -> tuple[TargetState, tuple[E
                 effects += [Emit("restart-limit-reached", _limit_message(why)), Stop(why)]
                 return S.FAILED, tuple(effects)
             return S.RESTARTING, (*effects, Restart(delay, why))
+
+        case RestartRequested(reason=reason, restart_delay=delay):
+            if delay is None:
+                limit = Emit("restart-limit-reached", _limit_message(reason))
+                return S.FAILED, (limit, Stop(reason))
+            return S.RESTARTING, (Restart(delay, reason),)
 
         case Exited(description=description, restart_delay=delay):
             crashed = Emit("crashed", f"exited unexpectedly: {description}")
