@@ -1,37 +1,432 @@
-"""psutil samples of the host and of each target's process tree.
+"""psutil samples of the host and of each target's process tree, and thresholds on them.
 
-CONTRACT (host part available now; the sampler and thresholds come with the ops work):
+    host_snapshot(paths) -> dict            # one-off sample (CPU % since psutil's last call)
+    HostSampler(paths).sample() -> dict     # same shape; CPU % since *its* previous sample
+    TreeSampler().sample(pids) -> dict|None # CPU %, RSS, threads, open fds summed over a tree
+    ThresholdTracker(threshold, hysteresis).update(value) -> Transition | None   (pure)
+    ResourceMonitor(settings, bus, targets=..., rss_limits=..., ...)
+        await step()      # one sample (psutil in a worker thread) + decide + publish changes
+        await run()       # step every RESOURCE_INTERVAL until cancelled
+        latest_host() -> dict; latest_target(name) -> dict | None   # for /status
 
-    def host_snapshot(paths: Sequence[Path] = ()) -> dict[str, Any]
-        # {"cpu_percent": float, "ram_percent": float, "ram_used_mb": float,
-        #  "ram_total_mb": float, "disks": {str(path): {"percent": float, "free_gb": float}}}
+Host thresholds (CPU, RAM, disk of each partition holding LOG_PATH / the database) publish
+``resource-warning`` / ``resource-ok`` with target ``erpwatch``; a target's RSS cap publishes
+them with the target's name and, when RESTART_ON_RSS is set, asks for a restart.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
+from watchdog.clock import Clock, RealClock
+from watchdog.config import Settings, TargetConfig
+from watchdog.events import SYSTEM_TARGET, Event, Kind, utcnow
+
+logger = logging.getLogger(__name__)
+
 _MB = 1024 * 1024
+_GB = 1024**3
+
+
+# --- host ----------------------------------------------------------------------------------
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _disks(paths: Sequence[Path]) -> dict[str, dict[str, float]]:
+    """Usage of the partition holding each path (a missing path: its nearest ancestor);
+    a partition already reported under an earlier path is not repeated."""
+    disks: dict[str, dict[str, float]] = {}
+    seen_devices: set[int] = set()
+    for path in paths:
+        existing = _existing(path)
+        device = existing.stat().st_dev
+        if device in seen_devices:
+            continue
+        seen_devices.add(device)
+        usage = psutil.disk_usage(str(existing))
+        disks[str(path)] = {"percent": usage.percent, "free_gb": round(usage.free / _GB, 2)}
+    return disks
+
+
+def _memory() -> dict[str, float]:
+    memory = psutil.virtual_memory()
+    return {
+        "ram_percent": memory.percent,
+        "ram_used_mb": round((memory.total - memory.available) / _MB, 1),
+        "ram_total_mb": round(memory.total / _MB, 1),
+    }
 
 
 def host_snapshot(paths: Sequence[Path] = ()) -> dict[str, Any]:
     """A cheap, non-blocking sample (CPU % since the previous call)."""
-    memory = psutil.virtual_memory()
-    disks: dict[str, dict[str, float]] = {}
-    for path in paths:
-        existing = path
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        usage = psutil.disk_usage(str(existing))
-        disks[str(path)] = {"percent": usage.percent, "free_gb": round(usage.free / 1024**3, 2)}
     return {
         "cpu_percent": psutil.cpu_percent(interval=None),
-        "ram_percent": memory.percent,
-        "ram_used_mb": round((memory.total - memory.available) / _MB, 1),
-        "ram_total_mb": round(memory.total / _MB, 1),
-        "disks": disks,
+        **_memory(),
+        "disks": _disks(paths),
     }
+
+
+def _busy_and_total(times: Any) -> tuple[float, float]:
+    # psutil's own arithmetic: guest time is already counted in user time on Linux.
+    total = float(sum(times))
+    total -= getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
+    idle = times.idle + getattr(times, "iowait", 0.0)
+    return total - idle, total
+
+
+class HostSampler:
+    """Host samples whose CPU % covers exactly the time since this sampler's last sample
+    (``psutil.cpu_percent`` shares its baseline with every other caller in the process).
+    ``cpu_percent`` is None on the first sample."""
+
+    def __init__(self, paths: Sequence[Path] = ()) -> None:
+        self.paths = tuple(paths)
+        self._last: tuple[float, float] | None = None
+
+    def sample(self) -> dict[str, Any]:
+        busy, total = _busy_and_total(psutil.cpu_times())
+        cpu: float | None = None
+        if self._last is not None:
+            busy_delta, total_delta = busy - self._last[0], total - self._last[1]
+            cpu = 0.0
+            if total_delta > 0:
+                cpu = round(min(100.0, max(0.0, 100.0 * busy_delta / total_delta)), 1)
+        self._last = (busy, total)
+        return {"cpu_percent": cpu, **_memory(), "disks": _disks(self.paths)}
+
+
+# --- process trees ------------------------------------------------------------------------
+
+
+class TreeSampler:
+    """Samples of one target's process tree, summed over its live processes.
+
+    The `psutil.Process` objects are kept between samples, so ``cpu_percent`` means "since the
+    previous sample" (it is 0.0 for a process seen for the first time). Processes that vanish
+    or turn zombie between listing and reading are left out of the sums.
+    """
+
+    def __init__(self) -> None:
+        self._procs: dict[int, psutil.Process] = {}
+
+    def _process(self, pid: int) -> psutil.Process:
+        proc = self._procs.get(pid)
+        if proc is None or not proc.is_running():  # is_running() also catches a reused pid
+            proc = psutil.Process(pid)
+            self._procs[pid] = proc
+        return proc
+
+    def _tree(self, pids: Sequence[int]) -> list[psutil.Process]:
+        tree: dict[int, psutil.Process] = {}
+        for pid in pids:
+            try:
+                root = self._process(pid)
+                members = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+            for proc in members:
+                if proc.pid not in tree:
+                    # Reuse our cached object so its cpu_percent baseline survives.
+                    cached = self._procs.get(proc.pid)
+                    if cached is not None and cached.is_running():
+                        proc = cached
+                    self._procs[proc.pid] = proc
+                    tree[proc.pid] = proc
+        return list(tree.values())
+
+    def sample(self, pids: Sequence[int]) -> dict[str, Any] | None:
+        """Sums over ``pids`` and all their descendants; None when none of them is alive."""
+        procs = self._tree(pids)
+        seen: list[int] = []
+        cpu = 0.0
+        rss = 0
+        threads = 0
+        open_fds = 0
+        for proc in procs:
+            try:
+                with proc.oneshot():
+                    if proc.status() == psutil.STATUS_ZOMBIE:
+                        continue
+                    cpu += proc.cpu_percent(interval=None)
+                    rss += proc.memory_info().rss
+                    threads += proc.num_threads()
+                    open_fds += proc.num_fds()
+            except psutil.NoSuchProcess:  # includes ZombieProcess: it went away mid-read
+                continue
+            except psutil.AccessDenied:
+                logger.debug("access denied sampling pid %d; left out", proc.pid)
+                continue
+            seen.append(proc.pid)
+        for pid in list(self._procs):
+            if pid not in seen:
+                del self._procs[pid]
+        if not seen:
+            return None
+        return {
+            "pids": sorted(seen),
+            "processes": len(seen),
+            "cpu_percent": round(cpu, 1),
+            "rss_mb": round(rss / _MB, 1),
+            "threads": threads,
+            "open_files": open_fds,
+        }
+
+
+# --- thresholds (pure) --------------------------------------------------------------------
+
+
+class Transition(StrEnum):
+    WARNING = "warning"
+    OK = "ok"
+
+
+@dataclass
+class ThresholdTracker:
+    """Hysteresis on one value: above ``threshold`` → WARNING; back only once the value falls
+    below ``threshold - hysteresis`` → OK. Anything in between keeps the current state, so a
+    value hovering at the line reports once, not on every sample."""
+
+    threshold: float
+    hysteresis: float = 0.0
+    active: bool = False
+
+    @property
+    def clear_below(self) -> float:
+        return self.threshold - self.hysteresis
+
+    def update(self, value: float) -> Transition | None:
+        if not self.active and value > self.threshold:
+            self.active = True
+            return Transition.WARNING
+        if self.active and value < self.clear_below:
+            self.active = False
+            return Transition.OK
+        return None
+
+
+# --- the monitor --------------------------------------------------------------------------
+
+
+class Publisher(Protocol):
+    async def publish(self, event: Event) -> Event: ...
+
+
+TargetPids = Callable[[], Mapping[str, Sequence[int]]]
+RestartCallback = Callable[[str, str], Awaitable[None]]
+
+
+def default_paths(settings: Settings) -> list[Path]:
+    """The directories whose partitions are watched: LOG_PATH and the database's."""
+    paths = [settings.log_path, settings.event_db_path.parent]
+    return list(dict.fromkeys(Path(os.path.abspath(path)) for path in paths))
+
+
+@dataclass
+class _Sample:
+    host: dict[str, Any]
+    targets: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+
+
+class ResourceMonitor:
+    """Samples host and targets every ``resource_interval``; publishes only on change."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        bus: Publisher,
+        *,
+        targets: TargetPids,
+        rss_limits: Mapping[str, float | None] | None = None,
+        restart: RestartCallback | None = None,
+        restart_on_rss: Collection[str] | None = None,
+        paths: Sequence[Path] = (),
+        clock: Clock | None = None,
+    ) -> None:
+        """``targets()`` maps each target name to the pids of its tree (descendants are found
+        too). ``restart(name, reason)`` is awaited when a target crosses its RSS cap and is in
+        ``restart_on_rss`` (default: every target when RESTART_ON_RSS is set)."""
+        self._settings = settings
+        self._bus = bus
+        self._targets = targets
+        self._rss_limits = dict(rss_limits or {})
+        self._restart = restart
+        if restart_on_rss is None:
+            restart_on_rss = self._rss_limits if settings.restart_on_rss else ()
+        self._restart_on_rss = frozenset(restart_on_rss)
+        self._clock = clock or RealClock()
+        self._host_sampler = HostSampler(paths)
+        self._tree_samplers: dict[str, TreeSampler] = {}
+        hysteresis = settings.resource_hysteresis
+        self._host_trackers: dict[str, ThresholdTracker] = {
+            "cpu": ThresholdTracker(settings.cpu_threshold, hysteresis),
+            "ram": ThresholdTracker(settings.ram_threshold, hysteresis),
+        }
+        self._rss_trackers: dict[str, ThresholdTracker] = {}
+        self._latest_host: dict[str, Any] = {}
+        self._latest_targets: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    def for_targets(
+        cls,
+        settings: Settings,
+        bus: Publisher,
+        configs: Sequence[TargetConfig],
+        *,
+        targets: TargetPids,
+        restart: RestartCallback | None = None,
+        clock: Clock | None = None,
+    ) -> ResourceMonitor:
+        """Limits and restart choices from each target's config; LOG_PATH's and the
+        database's partitions."""
+        return cls(
+            settings,
+            bus,
+            targets=targets,
+            rss_limits={config.name: config.rss_limit_mb for config in configs},
+            restart=restart,
+            restart_on_rss=[config.name for config in configs if config.restart_on_rss],
+            paths=default_paths(settings),
+            clock=clock,
+        )
+
+    def latest_host(self) -> dict[str, Any]:
+        return dict(self._latest_host)
+
+    def latest_target(self, name: str) -> dict[str, Any] | None:
+        sample = self._latest_targets.get(name)
+        return None if sample is None else dict(sample)
+
+    async def run(self) -> None:
+        """`step` every ``resource_interval`` until cancelled; a failed step is logged."""
+        while True:
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("resource sampling failed; trying again next interval")
+            await self._clock.sleep(self._settings.resource_interval)
+
+    async def step(self) -> list[Event]:
+        """Sample (in a worker thread), compare with thresholds, publish the changes.
+        Returns the events published."""
+        pids = {name: list(tree) for name, tree in self._targets().items()}
+        sample = await asyncio.to_thread(self._sample, pids)
+        stamp = utcnow().isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        self._latest_host = {**sample.host, "ts": stamp}
+        for name, target_sample in sample.targets.items():
+            if target_sample is None:
+                self._latest_targets.pop(name, None)
+            else:
+                self._latest_targets[name] = {**target_sample, "ts": stamp}
+        events: list[Event] = []
+        for event in self._host_events(sample.host):
+            events.append(await self._bus.publish(event))
+        for name, target_sample in sample.targets.items():
+            rss_event = None if target_sample is None else self._rss_event(name, target_sample)
+            if rss_event is None:
+                continue
+            events.append(await self._bus.publish(rss_event))
+            if rss_event.kind == Kind.RESOURCE_WARNING and name in self._restart_on_rss:
+                await self._request_restart(name, rss_event.message)
+        return events
+
+    def _sample(self, pids: Mapping[str, Sequence[int]]) -> _Sample:
+        # Runs in a worker thread: every psutil call happens here, one step at a time.
+        for gone in set(self._tree_samplers) - set(pids):
+            del self._tree_samplers[gone]
+        sample = _Sample(host=self._host_sampler.sample())
+        for name, tree in pids.items():
+            sampler = self._tree_samplers.setdefault(name, TreeSampler())
+            sample.targets[name] = sampler.sample(tree) if tree else None
+        return sample
+
+    def _host_events(self, host: Mapping[str, Any]) -> list[Event]:
+        readings: list[tuple[str, str, float | None, ThresholdTracker]] = [
+            ("cpu", "CPU", host.get("cpu_percent"), self._host_trackers["cpu"]),
+            ("ram", "RAM", host.get("ram_percent"), self._host_trackers["ram"]),
+        ]
+        for path, disk in host.get("disks", {}).items():
+            tracker = self._host_trackers.setdefault(
+                f"disk:{path}",
+                ThresholdTracker(self._settings.disk_threshold, self._settings.resource_hysteresis),
+            )
+            readings.append((f"disk:{path}", f"disk of {path}", disk["percent"], tracker))
+        events = []
+        for key, label, value, tracker in readings:
+            if value is None:
+                continue
+            change = tracker.update(value)
+            if change is None:
+                continue
+            if change is Transition.WARNING:
+                kind, message = Kind.RESOURCE_WARNING, f"{label} at {value:.1f}%"
+                message += f" (threshold {tracker.threshold:g}%)"
+            else:
+                kind, message = Kind.RESOURCE_OK, f"{label} back to {value:.1f}%"
+                message += f" (below {tracker.clear_below:g}%)"
+            events.append(
+                Event.of(
+                    SYSTEM_TARGET,
+                    kind,
+                    message,
+                    resource=key,
+                    value=value,
+                    threshold=tracker.threshold,
+                )
+            )
+        return events
+
+    def _rss_event(self, name: str, sample: Mapping[str, Any]) -> Event | None:
+        limit = self._rss_limits.get(name)
+        if limit is None:
+            return None
+        # RESOURCE_HYSTERESIS is in percentage points; for an RSS cap, percent of the cap.
+        hysteresis = limit * self._settings.resource_hysteresis / 100
+        tracker = self._rss_trackers.setdefault(name, ThresholdTracker(limit, hysteresis))
+        rss = float(sample["rss_mb"])
+        change = tracker.update(rss)
+        if change is None:
+            return None
+        if change is Transition.WARNING:
+            kind = Kind.RESOURCE_WARNING
+            message = f"memory (RSS) {rss:.0f} MB over the {limit:g} MB limit"
+        else:
+            kind = Kind.RESOURCE_OK
+            message = f"memory (RSS) back to {rss:.0f} MB (below {tracker.clear_below:g} MB)"
+        return Event.of(
+            name,
+            kind,
+            message,
+            resource="rss",
+            rss_mb=rss,
+            limit_mb=limit,
+            processes=sample.get("processes"),
+            pids=list(sample.get("pids", [])),
+        )
+
+    async def _request_restart(self, name: str, reason: str) -> None:
+        if self._restart is None:
+            logger.warning("%s: RESTART_ON_RSS is set but no restart callback was given", name)
+            return
+        logger.warning("%s: restarting: %s", name, reason)
+        try:
+            await self._restart(name, reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("%s: restart after the RSS limit failed", name)

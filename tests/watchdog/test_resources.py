@@ -1,0 +1,303 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.helpers import wait_until
+from watchdog.config import Settings
+from watchdog.events import SYSTEM_TARGET, Event, Kind
+from watchdog.resources import (
+    HostSampler,
+    ResourceMonitor,
+    ThresholdTracker,
+    Transition,
+    TreeSampler,
+    default_paths,
+)
+
+# A child whose memory the test controls: "alloc N" holds N more MiB (pages touched),
+# "free" drops them, "spawn" starts a sleeping grandchild, "reap" kills and reaps the
+# grandchildren; every command is answered.
+HOG = r"""
+import subprocess, sys
+held, kids = [], []
+for line in sys.stdin:
+    cmd, *arg = line.split()
+    if cmd == "alloc":
+        held.append(b"x" * (int(arg[0]) * 1024 * 1024))
+    elif cmd == "free":
+        held.clear()
+    elif cmd == "reap":
+        for kid in kids:
+            kid.kill()
+            kid.wait()
+        kids.clear()
+    elif cmd == "spawn":
+        kids.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+        print(kids[-1].pid, flush=True)
+        continue
+    print("ok", flush=True)
+"""
+
+
+class Hog:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", HOG], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def send(self, command: str) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.send("reap")
+        self.proc.kill()
+        self.proc.wait(5)
+
+
+@pytest.fixture
+def hog() -> Iterator[Hog]:
+    child = Hog()
+    yield child
+    child.close()
+
+
+class ListBus:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def publish(self, event: Event) -> Event:
+        committed = event.with_id(len(self.events) + 1)
+        self.events.append(committed)
+        return committed
+
+
+def _rss_mb(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss / 1024 / 1024
+
+
+# --- ThresholdTracker, edge by edge ---------------------------------------------------------
+
+
+def test_tracker_below_threshold_stays_quiet() -> None:
+    tracker = ThresholdTracker(90, 5)
+    assert [tracker.update(v) for v in (10, 50, 89.9, 90)] == [None, None, None, None]
+    assert not tracker.active
+
+
+def test_tracker_crossing_above_warns_once() -> None:
+    tracker = ThresholdTracker(90, 5)
+    assert tracker.update(90.1) is Transition.WARNING
+    assert tracker.active
+    assert tracker.update(99) is None
+
+
+def test_tracker_hovering_at_the_line_does_not_flood() -> None:
+    tracker = ThresholdTracker(90, 5)
+    changes = [tracker.update(v) for v in (91, 89, 91, 86, 90.5, 85.1, 92)]
+    assert changes == [Transition.WARNING, None, None, None, None, None, None]
+
+
+def test_tracker_recovers_only_below_threshold_minus_hysteresis() -> None:
+    tracker = ThresholdTracker(90, 5)
+    tracker.update(95)
+    assert tracker.update(85) is None  # exactly at the clear line: still warning
+    assert tracker.update(84.9) is Transition.OK
+    assert not tracker.active
+    assert tracker.update(89) is None
+
+
+def test_tracker_warns_again_after_recovery() -> None:
+    tracker = ThresholdTracker(90, 5)
+    assert [tracker.update(v) for v in (95, 80, 95, 80)] == [
+        Transition.WARNING,
+        Transition.OK,
+        Transition.WARNING,
+        Transition.OK,
+    ]
+
+
+def test_tracker_without_hysteresis_flips_at_the_line() -> None:
+    tracker = ThresholdTracker(90, 0)
+    assert [tracker.update(v) for v in (91, 90, 89.9)] == [Transition.WARNING, None, Transition.OK]
+
+
+# --- samplers on real processes -----------------------------------------------------------
+
+
+def test_host_sampler_shape(tmp_path: Path) -> None:
+    sampler = HostSampler([tmp_path / "logs" / "not-yet", tmp_path])
+    first = sampler.sample()
+    assert first["cpu_percent"] is None
+    assert 0 < first["ram_percent"] <= 100
+    # Both paths are on one partition: reported once, under the first.
+    assert list(first["disks"]) == [str(tmp_path / "logs" / "not-yet")]
+    second = sampler.sample()
+    assert 0.0 <= second["cpu_percent"] <= 100.0
+
+
+def test_tree_sampler_sums_the_tree_and_tolerates_vanishing(hog: Hog) -> None:
+    sampler = TreeSampler()
+    grandchild = int(hog.send("spawn"))
+    sample = sampler.sample([hog.pid])
+    assert sample is not None
+    assert sample["pids"] == sorted([hog.pid, grandchild])
+    assert sample["processes"] == 2
+    assert sample["threads"] >= 2
+    assert sample["open_files"] >= 3
+    alone = _rss_mb(hog.pid)
+    assert sample["rss_mb"] > alone
+
+    psutil.Process(grandchild).kill()  # not reaped yet: a zombie must be left out
+    wait_until(
+        lambda: (s := sampler.sample([hog.pid])) is not None and s["processes"] == 1,
+        what="killed grandchild left out of the sample",
+    )
+    hog.send("reap")
+    sample = sampler.sample([hog.pid])
+    assert sample is not None and sample["pids"] == [hog.pid]
+    hog.proc.kill()
+    hog.proc.wait(5)
+    assert sampler.sample([hog.pid]) is None
+
+
+def test_tree_sampler_cpu_percent_needs_the_same_process_object() -> None:
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        sampler = TreeSampler()
+        assert sampler.sample([spinner.pid]) is not None
+        wait_until(
+            lambda: (s := sampler.sample([spinner.pid])) is not None and s["cpu_percent"] > 20,
+            what="a busy child's CPU % measured between samples",
+        )
+    finally:
+        spinner.kill()
+        spinner.wait(5)
+
+
+# --- ResourceMonitor.step ----------------------------------------------------------------
+
+
+async def test_rss_limit_crossed_and_recovered_without_flood(hog: Hog, tmp_path: Path) -> None:
+    limit = _rss_mb(hog.pid) + 40
+    settings = Settings(log_path=tmp_path, resource_hysteresis=5)
+    bus = ListBus()
+    monitor = ResourceMonitor(
+        settings, bus, targets=lambda: {"erp": [hog.pid]}, rss_limits={"erp": limit}
+    )
+    assert await monitor.step() == [] or all(e.target == SYSTEM_TARGET for e in bus.events)
+    rss_events = lambda: [e for e in bus.events if e.target == "erp"]  # noqa: E731
+
+    hog.send("alloc 80")
+    await monitor.step()
+    assert [e.kind for e in rss_events()] == [Kind.RESOURCE_WARNING]
+    warning = rss_events()[0]
+    assert warning.details["limit_mb"] == limit
+    assert warning.details["rss_mb"] > limit
+    assert warning.severity == "warning"
+
+    hog.send("alloc 1")
+    await monitor.step()
+    await monitor.step()
+    assert len(rss_events()) == 1, "no flood while above the limit"
+
+    hog.send("free")
+    await monitor.step()
+    assert [e.kind for e in rss_events()] == [Kind.RESOURCE_WARNING, Kind.RESOURCE_OK]
+    latest = monitor.latest_target("erp")
+    assert latest is not None and latest["rss_mb"] < limit and latest["pids"] == [hog.pid]
+    assert monitor.latest_target("other") is None
+
+
+async def test_rss_limit_asks_for_a_restart_when_configured(hog: Hog, tmp_path: Path) -> None:
+    limit = _rss_mb(hog.pid) + 30
+    settings = Settings(log_path=tmp_path, restart_on_rss=True)
+    restarts: list[tuple[str, str]] = []
+
+    async def restart(name: str, reason: str) -> None:
+        restarts.append((name, reason))
+
+    monitor = ResourceMonitor(
+        settings,
+        ListBus(),
+        targets=lambda: {"erp": [hog.pid]},
+        rss_limits={"erp": limit},
+        restart=restart,
+    )
+    await monitor.step()
+    assert restarts == []
+    hog.send("alloc 60")
+    await monitor.step()
+    await monitor.step()
+    assert len(restarts) == 1
+    assert restarts[0][0] == "erp" and "limit" in restarts[0][1]
+
+
+async def test_restart_only_for_targets_that_opt_in(hog: Hog, tmp_path: Path) -> None:
+    settings = Settings(log_path=tmp_path)
+    restarts: list[str] = []
+
+    async def restart(name: str, reason: str) -> None:
+        restarts.append(name)
+
+    monitor = ResourceMonitor(
+        settings,
+        ListBus(),
+        targets=lambda: {"erp": [hog.pid]},
+        rss_limits={"erp": 1.0},
+        restart=restart,
+    )
+    events = await monitor.step()
+    assert [e.kind for e in events if e.target == "erp"] == [Kind.RESOURCE_WARNING]
+    assert restarts == []
+
+
+async def test_host_thresholds_publish_system_events_once(tmp_path: Path) -> None:
+    settings = Settings(log_path=tmp_path, ram_threshold=0.1, disk_threshold=0.1, cpu_threshold=100)
+    bus = ListBus()
+    monitor = ResourceMonitor(settings, bus, targets=dict, paths=default_paths(settings))
+    first = await monitor.step()
+    assert {e.details["resource"] for e in first} == {"ram", f"disk:{tmp_path}"}
+    assert all(e.target == SYSTEM_TARGET and e.kind == Kind.RESOURCE_WARNING for e in first)
+    assert await monitor.step() == []
+    host = monitor.latest_host()
+    assert host["cpu_percent"] is not None and str(tmp_path) in host["disks"] and "ts" in host
+
+
+async def test_for_targets_takes_limits_from_target_configs(hog: Hog, tmp_path: Path) -> None:
+    settings = Settings(
+        log_path=tmp_path,
+        command="erp-server",
+        targets={"worker": {"command": "erp-worker", "rss_limit_mb": 1, "restart_on_rss": True}},
+    )
+    restarts: list[str] = []
+
+    async def restart(name: str, reason: str) -> None:
+        restarts.append(name)
+
+    monitor = ResourceMonitor.for_targets(
+        settings,
+        ListBus(),
+        settings.targets_resolved(),
+        targets=lambda: {"backend": [hog.pid], "worker": [hog.pid]},
+        restart=restart,
+    )
+    events = await monitor.step()
+    assert [(e.target, e.kind) for e in events if e.target != SYSTEM_TARGET] == [
+        ("worker", Kind.RESOURCE_WARNING)
+    ]
+    assert restarts == ["worker"]
+    assert monitor.latest_target("backend") is not None
