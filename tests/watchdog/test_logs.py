@@ -1,0 +1,254 @@
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import wait_until
+from watchdog import logs
+from watchdog.config import Settings
+
+
+@pytest.fixture
+def restore_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="erpwatch")
+    logs.register(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["logs", *argv])
+
+
+# --- setup_logging ------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("restore_root_logger")
+def test_text_log_has_timestamp_severity_and_goes_to_file(tmp_path: Path) -> None:
+    console = io.StringIO()
+    logs.setup_logging(Settings(log_path=tmp_path / "logs"), stream=console)
+    logging.getLogger("watchdog.test").info("target %s started", "erp")
+    logging.getLogger("watchdog.test").debug("hidden without DEBUG")
+    line = (tmp_path / "logs" / "erpwatch.log").read_text().strip()
+    assert line == console.getvalue().strip()
+    stamp, level, name, *message = line.split()
+    assert stamp[:4].isdigit() and "T" in stamp
+    assert (level, name, " ".join(message)) == ("INFO", "watchdog.test:", "target erp started")
+
+
+@pytest.mark.usefixtures("restore_root_logger")
+def test_debug_setting_enables_debug(tmp_path: Path) -> None:
+    console = io.StringIO()
+    logs.setup_logging(Settings(log_path=tmp_path, debug=True), stream=console)
+    logging.getLogger("watchdog.test").debug("details")
+    assert "DEBUG" in console.getvalue() and "details" in console.getvalue()
+
+
+@pytest.mark.usefixtures("restore_root_logger")
+def test_json_format_one_object_per_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ERPWATCH_LOG_FORMAT", "json")
+    console = io.StringIO()
+    logs.setup_logging(Settings(log_path=tmp_path), stream=console)
+    log = logging.getLogger("watchdog.test")
+    log.warning("first", extra={"target": "erp"})
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        log.exception("second\nwith a newline")
+    records = [json.loads(line) for line in console.getvalue().splitlines()]
+    assert [r["message"] for r in records] == ["first", "second\nwith a newline"]
+    assert records[0]["level"] == "WARNING" and records[0]["target"] == "erp"
+    assert records[0]["ts"].endswith("Z") and records[0]["logger"] == "watchdog.test"
+    assert "RuntimeError: boom" in records[1]["exc"]
+
+
+@pytest.mark.usefixtures("restore_root_logger")
+def test_secrets_are_redacted_everywhere(tmp_path: Path) -> None:
+    console = io.StringIO()
+    settings = Settings(log_path=tmp_path, smtp_password="hunter2-pw", status_token="tok-123456")
+    logs.setup_logging(settings, stream=console)
+    log = logging.getLogger("alerting.test")
+    log.error("login with %s failed", "hunter2-pw")
+    log.warning("token tok-123456 in message", extra={"header": "Bearer tok-123456"})
+    try:
+        raise ValueError("password was hunter2-pw")
+    except ValueError:
+        log.exception("oops")
+    written = console.getvalue() + (tmp_path / "erpwatch.log").read_text()
+    assert "hunter2-pw" not in written and "tok-123456" not in written
+    assert "login with *** failed" in written and "password was ***" in written
+
+
+def test_redact_filter_alone_handles_overlapping_secrets() -> None:
+    redact = logs.RedactSecrets(["abc", "abcdef", ""])
+    record = logging.makeLogRecord({"msg": "x=%s y=%s", "args": ("abcdef", "abc")})
+    assert redact.filter(record)
+    assert record.getMessage() == "x=*** y=***"
+
+
+@pytest.mark.usefixtures("restore_root_logger")
+def test_own_log_rotates_at_the_size_limit(tmp_path: Path) -> None:
+    settings = Settings(log_path=tmp_path, log_max_bytes=2048, log_backups=2)
+    logs.setup_logging(settings, stream=io.StringIO())
+    log = logging.getLogger("watchdog.test")
+    for i in range(100):
+        log.info("line %03d %s", i, "x" * 60)
+    current = tmp_path / "erpwatch.log"
+    backups = sorted(tmp_path.glob("erpwatch.log.*"))
+    assert [p.name for p in backups] == ["erpwatch.log.1", "erpwatch.log.2"]
+    for path in [current, *backups]:
+        assert path.stat().st_size <= 2048
+    assert "line 099" in current.read_text()
+    assert "line 000" not in "".join(p.read_text() for p in [current, *backups])
+
+
+@pytest.mark.usefixtures("restore_root_logger")
+def test_no_backups_means_truncate(tmp_path: Path) -> None:
+    settings = Settings(log_path=tmp_path, log_max_bytes=2048, log_backups=0)
+    logs.setup_logging(settings, stream=io.StringIO())
+    for i in range(100):
+        logging.getLogger("watchdog.test").info("line %03d %s", i, "x" * 60)
+    assert (tmp_path / "erpwatch.log").stat().st_size <= 2048
+    assert list(tmp_path.glob("erpwatch.log.*")) == []
+
+
+@pytest.mark.usefixtures("restore_root_logger")
+def test_setup_twice_replaces_its_handlers(tmp_path: Path) -> None:
+    root = logging.getLogger()
+    before = len(root.handlers)
+    logs.setup_logging(Settings(log_path=tmp_path), stream=io.StringIO())
+    logs.setup_logging(Settings(log_path=tmp_path), stream=io.StringIO())
+    assert len(root.handlers) == before + 2
+
+
+# --- erpwatch logs ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def child_logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("ERPWATCH_LOG_PATH", str(tmp_path))
+    (tmp_path / "erp.out.log").write_text("".join(f"out {i}\n" for i in range(10)))
+    (tmp_path / "erp.err.log").write_text("err 0\nerr 1\n")
+    return tmp_path
+
+
+def test_logs_last_n_lines_of_both(child_logs: Path) -> None:
+    out = io.StringIO()
+    assert logs.run_logs(_parse("erp", "-n", "3"), out=out) == 0
+    assert out.getvalue().splitlines() == [
+        f"==> {child_logs / 'erp.out.log'} <==",
+        "out 7",
+        "out 8",
+        "out 9",
+        f"==> {child_logs / 'erp.err.log'} <==",
+        "err 0",
+        "err 1",
+    ]
+
+
+def test_logs_one_stream(child_logs: Path) -> None:
+    out = io.StringIO()
+    assert logs.run_logs(_parse("erp", "--stderr", "-n", "1"), out=out) == 0
+    assert out.getvalue() == "err 1\n"
+    out = io.StringIO()
+    assert logs.run_logs(_parse("ERP", "--stdout", "-n", "2"), out=out) == 0
+    assert out.getvalue() == "out 8\nout 9\n"
+
+
+def test_logs_fill_up_from_the_rotated_file(child_logs: Path) -> None:
+    (child_logs / "erp.out.log.1").write_text("old 0\nold 1\n")
+    (child_logs / "erp.out.log").write_text("new 0\n")
+    out = io.StringIO()
+    assert logs.run_logs(_parse("erp", "--stdout", "-n", "2"), out=out) == 0
+    assert out.getvalue() == "old 1\nnew 0\n"
+
+
+def test_logs_unknown_target(child_logs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert logs.run_logs(_parse("nope"), out=io.StringIO()) == 1
+    err = capsys.readouterr().err
+    assert "no log files for 'nope'" in err and "targets with logs: erp" in err
+
+
+def test_tail_of_a_large_file(tmp_path: Path) -> None:
+    path = tmp_path / "big.log"
+    path.write_text("".join(f"line {i}\n" for i in range(50_000)))
+    assert logs.tail_lines(path, 3) == ["line 49997", "line 49998", "line 49999"]
+    assert logs.tail_lines(path, 0) == []
+
+
+class ThreadSafeBuffer(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            return super().write(text)
+
+    def text(self) -> str:
+        with self._lock:
+            return self.getvalue()
+
+
+def test_follow_survives_copytruncate(child_logs: Path) -> None:
+    out = ThreadSafeBuffer()
+    stop = threading.Event()
+    args = _parse("erp", "--stdout", "-n", "1", "-f")
+    thread = threading.Thread(target=logs.run_logs, args=(args,), kwargs={"out": out, "stop": stop})
+    thread.start()
+    try:
+        path = child_logs / "erp.out.log"
+        wait_until(lambda: out.text() == "out 9\n", what="initial tail")
+        with path.open("a") as file:
+            file.write("appended 1\npartial")
+        wait_until(lambda: "appended 1\n" in out.text(), what="appended line")
+        assert "partial" not in out.text()
+        with path.open("a") as file:
+            file.write(" line\n")
+        wait_until(lambda: "partial line\n" in out.text(), what="completed partial line")
+        # copytruncate: the content is copied away, the file cut to zero, writes continue.
+        (child_logs / "erp.out.log.1").write_bytes(path.read_bytes())
+        with path.open("r+") as file:
+            file.truncate(0)
+        with path.open("a") as file:
+            file.write("after rotation\n")
+        wait_until(lambda: "after rotation\n" in out.text(), what="line after truncation")
+    finally:
+        stop.set()
+        thread.join(5)
+    assert not thread.is_alive()
+    assert out.text() == "out 9\nappended 1\npartial line\nafter rotation\n"
+
+
+def test_follow_both_streams_marks_switches(child_logs: Path) -> None:
+    out = ThreadSafeBuffer()
+    stop = threading.Event()
+    paths = logs.child_log_paths(child_logs, "erp", ("out", "err"))
+    thread = threading.Thread(
+        target=logs.follow, args=(paths, out), kwargs={"stop": stop, "poll_interval": 0.01}
+    )
+    thread.start()
+    try:
+        with paths[1].open("a") as file:
+            file.write("new error\n")
+        wait_until(lambda: "new error" in out.text(), what="stderr line")
+        with paths[0].open("a") as file:
+            file.write("new output\n")
+        wait_until(lambda: "new output" in out.text(), what="stdout line")
+    finally:
+        stop.set()
+        thread.join(5)
+    assert out.text() == (f"\n==> {paths[1]} <==\nnew error\n\n==> {paths[0]} <==\nnew output\n")
