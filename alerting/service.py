@@ -1,0 +1,243 @@
+"""AlertService: wires the pipeline to the bus, the durable outbox and the transport.
+
+    commit hook ──▶ alert_inbox (same transaction as the event)
+    bus subscription ──wake──▶ step(): inbox → stages → outbox + state (one transaction)
+                                       └─▶ alert-held events (the notification log)
+    Delivery worker ──▶ SMTP / .eml ──▶ alert-sent / alert-failed events
+
+The subscription is only a wake-up: the inbox is the source of truth, so a dropped queue
+entry or a crash loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from alerting.delivery import Delivery
+from alerting.incidents import IncidentBook, TargetTrack, TimeBase
+from alerting.outbox import Outbox, inbox_hook
+from alerting.render import Renderer
+from alerting.stages import (
+    Ctx,
+    EventStage,
+    FilterStage,
+    GroupStage,
+    IncidentStage,
+    Policy,
+    RateLimiter,
+    RateLimitStage,
+    SilenceStage,
+    TrackStage,
+    next_deadline,
+)
+from alerting.transport import transport_for
+from watchdog.bus import EventBus, Subscription
+from watchdog.clock import Clock, RealClock
+from watchdog.config import Settings
+from watchdog.events import Event, Kind, utcnow
+from watchdog.resources import host_snapshot
+from watchdog.store import EventStore
+
+log = logging.getLogger(__name__)
+
+INBOX_BATCH = 500
+
+
+class AlertService:
+    def __init__(
+        self,
+        settings: Settings,
+        store: EventStore,
+        bus: EventBus,
+        *,
+        clock: Clock | None = None,
+        hostname: str | None = None,
+        retry_initial: float = 1.0,
+        retry_max: float = 300.0,
+        poll: float = 1.0,
+        wall: Callable[[], datetime] = utcnow,
+        snapshot: Callable[[], Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.bus = bus
+        self.clock: Clock = clock or RealClock()
+        self.wall = wall
+        self.poll = poll
+        self.policy = Policy.from_settings(settings)
+        self.outbox = Outbox(store)
+        self.transport = transport_for(settings)
+        disk_paths = [settings.log_path]
+        self.renderer = Renderer(
+            hostname=hostname or socket.gethostname(),
+            sender=settings.alert_from,
+            stderr_lines=settings.alert_stderr_lines,
+            status_url=str(settings.status_page_url) if settings.status_page_url else None,
+            template_dir=settings.alert_template_dir,
+            snapshot=snapshot or (lambda: host_snapshot(disk_paths)),
+        )
+        self.delivery = Delivery(
+            self.outbox,
+            bus,
+            self.transport,
+            settings.alert_from,
+            self.clock,
+            retry_initial=retry_initial,
+            retry_max=retry_max,
+            wall=wall,
+        )
+        self.book = IncidentBook()
+        self.limiter = RateLimiter(self.policy.rate_limit, self.policy.rate_window)
+        self.stages: tuple[EventStage, ...] = (
+            TrackStage(),
+            FilterStage(),
+            IncidentStage(),
+            SilenceStage(),
+        )
+        self.group = GroupStage()
+        self.rate = RateLimitStage()
+        self._counts = {"pending": 0, "sent": 0, "dead": 0}
+        self._last_sent: str | None = None
+        self._queued = 0  # mails this process put into the outbox
+        self._wake = asyncio.Event()
+        self._sub: Subscription | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._deadline: float | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.bus.run_in_writer(self.outbox.ensure_schema)
+        self.bus.add_commit_hook(inbox_hook)
+        self._sub = self.bus.subscribe("alerting")
+        await self._restore()
+        await self._refresh_counts()
+        where = self.transport.describe()
+        log.info(
+            "alert mail to %s via %s (alerting on %s)",
+            ", ".join(self.policy.recipients),
+            where,
+            ", ".join(sorted(self.policy.alert_on)),
+        )
+        if not self.settings.alert_to:
+            log.warning("ERPWATCH_ALERT_TO is empty: alert mail goes to ERPWATCH_ALERT_FROM")
+        if self._counts["pending"]:
+            log.info("%d alert mail(s) still queued from before; sending", self._counts["pending"])
+        self._tasks = [
+            asyncio.create_task(self._listen(self._sub), name="alerting-listen"),
+            asyncio.create_task(self._pipeline(), name="alerting-pipeline"),
+            asyncio.create_task(self.delivery.run(), name="alerting-delivery"),
+        ]
+
+    async def stop(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._sub is not None:
+            self._sub.close()
+            self._sub = None
+
+    def stats(self) -> dict[str, Any]:
+        sent, dead = self.delivery.sent, self.delivery.dead
+        return {
+            "pending": max(self._counts["pending"] + self._queued - sent - dead, 0),
+            "dead": self._counts["dead"] + dead,
+            "sent": self._counts["sent"] + sent,
+            "last_delivery": self.delivery.last_delivery or self._last_sent,
+            "failures": self.delivery.failures,
+            "transport": self.transport.describe(),
+        }
+
+    # --- workers ------------------------------------------------------------------------
+
+    async def _listen(self, sub: Subscription) -> None:
+        async for event in sub:
+            if event.kind not in (Kind.ALERT_HELD, Kind.ALERT_SENT):
+                self._wake.set()
+
+    async def _pipeline(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                processed = await self.step()
+            except Exception:  # logged; state was reloaded from SQLite, try again shortly
+                log.exception("alert pipeline step failed")
+                processed = 0
+                await self._restore()
+            if processed >= INBOX_BATCH:
+                continue
+            timeout = self.poll
+            if self._deadline is not None:
+                timeout = min(timeout, self._deadline - self.clock.now())
+            if timeout <= 0:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+
+    async def step(self) -> int:
+        """One pipeline round: process up to a batch of inbox events and due timers."""
+        events = await self.bus.run_in_writer(self.outbox.fetch_inbox, INBOX_BATCH)
+        silences = await self.bus.run_in_writer(self.outbox.silences)
+        now, wall = self.clock.now(), self.wall()
+        ctx = Ctx(now, wall, self.policy, self.book, self.limiter, silences)
+        kept = events
+        for stage in self.stages:
+            ctx, kept = stage.exec(ctx, kept)
+        ctx, notes = self.group.exec(ctx, kept)
+        ctx, notes = self.rate.exec(ctx, notes)
+        ctx, mails = self.renderer.exec(ctx, notes)
+        base = TimeBase(now, wall)
+        state: dict[str, Any] = {
+            f"target:{name}": self.book.track(name).to_json(base) for name in ctx.touched
+        }
+        state["limiter"] = self.limiter.to_json(base)
+        await self.bus.run_in_writer(
+            self.outbox.commit_step,
+            [e.id for e in events if e.id is not None],
+            state,
+            mails,
+            ctx.decisions,
+            wall,
+        )
+        self._deadline = next_deadline(ctx)
+        for decision in ctx.decisions:
+            await self.bus.publish(
+                Event.of(
+                    decision.target,
+                    Kind.ALERT_HELD,
+                    decision.message,
+                    incident=decision.incident_id,
+                    **dict(decision.details),
+                )
+            )
+        if mails:
+            self._queued += len(mails)
+            self.delivery.wake()
+        return len(events)
+
+    # --- state --------------------------------------------------------------------------
+
+    async def _restore(self) -> None:
+        state = await self.bus.run_in_writer(self.outbox.load_state)
+        base = TimeBase(self.clock.now(), self.wall())
+        self.book = IncidentBook()
+        self.limiter = RateLimiter(self.policy.rate_limit, self.policy.rate_window)
+        for key, value in state.items():
+            if key.startswith("target:"):
+                track = TargetTrack.from_json(value, base)
+                self.book.targets[track.name] = track
+            elif key == "limiter":
+                self.limiter.restore(value, base)
+
+    async def _refresh_counts(self) -> None:
+        self._counts = await self.bus.run_in_writer(self.outbox.counts)
+        self._last_sent = await self.bus.run_in_writer(self.outbox.last_sent)

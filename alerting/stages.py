@@ -1,0 +1,360 @@
+"""The notification pipeline's pure stages, after Alertmanager: each ``exec(ctx, items)``
+returns ``(ctx, items)``. No I/O, no clock reads: ``ctx.now`` (monotonic) and ``ctx.wall``
+(UTC) are passed in, so tests drive them with a `FakeClock`.
+
+    events ─ Track ─ Filter ─ Incident ─ Silence ─ Group/dedup ─▶ notifications
+           ─ RateLimit ─ Render (render.py) ─▶ mails for the durable outbox (outbox.py)
+
+Every choice that keeps a mail back is written to ``ctx.decisions`` (the notification log),
+and the service publishes those as ``alert-held`` events.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, Protocol
+
+from alerting.incidents import SELF_KINDS, Incident, IncidentBook, TimeBase
+from alerting.silences import Silence, active_silence
+from watchdog.config import Settings
+from watchdog.events import Event, Kind
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    alert_on: frozenset[str]
+    recipients: tuple[str, ...]
+    group_wait: float
+    recovery_after: float
+    reminder_interval: float  # 0 = no reminders
+    rate_limit: int
+    rate_window: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        return cls(
+            alert_on=frozenset(settings.alert_on),
+            recipients=tuple(settings.alert_to or [settings.alert_from]),
+            group_wait=settings.alert_group_wait,
+            recovery_after=settings.alert_recovery_after,
+            reminder_interval=settings.alert_reminder_interval,
+            rate_limit=settings.alert_rate_limit,
+            rate_window=settings.alert_rate_window,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HeldMail:
+    """A mail the rate limit kept back; the next digest to its recipient lists it."""
+
+    recipient: str
+    target: str
+    incident_id: str | None
+    purpose: str
+    kinds: tuple[str, ...]
+    at: str  # ISO wall time
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "recipient": self.recipient,
+            "target": self.target,
+            "incident_id": self.incident_id,
+            "purpose": self.purpose,
+            "kinds": list(self.kinds),
+            "at": self.at,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> HeldMail:
+        return cls(
+            recipient=data["recipient"],
+            target=data["target"],
+            incident_id=data["incident_id"],
+            purpose=data["purpose"],
+            kinds=tuple(data["kinds"]),
+            at=data["at"],
+        )
+
+
+@dataclass
+class RateLimiter:
+    """At most ``limit`` mails per recipient per ``window`` seconds; the rest are held."""
+
+    limit: int
+    window: float
+    sent: dict[str, deque[float]] = field(default_factory=dict)
+    held: dict[str, list[HeldMail]] = field(default_factory=dict)
+
+    def _recent(self, recipient: str, now: float) -> deque[float]:
+        times = self.sent.setdefault(recipient, deque())
+        while times and now - times[0] >= self.window:
+            times.popleft()
+        return times
+
+    def room(self, recipient: str, now: float) -> bool:
+        return len(self._recent(recipient, now)) < self.limit
+
+    def take(self, recipient: str, now: float) -> None:
+        self._recent(recipient, now).append(now)
+
+    def next_free(self, now: float) -> float | None:
+        """When a recipient with held mail gets room again."""
+        times = [
+            self._recent(r, now)[0] + self.window
+            for r, items in self.held.items()
+            if items and not self.room(r, now)
+        ]
+        return min(times) if times else None
+
+    def to_json(self, base: TimeBase) -> dict[str, Any]:
+        return {
+            "sent": {r: [base.to_wall(t) for t in times] for r, times in self.sent.items()},
+            "held": {r: [h.to_json() for h in items] for r, items in self.held.items() if items},
+        }
+
+    def restore(self, data: Mapping[str, Any], base: TimeBase) -> None:
+        for recipient, times in data.get("sent", {}).items():
+            monos = [base.to_mono(t) for t in times]
+            self.sent[recipient] = deque(t for t in monos if t is not None)
+        for recipient, items in data.get("held", {}).items():
+            self.held[recipient] = [HeldMail.from_json(item) for item in items]
+
+
+@dataclass
+class Notification:
+    purpose: str  # firing | update | reminder | resolved | digest
+    target: str
+    recipients: list[str]
+    incident: Incident | None = None
+    kinds: list[str] = field(default_factory=list)  # the alerting kinds this mail announces
+    held: list[HeldMail] = field(default_factory=list)  # digest only
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One entry of the notification log; published as an ``alert-held`` event."""
+
+    target: str
+    incident_id: str | None
+    message: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Ctx:
+    now: float
+    wall: datetime
+    policy: Policy
+    book: IncidentBook
+    limiter: RateLimiter
+    silences: list[Silence] = field(default_factory=list)
+    muted: dict[str, Silence] = field(default_factory=dict)
+    decisions: list[Decision] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)  # targets whose state must be saved
+
+
+class EventStage(Protocol):
+    def exec(self, ctx: Ctx, events: list[Event]) -> tuple[Ctx, list[Event]]: ...
+
+
+def is_alerting(event: Event, alert_on: Iterable[str]) -> bool:
+    """Whether ``event`` may cause a mail. An ``alert-failed`` about a mail that was itself
+    caused by an ``alert-failed`` (``recursive``) never does: no endless loop."""
+    if event.kind in SELF_KINDS or event.kind not in alert_on:
+        return False
+    return not (event.kind == Kind.ALERT_FAILED and event.details.get("recursive"))
+
+
+class TrackStage:
+    """Every event updates its target's streak, health and open incident."""
+
+    def exec(self, ctx: Ctx, events: list[Event]) -> tuple[Ctx, list[Event]]:
+        kept = [e for e in events if e.kind not in SELF_KINDS]
+        for event in kept:
+            ctx.book.track(event.target).observe(event, ctx.now)
+            ctx.touched.add(event.target)
+        return ctx, kept
+
+
+class FilterStage:
+    """Only the kinds in ``ERPWATCH_ALERT_ON`` go on (the rest was recorded above)."""
+
+    def exec(self, ctx: Ctx, events: list[Event]) -> tuple[Ctx, list[Event]]:
+        return ctx, [e for e in events if is_alerting(e, ctx.policy.alert_on)]
+
+
+class IncidentStage:
+    """The first alerting event of a target opens an incident."""
+
+    def exec(self, ctx: Ctx, events: list[Event]) -> tuple[Ctx, list[Event]]:
+        for event in events:
+            track = ctx.book.track(event.target)
+            if track.incident is None:
+                track.open_incident(event, ctx.now)
+        return ctx, events
+
+
+class SilenceStage:
+    """Works out which targets are muted now; the group stage holds their mail."""
+
+    def exec(self, ctx: Ctx, events: list[Event]) -> tuple[Ctx, list[Event]]:
+        ctx.muted = {}
+        for track in ctx.book.targets.values():
+            silence = active_silence(ctx.silences, track.name, ctx.wall)
+            if silence is not None:
+                ctx.muted[track.name] = silence
+        return ctx, events
+
+
+class GroupStage:
+    """Groups a target's alerting events over the group wait, drops duplicates within an
+    incident, and decides reminders and recovery. Events in, notifications out."""
+
+    def exec(self, ctx: Ctx, events: list[Event]) -> tuple[Ctx, list[Notification]]:
+        folded: dict[str, tuple[Incident, int]] = {}
+        for event in events:
+            incident = ctx.book.incident(event.target)
+            assert incident is not None  # opened by IncidentStage
+            if event.kind in incident.notified_kinds or event.kind in incident.pending:
+                incident.duplicates += 1
+                folded[incident.id] = (incident, folded.get(incident.id, (incident, 0))[1] + 1)
+                continue
+            incident.pending[event.kind] = event.message
+            if incident.group_deadline is None:
+                incident.group_deadline = ctx.now + ctx.policy.group_wait
+        for incident, count in folded.values():
+            ctx.decisions.append(
+                Decision(
+                    incident.target,
+                    incident.id,
+                    f"{count} repeated alerting event(s) folded into the open incident",
+                    {"reason": "dedup", "count": count},
+                )
+            )
+        out: list[Notification] = []
+        for track in ctx.book.targets.values():
+            if track.incident is not None:
+                note = self._due(ctx, track.incident)
+                if note is not None:
+                    out.append(note)
+                if track.incident.closed:
+                    track.incident = None
+                    ctx.touched.add(track.name)
+        return ctx, out
+
+    def _due(self, ctx: Ctx, incident: Incident) -> Notification | None:
+        policy, now = ctx.policy, ctx.now
+        silence = ctx.muted.get(incident.target)
+        recipients = list(policy.recipients)
+        if incident.healthy_since is not None and now - incident.healthy_since >= (
+            policy.recovery_after
+        ):
+            incident.closed = True
+            ctx.touched.add(incident.target)
+            if not incident.notified_kinds:
+                self._hold(ctx, incident, "closed before any mail was due; nothing to resolve")
+                return None
+            if silence is not None:
+                self._hold(ctx, incident, f"recovery mail held: {silence.describe()}")
+                return None
+            return Notification("resolved", incident.target, recipients, incident)
+        if silence is not None:
+            if incident.pending and incident.group_deadline is not None:
+                self._hold(ctx, incident, f"held: {silence.describe()}")
+            return None
+        if incident.group_deadline is not None and now >= incident.group_deadline:
+            kinds = list(incident.pending)
+            purpose = "update" if incident.notified_kinds else "firing"
+            incident.notified_kinds.update(kinds)
+            incident.pending.clear()
+            incident.group_deadline = None
+            incident.last_notified = now
+            incident.held_reason = None
+            ctx.touched.add(incident.target)
+            return Notification(purpose, incident.target, recipients, incident, kinds)
+        if (
+            policy.reminder_interval > 0
+            and incident.notified_kinds
+            and incident.healthy_since is None
+            and incident.last_notified is not None
+            and now - incident.last_notified >= policy.reminder_interval
+        ):
+            incident.last_notified = now
+            ctx.touched.add(incident.target)
+            kinds = sorted(incident.notified_kinds)
+            return Notification("reminder", incident.target, recipients, incident, kinds)
+        return None
+
+    @staticmethod
+    def _hold(ctx: Ctx, incident: Incident, reason: str) -> None:
+        if incident.held_reason == reason:
+            return
+        incident.held_reason = reason
+        ctx.touched.add(incident.target)
+        ctx.decisions.append(Decision(incident.target, incident.id, reason, {"reason": "silence"}))
+
+
+class RateLimitStage:
+    """Per-recipient limit; what is held goes into the recipient's next digest mail."""
+
+    def exec(self, ctx: Ctx, notes: list[Notification]) -> tuple[Ctx, list[Notification]]:
+        limiter, now = ctx.limiter, ctx.now
+        out: list[Notification] = []
+        for recipient, items in list(limiter.held.items()):
+            if items and limiter.room(recipient, now):
+                limiter.take(recipient, now)
+                out.append(Notification("digest", "erpwatch", [recipient], held=list(items)))
+                limiter.held[recipient] = []
+        for note in notes:
+            allowed: list[str] = []
+            held: list[str] = []
+            for recipient in note.recipients:
+                if limiter.room(recipient, now):
+                    limiter.take(recipient, now)
+                    allowed.append(recipient)
+                    continue
+                held.append(recipient)
+                limiter.held.setdefault(recipient, []).append(
+                    HeldMail(
+                        recipient,
+                        note.target,
+                        note.incident.id if note.incident else None,
+                        note.purpose,
+                        tuple(note.kinds),
+                        ctx.wall.isoformat(),
+                    )
+                )
+            if held:
+                ctx.decisions.append(
+                    Decision(
+                        note.target,
+                        note.incident.id if note.incident else None,
+                        f"{note.purpose} mail held by the rate limit "
+                        f"({ctx.policy.rate_limit} per {ctx.policy.rate_window:g}s); "
+                        "it will be listed in a digest",
+                        {"reason": "rate-limit", "to": held, "purpose": note.purpose},
+                    )
+                )
+            if allowed:
+                out.append(replace(note, recipients=allowed))
+        return ctx, out
+
+
+def next_deadline(ctx: Ctx) -> float | None:
+    """The earliest monotonic instant at which a tick could produce something."""
+    policy = ctx.policy
+    times: list[float] = []
+    for incident in ctx.book.open_incidents():
+        if incident.group_deadline is not None:
+            times.append(incident.group_deadline)
+        if incident.healthy_since is not None:
+            times.append(incident.healthy_since + policy.recovery_after)
+        elif policy.reminder_interval > 0 and incident.last_notified is not None:
+            times.append(incident.last_notified + policy.reminder_interval)
+    free = ctx.limiter.next_free(ctx.now)
+    if free is not None:
+        times.append(free)
+    return min(times) if times else None
