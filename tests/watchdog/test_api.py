@@ -1,0 +1,481 @@
+"""The status server over real HTTP on 127.0.0.1 (uvicorn on port 0, httpx as the client)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers import await_until
+from watchdog.api import EventHub, StatusServer, check_bind, format_sse
+from watchdog.bus import EventBus
+from watchdog.config import ConfigError, Settings
+from watchdog.events import Event, Kind
+from watchdog.monitor import TargetStatus
+from watchdog.probe import ProbeResult, ProbeStatus
+from watchdog.states import TargetState
+from watchdog.store import EventStore
+
+T = TypeVar("T")
+
+TOKEN = "s3cret-status-token"
+SMTP_PASSWORD = "hunter2-smtp-password"
+
+
+def status(
+    name: str = "backend", state: TargetState = TargetState.HEALTHY, **kw: Any
+) -> TargetStatus:
+    values: dict[str, Any] = dict(
+        name=name,
+        state=state,
+        pid=4242,
+        uptime=12.5,
+        restarts_in_window=1,
+        restarts_total=3,
+        health_url="http://127.0.0.1:9/health",
+        last_probe=ProbeResult(ProbeStatus.OK, 0.012, 200, "HTTP 200", time.monotonic()),
+        last_event=None,
+        probe_age=0.5,
+    )
+    values.update(kw)
+    return TargetStatus(**values)
+
+
+@dataclass
+class FakeSource:
+    items: list[TargetStatus] = field(default_factory=lambda: [status()])
+
+    def statuses(self) -> Sequence[TargetStatus]:
+        return list(self.items)
+
+    def set_state(self, name: str, state: TargetState) -> None:
+        self.items = [replace(s, state=state) if s.name == name else s for s in self.items]
+
+
+@dataclass
+class Env:
+    server: StatusServer
+    source: FakeSource
+    store: EventStore
+    bus: EventBus
+    client: httpx.AsyncClient
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}"
+
+
+def alert_stats() -> Mapping[str, Any]:
+    return {"sent": 2, "failed": 1, "outbox_depth": 4, "smtp_password": SMTP_PASSWORD}
+
+
+async def make_env(tmp_path: Path, **settings: Any) -> Env:
+    values: dict[str, Any] = dict(status_port=0, log_path=tmp_path / "logs", status_cache_ttl=60)
+    values.update(settings)
+    store = EventStore(tmp_path / "events.db")
+    bus = EventBus(store)
+    source = FakeSource()
+    server = StatusServer(
+        Settings(**values),
+        source=source,
+        store=store,
+        bus=bus,
+        alert_stats=alert_stats,
+        heartbeat=0.2,
+        probe_sample_interval=0.05,
+    )
+    await server.start()
+    client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=5)
+    return Env(server, source, store, bus, client)
+
+
+async def close_env(env: Env) -> None:
+    await env.client.aclose()
+    await env.server.stop()
+    await env.bus.close()
+    env.store.close()
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    e = await make_env(tmp_path, smtp_password=SMTP_PASSWORD)
+    yield e
+    await close_env(e)
+
+
+@pytest.fixture
+async def secured(tmp_path: Path) -> AsyncIterator[Env]:
+    e = await make_env(tmp_path, status_token=TOKEN, smtp_password=SMTP_PASSWORD)
+    yield e
+    await close_env(e)
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], what: str) -> T:
+    """Poll an async check until it returns a value (not None/False), with a deadline."""
+    deadline = time.monotonic() + 5
+    while True:
+        value = await probe()
+        if value is not None and value is not False:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+# --- SSE reading --------------------------------------------------------------------------
+
+
+@dataclass
+class SseFrame:
+    id: str | None = None
+    event: str | None = None
+    data: str = ""
+    comment: bool = False
+
+
+async def sse_frames(response: httpx.Response) -> AsyncIterator[SseFrame]:
+    frame = SseFrame()
+    async for line in response.aiter_lines():
+        if line == "":
+            yield frame
+            frame = SseFrame()
+        elif line.startswith(":"):
+            frame.comment = True
+        else:
+            key, _, value = line.partition(": ")
+            if key == "id":
+                frame.id = value
+            elif key == "event":
+                frame.event = value
+            elif key == "data":
+                frame.data += value
+
+
+async def read_events(response: httpx.Response, count: int) -> list[SseFrame]:
+    got: list[SseFrame] = []
+    async with asyncio.timeout(5):
+        async for frame in sse_frames(response):
+            if frame.event is not None:
+                got.append(frame)
+                if len(got) == count:
+                    break
+    return got
+
+
+# --- /health ------------------------------------------------------------------------------
+
+
+async def test_health_ok(env: Env) -> None:
+    response = await env.client.get("/health")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+
+
+async def test_health_503_when_store_closed(env: Env) -> None:
+    env.store.close()
+    response = await env.client.get("/health")
+    assert response.status_code == 503
+    assert "store" in response.json()["problem"]
+
+
+async def test_health_needs_no_token(secured: Env) -> None:
+    assert (await secured.client.get("/health")).status_code == 200
+
+
+# --- /status ------------------------------------------------------------------------------
+
+
+async def test_status_shape(env: Env) -> None:
+    committed = await env.bus.publish(Event.of("backend", Kind.HEALTHY, "answers"))
+    env.source.items = [status(last_event=committed)]
+    document = (await env.client.get("/status", params={"fresh": "1"})).json()
+    assert set(document) >= {"generated_at", "erpwatch", "targets", "host", "store", "alerting"}
+    (target,) = document["targets"]
+    assert target["name"] == "backend"
+    assert target["state"] == "healthy" and target["colour"] == "green"
+    assert target["label"] == "Healthy"
+    assert target["pid"] == 4242 and target["uptime"] == 12.5
+    assert target["restarts_in_window"] == 1 and target["restarts_total"] == 3
+    assert target["last_probe"]["latency"] == pytest.approx(0.012)
+    assert target["last_probe"]["status_code"] == 200
+    assert target["last_probe"]["time"].endswith("Z")
+    assert target["last_event"]["id"] == committed.id
+    assert set(document["host"]) >= {"cpu_percent", "ram_percent", "disks"}
+    assert document["store"]["events"] == 1
+    assert document["store"]["size_bytes"] > 0
+    assert document["store"]["path"].endswith("events.db")
+    assert document["alerting"]["outbox_depth"] == 4
+
+
+async def test_status_cached_within_ttl_and_fresh_bypasses(env: Env) -> None:
+    first = await env.client.get("/status")
+    env.source.set_state("backend", TargetState.FAILED)
+    second = await env.client.get("/status")
+    assert second.content == first.content
+    fresh = await env.client.get("/status", params={"fresh": "1"})
+    assert fresh.content != first.content
+    assert fresh.json()["targets"][0]["colour"] == "red"
+    # the fresh body becomes the cached one
+    assert (await env.client.get("/status")).content == fresh.content
+
+
+async def test_status_cache_expires(tmp_path: Path) -> None:
+    e = await make_env(tmp_path, status_cache_ttl=0.05)
+    try:
+        first = (await e.client.get("/status")).json()
+        e.source.set_state("backend", TargetState.RESTARTING)
+
+        async def changed() -> bool:
+            body = (await e.client.get("/status")).json()
+            return bool(body["targets"][0]["state"] == "restarting")
+
+        await eventually(changed, "cache expiry")
+        assert first["targets"][0]["state"] == "healthy"
+    finally:
+        await close_env(e)
+
+
+async def test_no_secret_in_status_or_page(secured: Env) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    for path in ("/status?fresh=1", "/", "/metrics"):
+        body = (await secured.client.get(path, headers=headers)).text
+        assert TOKEN not in body, path
+        assert SMTP_PASSWORD not in body, path
+    assert "smtp_password" not in (await secured.client.get("/status", headers=headers)).text
+
+
+# --- token ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/", "/status", "/metrics", "/events", "/api/history"])
+async def test_token_required(secured: Env, path: str) -> None:
+    response = await secured.client.get(path)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+async def test_wrong_token_refused(secured: Env) -> None:
+    wrong = await secured.client.get("/status", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    assert (await secured.client.get("/status", params={"token": "nope"})).status_code == 401
+    basic = await secured.client.get("/status", headers={"Authorization": f"Basic {TOKEN}"})
+    assert basic.status_code == 401
+
+
+async def test_token_accepted_as_header_or_query(secured: Env) -> None:
+    ok = await secured.client.get("/status", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200
+    assert (await secured.client.get("/status", params={"token": TOKEN})).status_code == 200
+    async with secured.client.stream("GET", "/events", params={"token": TOKEN}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+
+
+def test_refuses_non_loopback_without_token(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="ERPWATCH_STATUS_TOKEN"):
+        check_bind(Settings(status_host="0.0.0.0"))
+    store = EventStore(tmp_path / "events.db")
+    try:
+        with pytest.raises(ConfigError, match="not a loopback address"):
+            StatusServer(
+                Settings(status_host="0.0.0.0"),
+                source=FakeSource(),
+                store=store,
+                bus=EventBus(store),
+            )
+    finally:
+        store.close()
+    check_bind(Settings(status_host="0.0.0.0", status_token="t"))
+    check_bind(Settings(status_host="localhost"))
+    check_bind(Settings(status_host="::1"))
+
+
+# --- /metrics ---------------------------------------------------------------------------------
+
+
+async def test_metrics_parseable_and_fed_by_events(env: Env) -> None:
+    await env.bus.publish(Event.of("backend", Kind.CRASHED, "exit 1"))
+    await env.bus.publish(Event.of("erpwatch", Kind.ALERT_SENT, "mail sent"))
+    await env.bus.publish(Event.of("erpwatch", Kind.ALERT_FAILED, "smtp down"))
+
+    async def families() -> dict[str, Any]:
+        response = await env.client.get("/metrics")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        return {family.name: family for family in text_string_to_metric_families(response.text)}
+
+    async def alerts_counted() -> dict[str, Any] | None:
+        parsed = await families()
+        return parsed if parsed["erpwatch_alerts_failed"].samples[0].value == 1 else None
+
+    parsed = await eventually(alerts_counted, "alert counters")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in parsed.values()
+        for s in family.samples
+    }
+    assert samples[("erpwatch_target_up", (("target", "backend"),))] == 1
+    assert samples[("erpwatch_target_state", (("state", "healthy"), ("target", "backend")))] == 1
+    assert samples[("erpwatch_target_state", (("state", "failed"), ("target", "backend")))] == 0
+    assert samples[("erpwatch_target_restarts_total", (("target", "backend"),))] == 3
+    assert samples[("erpwatch_alerts_sent_total", ())] == 1
+    assert samples[("erpwatch_alert_outbox_depth", ())] == 4
+    key = (
+        "erpwatch_events_total",
+        (("kind", "crashed"), ("severity", "warning"), ("target", "backend")),
+    )
+    assert samples[key] == 1
+    assert samples[("erpwatch_probe_latency_seconds_count", (("target", "backend"),))] == 1
+    assert parsed["erpwatch_probe_latency_seconds"].type == "histogram"
+
+
+# --- /events (SSE) ----------------------------------------------------------------------------
+
+
+async def test_sse_receives_published_event(env: Env) -> None:
+    async with env.client.stream("GET", "/events") as response:
+        assert response.status_code == 200
+        await await_until(lambda: env.server.hub.count == 1, timeout=5, what="stream open")
+        committed = await env.bus.publish(Event.of("backend", Kind.CRASHED, "exit code 1"))
+        (frame,) = await read_events(response, 1)
+    assert frame.id == str(committed.id)
+    assert frame.event == "crashed"
+    assert json.loads(frame.data) == committed.to_dict()
+
+
+async def test_sse_last_event_id_resumes_without_gap_or_duplicate(env: Env) -> None:
+    published = [
+        await env.bus.publish(Event.of("backend", Kind.HEALTHY, f"n{n}")) for n in range(5)
+    ]
+    resume_from = published[1].id
+    headers = {"Last-Event-ID": str(resume_from)}
+    async with env.client.stream("GET", "/events", headers=headers) as response:
+        await await_until(lambda: env.server.hub.count == 1, timeout=5, what="stream open")
+        live = await env.bus.publish(Event.of("backend", Kind.DEGRADED, "slow"))
+        frames = await read_events(response, 4)
+    expected = [e.id for e in published[2:]] + [live.id]
+    assert [int(f.id or 0) for f in frames] == expected
+
+
+async def test_sse_stream_catches_up_after_overflow(env: Env) -> None:
+    """A client too slow for its queue re-reads what it missed from the store."""
+    async with env.client.stream("GET", "/events") as response:
+        await await_until(lambda: env.server.hub.count == 1, timeout=5, what="stream open")
+        env.server.hub.maxsize = 3
+        published = [
+            await env.bus.publish(Event.of("backend", Kind.HEALTHY, f"n{n}")) for n in range(20)
+        ]
+        frames = await read_events(response, 20)
+    assert [int(f.id or 0) for f in frames] == [e.id for e in published]
+
+
+async def test_sse_heartbeat_comments(env: Env) -> None:
+    async with env.client.stream("GET", "/events") as response:
+        async with asyncio.timeout(5):
+            async for frame in sse_frames(response):
+                if frame.comment and frame.event is None and frame.id is None:
+                    break
+
+
+async def test_stop_is_prompt_with_open_sse_stream(tmp_path: Path) -> None:
+    e = await make_env(tmp_path)
+    try:
+        async with e.client.stream("GET", "/events") as response:
+            await await_until(lambda: e.server.hub.count == 1, timeout=5, what="stream open")
+            started = time.monotonic()
+            await asyncio.wait_for(e.server.stop(), 5)
+            assert time.monotonic() - started < 2.0
+            async with asyncio.timeout(5):
+                async for _ in response.aiter_lines():
+                    pass  # the server ended the stream
+    finally:
+        await e.client.aclose()
+        await e.bus.close()
+        e.store.close()
+
+
+def test_format_sse_is_one_frame() -> None:
+    event = Event.of("backend", Kind.CRASHED, "line one\nline two").with_id(7)
+    text = format_sse(event)
+    assert text.startswith("id: 7\nevent: crashed\ndata: {")
+    assert text.endswith("}\n\n") and text.count("\n") == 4
+
+
+def test_hub_stop_ends_streams_opened_later() -> None:
+    async def scenario() -> None:
+        hub = EventHub()
+        hub.stop_all()
+        stream = hub.open()
+        assert hub.count == 0
+        assert stream.queue.get_nowait() is not None
+
+    asyncio.run(scenario())
+
+
+# --- /api/history --------------------------------------------------------------------------------
+
+
+async def test_history_filters(env: Env) -> None:
+    await env.bus.publish(Event.of("backend", Kind.HEALTHY, "ok"))
+    await env.bus.publish(Event.of("backend", Kind.CRASHED, "exit 1"))
+    await env.bus.publish(Event.of("backend", Kind.RESTART_LIMIT_REACHED, "gave up"))
+    await env.bus.publish(Event.of("other", Kind.CRASHED, "exit 2"))
+
+    async def history(**params: Any) -> list[dict[str, Any]]:
+        response = await env.client.get("/api/history", params=params)
+        assert response.status_code == 200, response.text
+        result: list[dict[str, Any]] = response.json()
+        return result
+
+    everything = await history()
+    assert [e["message"] for e in everything] == ["exit 2", "gave up", "exit 1", "ok"]
+    assert {e["target"] for e in await history(target="backend")} == {"backend"}
+    kinds = await history(kind=["crashed", "restart-limit-reached"], target="backend")
+    assert [e["kind"] for e in kinds] == ["restart-limit-reached", "crashed"]
+    assert [e["kind"] for e in await history(kind="crashed,healthy", target="backend")] == [
+        "crashed",
+        "healthy",
+    ]
+    assert [e["message"] for e in await history(severity="critical")] == ["gave up"]
+    assert len(await history(since="1h")) == 4
+    assert await history(until="1h") == []
+    assert len(await history(limit=2)) == 2
+    assert len(await history(limit=0)) == 4
+    assert everything[0] == (await env.client.get("/api/history", params={"limit": 1})).json()[0]
+
+
+@pytest.mark.parametrize(
+    "params", [{"since": "yesterday"}, {"limit": "x"}, {"limit": "-1"}, {"severity": "loud"}]
+)
+async def test_history_bad_filter_is_400(env: Env, params: dict[str, str]) -> None:
+    response = await env.client.get("/api/history", params=params)
+    assert response.status_code == 400
+    assert response.json()["error"]
+
+
+# --- page ----------------------------------------------------------------------------------------
+
+
+async def test_page_renders_escaped_snapshot(env: Env) -> None:
+    evil = "<script>alert(1)</script>"
+    committed = await env.bus.publish(Event.of("web<b>", Kind.CRASHED, evil))
+    env.source.items = [
+        status(),
+        status(name="web<b>", state=TargetState.FAILED, last_event=committed),
+    ]
+    response = await env.client.get("/")
+    assert response.status_code == 200
+    html = response.text
+    assert evil not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "web&lt;b&gt;" in html
+    assert 'class="card red"' in html and "Down: restart limit reached" in html
+    assert 'class="card green"' in html and "Healthy" in html
+    assert "<details>" in html and 'id="refresh"' in html
+    assert "http://" not in html.split("<body>")[0]  # no external resources in the head

@@ -1,0 +1,674 @@
+"""The status server: JSON status, live page, Server-Sent Events and Prometheus metrics.
+
+`create_app` is the pure Starlette app; `StatusServer` runs it on uvicorn inside erpwatch's
+own event loop, fed by one bus subscription:
+
+    server = StatusServer(settings, source=supervisor, store=store, bus=bus,
+                          alert_stats=alerts.stats)
+    await server.start()      # returns once the socket is bound (server.port)
+    ...
+    await server.stop()       # ends the SSE streams first, then uvicorn
+
+The server never touches erpwatch's signal handling (uvicorn's `capture_signals` is a no-op
+here) and never its logging (``log_config=None``). It refuses a non-loopback address without
+``ERPWATCH_STATUS_TOKEN``. With a token every endpoint but ``/health`` wants
+``Authorization: Bearer <token>`` or ``?token=`` (EventSource cannot send headers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from watchdog import __version__
+from watchdog.bus import EventBus, Subscription
+from watchdog.config import ENV_PREFIX, ConfigError, Settings
+from watchdog.events import Event, Kind
+from watchdog.history import UsageError, parse_kinds, parse_time
+from watchdog.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from watchdog.metrics import Metrics
+from watchdog.monitor import TargetStatus
+from watchdog.resources import host_snapshot
+from watchdog.states import TargetState
+from watchdog.status_cmd import format_duration, format_latency
+from watchdog.store import EventStore
+from watchdog.templating import environment
+
+log = logging.getLogger(__name__)
+
+OPEN_PATHS = frozenset({"/health"})
+HEARTBEAT_S = 15.0
+STREAM_QUEUE = 256  # events buffered per SSE client before it re-reads from the store
+CATCH_UP_PAGE = 500
+HISTORY_MAX = 10_000
+RECENT_EVENTS = 30
+SHUTDOWN_GRACE_S = 2
+_SECRET_WORDS = ("password", "secret", "token", "credential")
+
+STATE_LABELS: Mapping[TargetState, str] = {
+    TargetState.STARTING: "Starting",
+    TargetState.HEALTHY: "Healthy",
+    TargetState.DEGRADED: "Degraded",
+    TargetState.UNHEALTHY: "Unhealthy",
+    TargetState.RESTARTING: "Restarting",
+    TargetState.FAILED: "Down: restart limit reached",
+    TargetState.STOPPED: "Stopped",
+}
+
+
+class StatusSource(Protocol):
+    """Where the current target statuses come from (the supervisor)."""
+
+    def statuses(self) -> Sequence[TargetStatus]: ...
+
+
+# --- bind policy -------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(settings: Settings) -> None:
+    """Refuse to serve on a non-loopback address without a token."""
+    token = settings.status_token.get_secret_value() if settings.status_token else ""
+    if not token and not is_loopback(settings.status_host):
+        raise ConfigError(
+            f"{ENV_PREFIX}STATUS_HOST={settings.status_host!r} is not a loopback address: set "
+            f"{ENV_PREFIX}STATUS_TOKEN to serve the status API there, or use 127.0.0.1 "
+            f"(or {ENV_PREFIX}STATUS_ENABLED=false)"
+        )
+
+
+# --- live event fan-out to SSE streams ----------------------------------------------------
+
+
+class _Signal:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+STOP = _Signal("stop")  # the stream ends (server shutting down)
+RESYNC = _Signal("resync")  # the stream lost events: re-read them from the store
+
+StreamItem = Event | _Signal
+
+
+@dataclass(eq=False)
+class EventStream:
+    """One SSE client's queue."""
+
+    queue: asyncio.Queue[StreamItem]
+    start_id: int  # the newest event id known when the stream opened
+
+
+@dataclass(eq=False)
+class EventHub:
+    """Hands every event to every open SSE stream without ever blocking the publisher.
+
+    A stream whose queue is full is emptied and told to re-read from the store (by id), so a
+    stalled browser costs a bounded amount of memory and loses nothing.
+    """
+
+    maxsize: int = STREAM_QUEUE
+    last_id: int = 0
+    _streams: set[EventStream] = field(default_factory=set)
+    _stopped: bool = False
+
+    @property
+    def count(self) -> int:
+        return len(self._streams)
+
+    def open(self) -> EventStream:
+        stream = EventStream(asyncio.Queue(self.maxsize + 1), self.last_id)
+        if self._stopped:
+            stream.queue.put_nowait(STOP)
+        else:
+            self._streams.add(stream)
+        return stream
+
+    def close(self, stream: EventStream) -> None:
+        self._streams.discard(stream)
+
+    def publish(self, event: Event) -> None:
+        if event.id is not None:
+            self.last_id = max(self.last_id, event.id)
+        for stream in self._streams:
+            if stream.queue.qsize() >= self.maxsize:
+                self._resync(stream)
+            else:
+                stream.queue.put_nowait(event)
+
+    def resync_all(self) -> None:
+        for stream in self._streams:
+            self._resync(stream)
+
+    def stop_all(self) -> None:
+        """Push the stop sentinel into every stream; streams opened later end at once."""
+        self._stopped = True
+        for stream in self._streams:
+            _drain(stream.queue)
+            stream.queue.put_nowait(STOP)
+        self._streams.clear()
+
+    @staticmethod
+    def _resync(stream: EventStream) -> None:
+        _drain(stream.queue)
+        stream.queue.put_nowait(RESYNC)
+
+
+def _drain(queue: asyncio.Queue[StreamItem]) -> None:
+    while not queue.empty():
+        queue.get_nowait()
+
+
+def format_sse(event: Event) -> str:
+    data = json.dumps(event.to_dict(), default=str, separators=(",", ":"))
+    return f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n"
+
+
+# --- the status document --------------------------------------------------------------------
+
+
+def _iso(ts: datetime) -> str:
+    return ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _redact(value: Any) -> Any:
+    """Drop anything under a key that names a secret (defence in depth for alert stats)."""
+    if isinstance(value, Mapping):
+        return {
+            str(key): _redact(item)
+            for key, item in value.items()
+            if not any(word in str(key).lower() for word in _SECRET_WORDS)
+        }
+    if isinstance(value, list | tuple):
+        return [_redact(item) for item in value]
+    return value
+
+
+def target_entry(status: TargetStatus, now: datetime) -> dict[str, Any]:
+    """`TargetStatus.to_dict()` plus the fields the page and the CLI read: a text label,
+    the last probe's latency in seconds and its wall-clock time."""
+    state = TargetState(status.state)
+    entry = dict(status.to_dict())
+    probe = status.last_probe
+    if probe is not None:
+        probe_entry = dict(entry.get("last_probe") or {})
+        probe_entry["latency"] = round(probe.latency, 6)
+        if status.probe_age is not None:
+            probe_entry["time"] = _iso(now - timedelta(seconds=status.probe_age))
+        entry["last_probe"] = probe_entry
+    entry.update(state=str(state), colour=state.colour, label=STATE_LABELS.get(state, str(state)))
+    if status.resources is not None:
+        entry["resources"] = _redact(dict(status.resources))
+    return entry
+
+
+def _store_info(store: EventStore) -> dict[str, Any]:
+    size = 0
+    for suffix in ("", "-wal"):
+        with contextlib.suppress(FileNotFoundError):
+            size += os.stat(f"{store.path}{suffix}").st_size
+    return {"path": str(store.path), "size_bytes": size, "events": store.count()}
+
+
+@dataclass
+class _Cache:
+    body: bytes = b""
+    at: float = float("-inf")
+
+
+class _App:
+    """The state behind the routes of one app."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        source: StatusSource,
+        store: EventStore,
+        hub: EventHub,
+        metrics: Metrics,
+        alert_stats: Callable[[], Mapping[str, Any]] | None,
+        health: Callable[[], str | None] | None,
+        heartbeat: float,
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.store = store
+        self.hub = hub
+        self.metrics = metrics
+        self.alert_stats = alert_stats
+        self.health_problem = health
+        self.heartbeat = heartbeat
+        self.cache = _Cache()
+        self.started = time.monotonic()
+        self.templates = environment()
+        self.templates.filters["duration"] = format_duration
+        self.templates.filters["latency"] = format_latency
+
+    # -- /status ----------------------------------------------------------------------
+
+    async def build_status(self) -> dict[str, Any]:
+        now_wall = datetime.now(UTC)
+        statuses = self.source.statuses()
+        self.metrics.observe_statuses(statuses)
+        targets = [target_entry(status, now_wall) for status in statuses]
+        store = await asyncio.to_thread(_store_info, self.store)
+        disk_paths = [self.store.path.parent]
+        if self.settings.log_path.resolve() != self.store.path.parent.resolve():
+            disk_paths.append(self.settings.log_path)
+        return {
+            "generated_at": _iso(now_wall),
+            "erpwatch": {
+                "version": __version__,
+                "pid": os.getpid(),
+                "uptime": round(time.monotonic() - self.started, 3),
+                "sse_clients": self.hub.count,
+            },
+            "targets": targets,
+            "host": host_snapshot(disk_paths),
+            "store": store,
+            "alerting": _redact(dict(self.alert_stats())) if self.alert_stats else None,
+        }
+
+    async def status_body(self, fresh: bool) -> bytes:
+        now = time.monotonic()
+        if fresh or now - self.cache.at >= self.settings.status_cache_ttl:
+            document = await self.build_status()
+            self.cache = _Cache(
+                json.dumps(document, default=str, separators=(",", ":")).encode(), time.monotonic()
+            )
+        return self.cache.body
+
+    async def status(self, request: Request) -> Response:
+        fresh = request.query_params.get("fresh", "") not in ("", "0", "false")
+        body = await self.status_body(fresh)
+        return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
+
+    # -- /health -------------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        problem = self.health_problem() if self.health_problem is not None else None
+        if problem is None:
+            try:
+                await asyncio.to_thread(self.store.query, limit=1)
+            except Exception as exc:
+                log.warning("health: the event store cannot be read: %s", exc)
+                problem = f"event store: {exc}"
+        if problem is not None:
+            return JSONResponse({"status": "error", "problem": problem}, status_code=503)
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    # -- /metrics ----------------------------------------------------------------------
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        self.metrics.observe_statuses(self.source.statuses())
+        return Response(self.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
+    # -- /api/history ------------------------------------------------------------------
+
+    async def history(self, request: Request) -> Response:
+        params = request.query_params
+        try:
+            since = parse_time(params["since"]) if params.get("since") else None
+            until = parse_time(params["until"]) if params.get("until") else None
+            limit = _parse_limit(params.get("limit"))
+            severity = params.get("severity") or None
+            if severity is not None and severity not in ("info", "warning", "critical"):
+                raise UsageError(f"severity must be info, warning or critical, not {severity!r}")
+        except UsageError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        events = await asyncio.to_thread(
+            self.store.query,
+            target=params.get("target") or None,
+            kinds=parse_kinds(params.getlist("kind")),
+            severity=severity,
+            since=since,
+            until=until,
+            limit=limit,
+        )
+        return JSONResponse([event.to_dict() for event in events])
+
+    # -- /events -----------------------------------------------------------------------
+
+    async def events(self, request: Request) -> Response:
+        header = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+        resume: int | None = None
+        if header:
+            try:
+                resume = max(0, int(header))
+            except ValueError:
+                return JSONResponse({"error": "Last-Event-ID must be an event id"}, 400)
+        return StreamingResponse(
+            self._stream(resume),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    async def _stream(self, resume: int | None) -> AsyncIterator[str]:
+        # Open the live queue before reading the store: every event committed after the
+        # read is in the queue, and ids already sent are skipped, so no gap, no duplicate.
+        stream = self.hub.open()
+        try:
+            last = stream.start_id if resume is None else resume
+            yield f"retry: 2000\n: erpwatch {__version__}\n\n"
+            if resume is not None:
+                async for event in self._catch_up(last):
+                    last = event.id or last
+                    yield format_sse(event)
+            while True:
+                try:
+                    item = await asyncio.wait_for(stream.queue.get(), self.heartbeat)
+                except TimeoutError:
+                    yield ": heartbeat\n\n"
+                    continue
+                if item is STOP:
+                    return
+                if item is RESYNC:
+                    async for event in self._catch_up(last):
+                        last = event.id or last
+                        yield format_sse(event)
+                    continue
+                assert isinstance(item, Event)
+                if item.id is not None and item.id <= last:
+                    continue
+                last = item.id or last
+                yield format_sse(item)
+        finally:
+            self.hub.close(stream)
+
+    async def _catch_up(self, after_id: int) -> AsyncIterator[Event]:
+        while True:
+            page = await asyncio.to_thread(
+                self.store.query, after_id=after_id, limit=CATCH_UP_PAGE, newest_first=False
+            )
+            for event in page:
+                yield event
+                after_id = event.id or after_id
+            if len(page) < CATCH_UP_PAGE:
+                return
+
+    # -- / ---------------------------------------------------------------------------------
+
+    async def page(self, request: Request) -> Response:
+        document = json.loads(await self.status_body(fresh=True))
+        recent = await asyncio.to_thread(self.store.query, limit=RECENT_EVENTS)
+        template = self.templates.get_template("status.html")
+        html = template.render(
+            status=document,
+            events=[event.to_dict() for event in recent],
+            kinds=sorted(str(kind) for kind in Kind),
+            colours={"green": "ok", "yellow": "warn", "red": "bad"},
+        )
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+
+def _parse_limit(text: str | None) -> int:
+    if not text:
+        return 50
+    try:
+        limit = int(text)
+    except ValueError:
+        raise UsageError(f"limit must be a number, not {text!r}") from None
+    if limit < 0:
+        raise UsageError(f"limit must be 0 (all, capped at {HISTORY_MAX}) or more")
+    return min(limit or HISTORY_MAX, HISTORY_MAX)
+
+
+class _TokenGuard:
+    """Pure ASGI middleware (streams pass through untouched): bearer token or ``?token=``."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token.encode() if token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.token is None or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        supplied = request.query_params.get("token", "")
+        authorization = request.headers.get("authorization", "")
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() == "bearer" and credentials:
+            supplied = credentials.strip()
+        if not hmac.compare_digest(supplied.encode(), self.token):
+            response = JSONResponse(
+                {"error": "unauthorized: send Authorization: Bearer <ERPWATCH_STATUS_TOKEN>"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="erpwatch"'},
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    source: StatusSource,
+    store: EventStore,
+    alert_stats: Callable[[], Mapping[str, Any]] | None = None,
+    hub: EventHub | None = None,
+    metrics: Metrics | None = None,
+    health: Callable[[], str | None] | None = None,
+    heartbeat: float = HEARTBEAT_S,
+) -> Starlette:
+    """The status app. Live events reach ``/events`` through ``hub.publish`` (the
+    `StatusServer` feeds it from the bus); ``health`` may name a problem for ``/health``."""
+    hub = hub if hub is not None else EventHub()
+    if metrics is None:
+        metrics = Metrics(source.statuses, alert_stats, lambda: hub.count)
+    state = _App(settings, source, store, hub, metrics, alert_stats, health, heartbeat)
+    token = settings.status_token.get_secret_value() if settings.status_token else None
+    app = Starlette(
+        routes=[
+            Route("/", state.page),
+            Route("/health", state.health),
+            Route("/status", state.status),
+            Route("/metrics", state.metrics_endpoint),
+            Route("/events", state.events),
+            Route("/api/history", state.history),
+        ]
+    )
+    app.add_middleware(_TokenGuard, token=token)
+    return app
+
+
+# --- embedding in erpwatch's loop ---------------------------------------------------------
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its signal handlers; `ready` is set once the socket listens."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
+
+
+async def _bind(host: str, port: int) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise OSError(
+            exc.errno, f"status server cannot listen on {host}:{port}: {exc.strerror}"
+        ) from exc
+    return sock
+
+
+class StatusServer:
+    """The status app on uvicorn in the running loop, fed by one bus subscription."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        source: StatusSource,
+        store: EventStore,
+        bus: EventBus,
+        alert_stats: Callable[[], Mapping[str, Any]] | None = None,
+        heartbeat: float = HEARTBEAT_S,
+        probe_sample_interval: float = 1.0,
+    ) -> None:
+        check_bind(settings)
+        self._settings = settings
+        self._source = source
+        self._store = store
+        self._bus = bus
+        self._probe_sample_interval = probe_sample_interval
+        self.hub = EventHub()
+        hub = self.hub
+        self.metrics = Metrics(source.statuses, alert_stats, lambda: hub.count)
+        self.app = create_app(
+            settings,
+            source=source,
+            store=store,
+            alert_stats=alert_stats,
+            hub=self.hub,
+            metrics=self.metrics,
+            health=self._health_problem,
+            heartbeat=heartbeat,
+        )
+        self._server: _EmbeddedServer | None = None
+        self._serve_task: asyncio.Task[None] | None = None
+        self._subscription: Subscription | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._port: int | None = None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("the status server has not started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        host = self._settings.status_host
+        if not is_loopback(host) and host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        if self._serve_task is not None:
+            raise RuntimeError("the status server is already started")
+        self._subscription = self._bus.subscribe("status-api")
+        newest = await asyncio.to_thread(self._store.query, limit=1)
+        self.hub.last_id = max(self.hub.last_id, newest[0].id or 0) if newest else 0
+        self._tasks = [
+            asyncio.create_task(self._pump(self._subscription), name="status-api-events"),
+            asyncio.create_task(self._sample_probes(), name="status-api-probes"),
+        ]
+        sock = await _bind(self._settings.status_host, self._settings.status_port)
+        self._port = int(sock.getsockname()[1])
+        config = uvicorn.Config(
+            self.app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+            server_header=False,
+        )
+        server = _EmbeddedServer(config)
+        self._server = server
+        self._serve_task = asyncio.create_task(server.serve([sock]), name="status-api-uvicorn")
+        ready = asyncio.create_task(server.ready.wait())
+        done, _ = await asyncio.wait({ready, self._serve_task}, return_when=asyncio.FIRST_COMPLETED)
+        if ready not in done:
+            ready.cancel()
+            await self._cancel_tasks()
+            self._serve_task.result()  # raises the start-up error if there is one
+            raise RuntimeError("the status server stopped during start-up")
+        log.info("status server listening on %s", self.url)
+
+    async def stop(self) -> None:
+        """End every SSE stream, then stop uvicorn (bounded by a short grace)."""
+        self.hub.stop_all()
+        if self._subscription is not None:
+            self._subscription.close()
+        server, task = self._server, self._serve_task
+        if server is not None and task is not None:
+            server.should_exit = True
+            try:
+                await asyncio.wait_for(asyncio.shield(task), SHUTDOWN_GRACE_S + 1.0)
+            except TimeoutError:
+                log.warning("status server did not stop within the grace; forcing it")
+                server.force_exit = True
+                await task
+        await self._cancel_tasks()
+
+    async def _cancel_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    def _health_problem(self) -> str | None:
+        for task in self._tasks:
+            if task.done():
+                return f"{task.get_name()} has stopped"
+        return None
+
+    async def _pump(self, subscription: Subscription) -> None:
+        """Bus → metrics and SSE streams. A drop on the bus makes the streams re-read."""
+        dropped = 0
+        async for event in subscription:
+            self.metrics.observe_event(event)
+            if subscription.dropped != dropped:
+                dropped = subscription.dropped
+                log.warning("status server fell behind the bus (%d events dropped)", dropped)
+                self.hub.resync_all()
+            self.hub.publish(event)
+
+    async def _sample_probes(self) -> None:
+        while True:
+            self.metrics.observe_statuses(self._source.statuses())
+            await asyncio.sleep(self._probe_sample_interval)
