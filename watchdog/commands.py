@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from watchdog import history
+from watchdog import history, status_cmd
 
-MODULES = [history]
+MODULES = [history, status_cmd]
