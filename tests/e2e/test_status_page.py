@@ -1,0 +1,171 @@
+"""The status page in a real headless Chromium, watching a real supervised child.
+
+A demo backend runs under the real `Supervisor` (no restarts allowed); the test kills it with
+SIGKILL and the page, without a reload, must turn the card red within 2 s. Then the refresh
+button must fetch a fresh status. A screenshot lands in ``test-artifacts/status-page.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import await_until, free_port
+from watchdog.api import StatusServer
+from watchdog.bus import EventBus
+from watchdog.clock import RealClock
+from watchdog.config import Settings, load_settings
+from watchdog.states import TargetState
+from watchdog.store import EventStore
+from watchdog.supervisor import Supervisor
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt)"
+    ),
+]
+
+if CHROMIUM.exists():
+    from playwright.async_api import Browser, Page, async_playwright
+
+
+@dataclass
+class Stack:
+    supervisor: Supervisor
+    server: StatusServer
+    store: EventStore
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}/"
+
+    def state(self) -> TargetState:
+        return self.supervisor.statuses()[0].state
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    port = free_port()
+    command = f"{sys.executable} -m watchdog.demo.backend --port {port}"
+    configs = load_settings(
+        command=command,
+        health_url=f"http://127.0.0.1:{port}/health",
+        target_name="erp-backend",
+        check_interval=0.1,
+        probe_timeout=0.5,
+        startup_grace=10,
+        max_restarts=0,
+        limit_retry=0,
+        restart_backoff=0,
+        stop_timeout=2,
+        log_path=tmp_path / "logs",
+    ).targets_resolved()
+    store = EventStore(tmp_path / "events.db")
+    bus = EventBus(store)
+    supervisor = Supervisor(configs, bus, log_dir=tmp_path / "logs", clock=RealClock())
+    server = StatusServer(
+        Settings(status_port=0, log_path=tmp_path / "logs"),
+        source=supervisor,
+        store=store,
+        bus=bus,
+    )
+    await server.start()
+    await supervisor.start()
+    stack = Stack(supervisor, server, store)
+    try:
+        await await_until(lambda: stack.state() is TargetState.HEALTHY, 15, what="healthy")
+        yield stack
+    finally:
+        await supervisor.stop()
+        await server.stop()
+        await bus.close()
+        store.close()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+CARD = '.card[data-target="erp-backend"]'
+
+
+async def card_class(page: Page) -> str:
+    return str(await page.get_attribute(CARD, "class"))
+
+
+async def test_card_turns_red_on_crash_without_reload(stack: Stack, browser: Browser) -> None:
+    page = await browser.new_page(viewport={"width": 1100, "height": 800})
+    await page.goto(stack.url)
+    assert "green" in await card_class(page)
+    assert "Healthy" in (await page.text_content(f"{CARD} .badge") or "")
+    await page.wait_for_function(
+        "document.getElementById('conn').textContent === 'live'", timeout=5000
+    )
+    await page.evaluate("window.__sameDocument = true")
+
+    pid = stack.supervisor.statuses()[0].pid
+    assert pid is not None
+    killed_at = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    await page.wait_for_function(
+        f"document.querySelector('{CARD}').classList.contains('red')", timeout=2000
+    )
+    elapsed = time.monotonic() - killed_at
+    assert elapsed < 2.0
+    assert await page.evaluate("window.__sameDocument === true")  # no reload happened
+    assert stack.state() is TargetState.FAILED
+    assert "restart limit" in (await page.text_content(f"{CARD} .badge") or "")
+    timeline = await page.text_content("#timeline") or ""
+    assert "crashed" in timeline and "restart-limit-reached" in timeline
+
+    # The refresh button fetches /status?fresh=1 and re-renders (the timestamp moves on).
+    before = await page.get_attribute("#generated", "datetime")
+    async with page.expect_response(lambda r: "/status?fresh=1" in r.url) as answer:
+        await page.click("#refresh")
+    assert (await answer.value).status == 200
+    await page.wait_for_function(
+        f"document.getElementById('generated').dateTime !== {before!r}", timeout=2000
+    )
+
+    await page.click(f"{CARD} summary")
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "status-page.png"), full_page=True)
+    await page.close()
+
+
+async def test_page_readable_without_javascript(stack: Stack, browser: Browser) -> None:
+    context = await browser.new_context(java_script_enabled=False)
+    page = await context.new_page()
+    await page.goto(stack.url)
+    assert "green" in await card_class(page)
+    assert "Healthy" in (await page.text_content(f"{CARD} .badge") or "")
+    assert await page.text_content("#conn") == "snapshot"  # no script ran: the server's view
+    assert "started" in (await page.text_content("#timeline") or "")
+    await context.close()
