@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from watchdog.bus import EventBus
 from watchdog.clock import Clock
@@ -126,7 +127,7 @@ class TargetMonitor:
         self._bus = bus
         self._clock = clock
         self._crash_loop_count = crash_loop_count
-        self.state = TargetState.STOPPED
+        self.state = TargetState.STARTING
         self.policy = RestartPolicy(
             max_restarts=config.max_restarts,
             window=config.restart_window,
@@ -158,6 +159,7 @@ class TargetMonitor:
         self.last_probe: ProbeResult | None = None
         self.last_event: Event | None = None
         self.healthy = asyncio.Event()  # set while HEALTHY or DEGRADED (start order waits on it)
+        self.launched = asyncio.Event()  # set once the first start was tried
         self._episode = _Episode()
         self._spawned_at: float | None = None
         self._answered = False  # the current process has answered a probe at least once
@@ -175,7 +177,10 @@ class TargetMonitor:
 
     async def run(self) -> None:
         """Start the target and supervise it until `stop()` is called."""
-        await self._spawn(restart=False)
+        try:
+            await self._spawn(restart=False)
+        finally:
+            self.launched.set()
         stop_wait = asyncio.ensure_future(self._stop_requested.wait())
         exit_wait: asyncio.Future[ExitInfo] | None = None
         try:
@@ -288,6 +293,8 @@ class TargetMonitor:
             self._mark_up(now, healthy=False)
             await self._apply(ProbeDegraded(result.reason), details)
             return
+        if self._pid is not None and _has_exited(self._pid):
+            return  # it died under the probe: the exit handler reports that, not "unhealthy"
         episode = self._episode
         episode.healthy_since = None
         spawned_at = self._spawned_at if self._spawned_at is not None else now
@@ -447,6 +454,14 @@ class TargetMonitor:
             last_event=self.last_event,
             probe_age=None if probe is None else now - probe.checked_at,
         )
+
+
+def _has_exited(pid: int) -> bool:
+    """True when the child is gone or a zombie whose exit we have not yet been told about."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def _exit_details(info: ExitInfo) -> dict[str, Any]:

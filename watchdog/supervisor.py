@@ -93,7 +93,7 @@ class Supervisor:
         """
         self._starting = asyncio.create_task(self._start_in_order(), name="start-order")
         independent = [c.name for c in self._configs if not c.after]
-        await asyncio.gather(*(self._await_spawn(name) for name in independent))
+        await asyncio.gather(*(self._await_launch(name) for name in independent))
 
     async def _start_in_order(self) -> None:
         for config in self._configs:
@@ -105,15 +105,14 @@ class Supervisor:
             monitor = self.monitors[config.name]
             self._tasks[config.name] = asyncio.create_task(monitor.run(), name=config.name)
 
-    async def _await_spawn(self, name: str) -> None:
-        while name not in self._tasks or self.monitors[name].process.pid is None:
-            if self._starting is not None and self._starting.done():
-                self._starting.result()
-                if name not in self._tasks:
-                    return
-            if name in self._tasks and self._tasks[name].done():
-                return
-            await asyncio.sleep(0.005)
+    async def _await_launch(self, name: str) -> None:
+        monitor = self.monitors[name]
+        launched = asyncio.ensure_future(monitor.launched.wait())
+        assert self._starting is not None
+        await asyncio.wait({launched, self._starting}, return_when=asyncio.FIRST_COMPLETED)
+        launched.cancel()
+        if self._starting.done() and not self._starting.cancelled():
+            self._starting.result()  # re-raise a failure of the start order
 
     def _monitor(self, name: str) -> TargetMonitor:
         for monitor in self.monitors.values():

@@ -1,0 +1,359 @@
+"""End to end: real child processes (the demo backend) probed over loopback HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from tests.helpers import await_until, free_port
+from watchdog.bus import EventBus
+from watchdog.clock import RealClock
+from watchdog.config import TargetConfig, load_settings
+from watchdog.events import Event
+from watchdog.states import TargetState
+from watchdog.store import EventStore
+from watchdog.supervisor import Supervisor, start_order
+
+FAST = dict(
+    check_interval=0.05,
+    timeout_threshold=0.3,
+    probe_timeout=0.2,
+    startup_grace=5.0,
+    restart_backoff=0.0,
+    restart_window=60.0,
+    degraded_latency=1.0,
+    stop_timeout=2.0,
+    down_after=60.0,
+)
+
+
+def backend_command(port: int, *extra: str) -> str:
+    return " ".join([sys.executable, "-m", "watchdog.demo.backend", "--port", str(port), *extra])
+
+
+class Harness:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.store = EventStore(tmp_path / "events.db")
+        self.bus = EventBus(self.store)
+        self.events: list[Event] = []
+        self.supervisor: Supervisor | None = None
+
+    def configs(self, **settings: Any) -> list[TargetConfig]:
+        values = {**FAST, "log_path": self.tmp_path / "logs", **settings}
+        return load_settings(**values).targets_resolved()
+
+    async def start(self, configs: list[TargetConfig]) -> Supervisor:
+        subscription = self.bus.subscribe("test", maxsize=100_000)
+
+        async def collect() -> None:
+            async for event in subscription:
+                self.events.append(event)
+
+        self._collector = asyncio.create_task(collect())
+        self.supervisor = Supervisor(
+            configs, self.bus, log_dir=self.tmp_path / "logs", clock=RealClock()
+        )
+        await self.supervisor.start()
+        return self.supervisor
+
+    def kinds(self, target: str | None = None) -> list[str]:
+        return [e.kind for e in self.events if target is None or e.target == target]
+
+    async def wait_kind(self, kind: str, count: int = 1, within: float = 10.0) -> Event:
+        await await_until(lambda: self.kinds().count(kind) >= count, within, what=kind)
+        return [e for e in self.events if e.kind == kind][count - 1]
+
+    async def close(self) -> None:
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+        await self.bus.close()
+        self._collector.cancel()
+        self.store.close()
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    h = Harness(tmp_path)
+    yield h
+    await h.close()
+
+
+def monitor_of(h: Harness, name: str = "backend") -> Any:
+    assert h.supervisor is not None
+    return h.supervisor.monitors[name]
+
+
+async def post(port: int, path: str) -> None:
+    async with httpx.AsyncClient(trust_env=False) as client:
+        # /fault/crash may drop the connection as the process dies
+        with contextlib.suppress(httpx.HTTPError):
+            await client.post(f"http://127.0.0.1:{port}{path}", timeout=2)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def test_started_then_healthy_once(harness: Harness) -> None:
+    port = free_port()
+    await harness.start(
+        harness.configs(command=backend_command(port), health_url=f"http://127.0.0.1:{port}/health")
+    )
+    await harness.wait_kind("healthy")
+    first_pid = monitor_of(harness).process.pid
+    await await_until(lambda: monitor_of(harness).last_probe is not None)
+    # Many good probes later there is still exactly one healthy event: events on change only.
+    probes = monitor_of(harness)
+    seen = probes.last_probe
+    await await_until(
+        lambda: (
+            probes.last_probe is not seen and probes.last_probe.checked_at > seen.checked_at + 0.2
+        )
+    )
+    assert harness.kinds() == ["started", "healthy"]
+    assert monitor_of(harness).process.pid == first_pid
+
+
+async def test_crash_to_restarted_immediately(harness: Harness) -> None:
+    port = free_port()
+    await harness.start(
+        harness.configs(command=backend_command(port), health_url=f"http://127.0.0.1:{port}/health")
+    )
+    await harness.wait_kind("healthy")
+    old_pid = monitor_of(harness).process.pid
+    await post(port, "/fault/crash")
+    crashed = await harness.wait_kind("crashed")
+    restarted = await harness.wait_kind("restarted")
+    assert crashed.details["exit_code"] == 3
+    assert any("simulated crash" in line for line in crashed.details["stderr_tail"])
+    assert crashed.severity == "warning"
+    assert restarted.details["pid"] != old_pid
+    assert (restarted.ts - crashed.ts).total_seconds() < 0.5
+    await harness.wait_kind("healthy", count=2)
+    assert harness.kinds() == ["started", "healthy", "crashed", "restarted", "healthy"]
+
+
+async def test_hang_to_restarted_after_threshold(harness: Harness, tmp_path: Path) -> None:
+    port = free_port()
+    fault = tmp_path / "fault"
+    await harness.start(
+        harness.configs(
+            command=backend_command(port, "--fault-file", str(fault)),
+            health_url=f"http://127.0.0.1:{port}/health",
+        )
+    )
+    await harness.wait_kind("healthy")
+    old_pid = monitor_of(harness).process.pid
+    fault.write_text("hang")
+    unhealthy = await harness.wait_kind("unhealthy")
+    restarted = await harness.wait_kind("restarted")
+    fault.write_text("")
+    await harness.wait_kind("healthy", count=2)
+    assert "timeout" in unhealthy.message
+    assert "unhealthy too long" in restarted.message
+    hung_for = (restarted.ts - unhealthy.ts).total_seconds()
+    assert 0.05 <= hung_for < 2.0
+    assert not alive(old_pid)
+    assert "crashed" not in harness.kinds()
+
+
+async def test_degraded_without_restart_then_healthy(harness: Harness, tmp_path: Path) -> None:
+    port = free_port()
+    fault = tmp_path / "fault"
+    await harness.start(
+        harness.configs(
+            command=backend_command(port, "--fault-file", str(fault)),
+            health_url=f"http://127.0.0.1:{port}/health",
+        )
+    )
+    await harness.wait_kind("healthy")
+    pid = monitor_of(harness).process.pid
+    fault.write_text("degrade")
+    degraded = await harness.wait_kind("degraded")
+    assert "degraded" in degraded.message
+    fault.write_text("")
+    await harness.wait_kind("healthy", count=2)
+    assert monitor_of(harness).process.pid == pid
+    assert harness.kinds() == ["started", "healthy", "degraded", "healthy"]
+
+
+async def test_slow_answer_is_degraded(harness: Harness, tmp_path: Path) -> None:
+    port = free_port()
+    fault = tmp_path / "fault"
+    await harness.start(
+        harness.configs(
+            command=backend_command(port, "--fault-file", str(fault)),
+            health_url=f"http://127.0.0.1:{port}/health",
+            degraded_latency=0.05,
+            probe_timeout=1.0,
+        )
+    )
+    await harness.wait_kind("healthy")
+    fault.write_text("slow:0.15")
+    degraded = await harness.wait_kind("degraded")
+    assert "slow" in degraded.message
+    assert "restarted" not in harness.kinds()
+
+
+async def test_restart_limit_reached_exactly_after_max_restarts(harness: Harness) -> None:
+    # A command that dies at once: every start is a crash.
+    command = f"{sys.executable} -c 'import sys; sys.exit(7)'"
+    await harness.start(harness.configs(command=command, max_restarts=3, limit_retry=0))
+    limit = await harness.wait_kind("restart-limit-reached")
+    await await_until(lambda: monitor_of(harness).state is TargetState.FAILED)
+    kinds = harness.kinds()
+    assert kinds.count("restarted") == 3
+    assert kinds.count("crashed") == 4
+    assert kinds.count("restart-limit-reached") == 1
+    assert limit.severity == "critical"
+    assert kinds.index("restart-limit-reached") > max(
+        i for i, k in enumerate(kinds) if k == "restarted"
+    )
+    status = monitor_of(harness).status()
+    assert status.state is TargetState.FAILED and status.colour == "red"
+    assert status.restarts_in_window == 3
+
+
+async def test_crash_loop_event_once(harness: Harness) -> None:
+    command = f"{sys.executable} -c 'import sys; sys.exit(1)'"
+    await harness.start(harness.configs(command=command, max_restarts=5, limit_retry=0))
+    await harness.wait_kind("restart-limit-reached")
+    assert harness.kinds().count("crash-loop") == 1
+
+
+async def test_backoff_between_successive_restarts(harness: Harness) -> None:
+    command = f"{sys.executable} -c 'import sys; sys.exit(1)'"
+    await harness.start(
+        harness.configs(
+            command=command,
+            max_restarts=3,
+            restart_backoff=0.1,
+            restart_backoff_max=0.2,
+            limit_retry=0,
+        )
+    )
+    await harness.wait_kind("restart-limit-reached")
+    restarts = [e.ts for e in harness.events if e.kind == "restarted"]
+    crashes = [e.ts for e in harness.events if e.kind == "crashed"]
+    gaps = [(r - c).total_seconds() for c, r in zip(crashes, restarts, strict=False)]
+    assert gaps[0] < 0.1  # the first restart is immediate
+    assert gaps[1] >= 0.1 and gaps[2] >= 0.2
+
+
+async def test_slow_retry_after_limit_brings_it_back(harness: Harness, tmp_path: Path) -> None:
+    flag = tmp_path / "ok"
+    script = (
+        f"import pathlib,sys,time; "
+        f"sys.exit(1) if not pathlib.Path({str(flag)!r}).exists() else time.sleep(60)"
+    )
+    command = f'{sys.executable} -c "{script}"'
+    await harness.start(harness.configs(command=command, max_restarts=1, limit_retry=0.3))
+    await harness.wait_kind("restart-limit-reached")
+    flag.write_text("1")
+    await await_until(lambda: monitor_of(harness).state is TargetState.HEALTHY, 5)
+    restarted = [e for e in harness.events if e.kind == "restarted"]
+    assert "slow retry" in restarted[-1].message
+    assert harness.kinds().count("restart-limit-reached") == 1
+
+
+async def test_down_event_when_down_longer_than_down_after(
+    harness: Harness, tmp_path: Path
+) -> None:
+    command = f"{sys.executable} -c 'import sys; sys.exit(1)'"
+    await harness.start(
+        harness.configs(command=command, max_restarts=1, limit_retry=0, down_after=0.2)
+    )
+    down = await harness.wait_kind("down")
+    assert down.severity == "critical" and down.details["down_for_s"] >= 0.2
+    assert harness.kinds().count("down") == 1
+
+
+async def test_no_health_url_supervised_by_liveness(harness: Harness) -> None:
+    command = f"{sys.executable} -c 'import time; time.sleep(60)'"
+    await harness.start(harness.configs(command=command))
+    await harness.wait_kind("healthy")
+    pid = monitor_of(harness).process.pid
+    psutil.Process(pid).kill()
+    crashed = await harness.wait_kind("crashed")
+    assert crashed.details["signal"] == "SIGKILL"
+    await harness.wait_kind("healthy", count=2)
+
+
+async def test_missing_executable_is_reported_and_limited(harness: Harness) -> None:
+    await harness.start(
+        harness.configs(command="/nonexistent/erp-backend", max_restarts=1, limit_retry=0)
+    )
+    await harness.wait_kind("restart-limit-reached")
+    crashed = [e for e in harness.events if e.kind == "crashed"]
+    assert "could not start" in crashed[0].message
+
+
+async def test_stop_leaves_no_process_behind(harness: Harness) -> None:
+    port = free_port()
+    await harness.start(
+        harness.configs(
+            command=backend_command(
+                port, "--spawn-grandchild", "--grandchild-setsid", "--ignore-sigterm"
+            ),
+            health_url=f"http://127.0.0.1:{port}/health",
+            stop_timeout=0.3,
+        )
+    )
+    await harness.wait_kind("healthy")
+    monitor = monitor_of(harness)
+    pids = monitor.process.tree_pids()
+    assert len(pids) >= 2
+    assert harness.supervisor is not None
+    await harness.supervisor.stop()
+    harness.supervisor = None
+    assert not any(alive(pid) for pid in pids)
+    assert harness.kinds()[-1] == "stopped"
+
+
+async def test_start_order_waits_for_dependency(harness: Harness) -> None:
+    port = free_port()
+    configs = harness.configs(
+        targets={
+            "frontend": {
+                "command": f"{sys.executable} -c 'import time; time.sleep(60)'",
+                "after": "backend",
+            },
+            "backend": {
+                "command": backend_command(port),
+                "health_url": f"http://127.0.0.1:{port}/health",
+            },
+        }
+    )
+    assert [c.name for c in start_order(configs)] == ["backend", "frontend"]
+    await harness.start(configs)
+    await await_until(
+        lambda: "frontend" in [e.target for e in harness.events if e.kind == "healthy"]
+    )
+    order = [(e.target, e.kind) for e in harness.events if e.kind in ("started", "healthy")]
+    assert order.index(("backend", "healthy")) < order.index(("frontend", "started"))
+    assert harness.supervisor is not None
+    await harness.supervisor.stop()
+    harness.supervisor = None
+    stopped = [e.target for e in harness.events if e.kind == "stopped"]
+    assert stopped == ["frontend", "backend"]
+
+
+def test_start_order_cycle_is_an_error() -> None:
+    def cfg(name: str, after: tuple[str, ...]) -> TargetConfig:
+        base = load_settings(command="x").targets_resolved()[0]
+        return base.model_copy(update={"name": name, "after": after})
+
+    with pytest.raises(ValueError, match="cycle"):
+        start_order([cfg("a", ("b",)), cfg("b", ("a",))])
