@@ -1,0 +1,329 @@
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from tests.helpers import free_port
+from watchdog import preflight
+from watchdog.config import Settings
+
+# A stray server: listens on 127.0.0.1:<argv[1]>, says so, then waits to be ended.
+LISTENER = (
+    "import socket, sys, time\n"
+    "s = socket.socket()\n"
+    "s.bind(('127.0.0.1', int(sys.argv[1])))\n"
+    "s.listen()\n"
+    "print('listening', flush=True)\n"
+    "time.sleep(120)\n"
+)
+
+
+class Stray:
+    def __init__(self, port: int) -> None:
+        self.argv = [sys.executable, "-c", LISTENER, str(port)]
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == "listening"
+
+    @property
+    def command(self) -> str:
+        return shlex.join(self.argv)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(5)
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def stray(port: int) -> Iterator[Stray]:
+    process = Stray(port)
+    yield process
+    process.close()
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    monkeypatch.setenv("ERPWATCH_LOG_PATH", str(tmp_path / "logs"))
+    monkeypatch.setenv("ERPWATCH_WORKDIR", str(tmp_path))
+    return monkeypatch
+
+
+def _check(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="erpwatch")
+    preflight.register(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["check", *argv])
+
+
+def _lines(text: str, mark: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(mark)]
+
+
+# --- fast checks ----------------------------------------------------------------------------
+
+
+def test_fast_checks_all_pass(tmp_path: Path, port: int) -> None:
+    settings = Settings(
+        command=f"{sys.executable} -m http.server {port}",
+        health_url=f"http://127.0.0.1:{port}/health",
+        workdir=tmp_path,
+        log_path=tmp_path / "logs" / "new",
+    )
+    results = preflight.fast_checks(settings)
+    assert preflight.passed(results), preflight.format_results(results)
+    text = preflight.format_results(results)
+    assert {line.split(": ")[0] for line in text.splitlines()} >= {
+        "✔ configuration",
+        "✔ command (backend)",
+        "✔ working directory (backend)",
+        "✔ log directory",
+        "✔ event database",
+        f"✔ health port 127.0.0.1:{port} (backend)",
+    }
+    assert "(will be created)" in text
+
+
+def test_no_target_is_a_failure(tmp_path: Path) -> None:
+    results = preflight.fast_checks(Settings(log_path=tmp_path))
+    assert not preflight.passed(results)
+    assert "ERPWATCH_COMMAND" in results[0].hint
+
+
+def test_missing_and_non_executable_commands(tmp_path: Path) -> None:
+    script = tmp_path / "start.sh"
+    script.write_text("#!/bin/sh\n")
+    settings = Settings(
+        command="erpwatch-no-such-program --serve",
+        targets={"worker": {"command": "./start.sh", "workdir": str(tmp_path)}},
+        log_path=tmp_path,
+    )
+    text = preflight.format_results(preflight.fast_checks(settings))
+    assert "✘ command (backend): 'erpwatch-no-such-program' not found on PATH" in text
+    assert f"✘ command (worker): {script}: not executable" in text
+    assert f"hint: chmod +x {script}" in text
+    script.chmod(0o755)
+    text = preflight.format_results(preflight.fast_checks(settings))
+    assert f"✔ command (worker): {script}" in text
+
+
+def test_missing_workdir_and_unwritable_log_dir(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    settings = Settings(
+        command=sys.executable, workdir=tmp_path / "gone", log_path=blocker / "logs"
+    )
+    text = preflight.format_results(preflight.fast_checks(settings))
+    assert f"✘ working directory (backend): {tmp_path / 'gone'} does not exist" in text
+    assert f"✘ log directory: {blocker} is not a directory" in text
+    assert f"✘ event database: {blocker} is not a directory" in text
+
+
+# --- ports held by a stray process ------------------------------------------------------------
+
+
+def test_held_port_names_the_holder(
+    stray: Stray, port: int, env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.setenv("ERPWATCH_COMMAND", f"{sys.executable} -c 'print(1)' {port}")
+    env.setenv("ERPWATCH_HEALTH_URL", f"http://localhost:{port}/health")
+    assert preflight.run_check(_check()) == preflight.EXIT_FAILED
+    out = capsys.readouterr().out
+    [failed] = _lines(out, "✘")
+    assert f"health port localhost:{port} (backend): in use by pid {stray.proc.pid}" in failed
+    assert "python" in failed and LISTENER.splitlines()[0] in failed
+    assert "hint: stop that process or move the target to another port" in out
+
+
+def test_kill_stale_leaves_a_different_command_alone(
+    stray: Stray, port: int, env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.setenv("ERPWATCH_COMMAND", f"{sys.executable} -c 'print(1)' {port}")
+    env.setenv("ERPWATCH_HEALTH_URL", f"http://127.0.0.1:{port}/")
+    assert preflight.run_check(_check("--kill-stale", "--grace", "1")) == preflight.EXIT_FAILED
+    out = capsys.readouterr().out
+    assert f"✘ stale process {stray.proc.pid}: not ended: its command differs" in out
+    assert stray.proc.poll() is None
+    assert psutil.pid_exists(stray.proc.pid)
+
+
+def test_kill_stale_ends_a_leftover_of_the_same_command(
+    stray: Stray, port: int, env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.setenv("ERPWATCH_COMMAND", stray.command)
+    env.setenv("ERPWATCH_HEALTH_URL", f"http://127.0.0.1:{port}/health")
+    assert preflight.run_check(_check()) == preflight.EXIT_FAILED
+    assert "--kill-stale" in capsys.readouterr().out
+    assert stray.proc.poll() is None
+
+    assert preflight.run_check(_check("--kill-stale", "--grace", "5")) == 0
+    out = capsys.readouterr().out
+    assert f"✔ stale process {stray.proc.pid}: ended with SIGTERM" in out
+    lines = out.splitlines()
+    held = lines.index(f"✔ stale process {stray.proc.pid}: ended with SIGTERM") - 1
+    assert lines[held].startswith(f"✘ health port 127.0.0.1:{port} (backend): in use by pid")
+    assert lines[held + 2] == f"✔ health port 127.0.0.1:{port} (backend): free"
+    assert "hint" not in out
+    assert stray.proc.poll() is not None  # psutil reaped it: gone, not a zombie
+
+
+def test_kill_stale_escalates_to_sigkill(port: int) -> None:
+    stubborn = (
+        "import signal, socket, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen()\n"
+        "print('listening', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    argv = [sys.executable, "-c", stubborn, str(port)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "listening"
+        holder = preflight.find_port_holder("127.0.0.1", port)
+        assert holder is not None and holder.pid == proc.pid
+        result = preflight.end_stale(holder, argv, grace=0.2)
+        assert result.ok and "SIGKILL" in result.detail
+        assert proc.poll() is not None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(5)
+
+
+def test_same_command_resolves_the_program_via_path(tmp_path: Path) -> None:
+    python = Path(sys.executable)
+    holder = preflight.PortHolder(1, "python", (str(python.resolve()), "-m", "app"))
+    assert preflight.same_command(holder, [str(python), "-m", "app"])
+    assert not preflight.same_command(holder, [str(python), "-m", "other"])
+    assert not preflight.same_command(holder, [str(python), "-m"])
+
+
+# --- configuration errors -------------------------------------------------------------------
+
+
+def test_config_error_is_shown_as_a_failed_check(
+    env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.setenv("ERPWATCH_CHECK_INTERVAL", "soon")
+    assert preflight.run_check(_check()) == preflight.EXIT_CONFIG
+    out = capsys.readouterr().out
+    assert out.startswith("✘ configuration: ERPWATCH_CHECK_INTERVAL: expected a number")
+
+
+# --- SMTP -------------------------------------------------------------------------------------
+
+
+class _Sink:
+    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+        return "250 OK"
+
+
+def _authenticator(
+    server: object, session: object, envelope: object, mechanism: str, auth_data: object
+) -> AuthResult:
+    ok = (
+        isinstance(auth_data, LoginPassword)
+        and auth_data.login == b"erp"
+        and auth_data.password == b"s3cret-pass"
+    )
+    return AuthResult(success=ok, handled=False)
+
+
+@pytest.fixture
+def smtp_port() -> Iterator[int]:
+    port = free_port()
+    controller = Controller(
+        _Sink(),
+        hostname="127.0.0.1",
+        port=port,
+        authenticator=_authenticator,
+        auth_require_tls=False,
+    )
+    controller.start()
+    yield port
+    controller.stop()
+
+
+def _smtp_settings(port: int, password: str, tmp_path: Path) -> Settings:
+    return Settings(
+        log_path=tmp_path,
+        smtp_host="127.0.0.1",
+        smtp_port=port,
+        smtp_security="none",
+        smtp_username="erp",
+        smtp_password=password,
+        smtp_timeout=5,
+    )
+
+
+async def test_smtp_login_accepted(smtp_port: int, tmp_path: Path) -> None:
+    result = await preflight.smtp_check(_smtp_settings(smtp_port, "s3cret-pass", tmp_path))
+    assert result.ok, result
+    assert result.detail == "logged in as 'erp'"
+
+
+async def test_smtp_login_refused_never_shows_the_password(smtp_port: int, tmp_path: Path) -> None:
+    result = await preflight.smtp_check(_smtp_settings(smtp_port, "wrong-pass", tmp_path))
+    assert not result.ok
+    text = preflight.format_results([result])
+    assert "login refused for 'erp'" in text and "ERPWATCH_SMTP_PASSWORD" in text
+    assert "wrong-pass" not in text
+
+
+async def test_smtp_unreachable(tmp_path: Path) -> None:
+    result = await preflight.smtp_check(_smtp_settings(free_port(), "x", tmp_path))
+    assert not result.ok and result.detail.startswith("connect failed")
+
+
+def test_check_command_includes_smtp_when_configured(
+    smtp_port: int, env: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.setenv("ERPWATCH_COMMAND", sys.executable)
+    for key, value in {
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(smtp_port),
+        "SMTP_SECURITY": "none",
+        "SMTP_USERNAME": "erp",
+        "SMTP_PASSWORD": "s3cret-pass",
+    }.items():
+        env.setenv(f"ERPWATCH_{key}", value)
+    assert preflight.run_check(_check()) == 0
+    out = capsys.readouterr().out
+    assert f"✔ smtp 127.0.0.1:{smtp_port}: logged in as 'erp'" in out
+    assert "s3cret-pass" not in out
+
+
+def test_erpwatch_check_command_end_to_end(stray: Stray, port: int, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "ERPWATCH_COMMAND": stray.command,
+        "ERPWATCH_HEALTH_URL": f"http://127.0.0.1:{port}/health",
+        "ERPWATCH_LOG_PATH": str(tmp_path / "logs"),
+    }
+    check = [sys.executable, "-m", "watchdog.cli", "check"]
+    held = subprocess.run(check, env=env, capture_output=True, text=True, timeout=30)
+    assert held.returncode == 1
+    assert f"in use by pid {stray.proc.pid}" in held.stdout
+    freed = subprocess.run(
+        [*check, "--kill-stale"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert freed.returncode == 0, freed.stdout
+    stray.proc.wait(5)
+    bad = subprocess.run(
+        check, env={**env, "ERPWATCH_MAX_RESTARTS": "-1"}, capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "✘ configuration: ERPWATCH_MAX_RESTARTS" in bad.stdout
