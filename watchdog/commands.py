@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
-from watchdog import history, status_cmd
+from watchdog.demo import runner as demo
 
-MODULES = [history, status_cmd]
+from watchdog import app, history, logs, preflight, status_cmd
+
+MODULES = [app, demo, history, status_cmd, logs, preflight]
