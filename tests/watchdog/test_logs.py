@@ -4,7 +4,13 @@ import argparse
 import io
 import json
 import logging
+import os
+import select
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -252,3 +258,37 @@ def test_follow_both_streams_marks_switches(child_logs: Path) -> None:
         stop.set()
         thread.join(5)
     assert out.text() == (f"\n==> {paths[1]} <==\nnew error\n\n==> {paths[0]} <==\nnew output\n")
+
+
+def _read_until(proc: subprocess.Popen[bytes], needle: bytes, seen: bytearray) -> None:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 10
+    while needle not in seen:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"timed out waiting for {needle!r}; got {bytes(seen)!r}"
+        ready, _, _ = select.select([proc.stdout], [], [], remaining)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            assert chunk, f"erpwatch logs exited early; got {bytes(seen)!r}"
+            seen += chunk
+
+
+def test_erpwatch_logs_follow_until_ctrl_c(child_logs: Path) -> None:
+    env = {**os.environ, "ERPWATCH_LOG_PATH": str(child_logs)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "watchdog.cli", "logs", "erp", "--stderr", "-n", "1", "-f"],
+        env=env,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        seen = bytearray()
+        _read_until(proc, b"err 1\n", seen)
+        with (child_logs / "erp.err.log").open("a") as file:
+            file.write("Traceback: boom\n")
+        _read_until(proc, b"Traceback: boom\n", seen)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
