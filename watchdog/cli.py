@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 from watchdog import __version__
 from watchdog.config import ConfigError
@@ -28,8 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _command_modules() -> list[object]:
-    # Imported lazily so `erpwatch history` does not pay for the status server's imports.
+class CommandModule(Protocol):
+    def register(self, subparsers: Any) -> None: ...
+
+
+def _command_modules() -> list[CommandModule]:
     from watchdog import commands
 
     return list(commands.MODULES)

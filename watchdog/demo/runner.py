@@ -86,11 +86,11 @@ class Demo:
     def say(self, text: str) -> None:
         print(f"\n▶ {text}", flush=True)
 
-    async def wait_for(self, kind: str, after: int, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
+    async def wait_for(self, kind: str, after: int, within: float = 15.0) -> None:
+        deadline = time.monotonic() + within
         while not any(e.kind == kind for e in self.events[after:]):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the demo expected a {kind!r} event within {timeout:g}s")
+                raise TimeoutError(f"the demo expected a {kind!r} event within {within:g}s")
             await asyncio.sleep(0.02)
 
     async def step(self, text: str, action: Callable[[], Awaitable[None]], *kinds: str) -> None:
@@ -143,7 +143,7 @@ class Demo:
         )
         self.say("Waiting for the recovery mail")
         with contextlib.suppress(TimeoutError):
-            await self.wait_for("alert-sent", len(self.events) - 1, timeout=5.0)
+            await self.wait_for("alert-sent", len(self.events) - 1, within=5.0)
 
 
 async def _run_demo(workdir: Path, color: bool) -> int:
