@@ -113,6 +113,7 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         env_nested_delimiter="__",
         extra="ignore",
+        env_ignore_empty=True,
         validate_default=True,
     )
 
