@@ -1,0 +1,297 @@
+"""Probe classification (pure) and Prober against live servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers import await_until, free_port
+from watchdog.clock import RealClock
+from watchdog.demo.backend import CRASH_EXIT_CODE, CRASH_LINE
+from watchdog.probe import Prober, ProbeResult, ProbeStatus, classify, make_client
+from watchdog.process import ManagedProcess
+
+OK, DEGRADED, FAILED = ProbeStatus.OK, ProbeStatus.DEGRADED, ProbeStatus.FAILED
+
+
+# -- classify: one edge per case ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status_code", "latency", "body", "error", "expected"),
+    [
+        (200, 0.01, {"status": "ok"}, None, (OK, "HTTP 200")),
+        (200, 0.01, None, None, (OK, "HTTP 200")),  # non-JSON body
+        (204, 0.01, None, None, (OK, "HTTP 204")),
+        (301, 0.01, None, None, (OK, "HTTP 301")),  # kubelet: 2xx-3xx answer
+        (200, 0.01, ["not", "a", "dict"], None, (OK, "HTTP 200")),
+        (200, 0.01, {"status": 1}, None, (OK, "HTTP 200")),
+        (200, 0.01, {"status": "degraded"}, None, (DEGRADED, "body status: degraded")),
+        (200, 0.01, {"status": " WARN "}, None, (DEGRADED, "body status: warn")),
+        (200, 0.01, {"status": "down"}, None, (FAILED, "body status: down")),
+        (200, 0.01, {"status": "error"}, None, (FAILED, "body status: error")),
+        (200, 0.01, {"status": "unhealthy"}, None, (FAILED, "body status: unhealthy")),
+        (200, 2.0, None, None, (OK, "HTTP 200")),  # exactly at the limit is not slow
+        (200, 2.314, None, None, (DEGRADED, "slow: 2.31s > 2.0s")),
+        (200, 3.0, {"status": "degraded"}, None, (DEGRADED, "body status: degraded")),
+        (200, 3.0, {"status": "down"}, None, (FAILED, "body status: down")),
+        (503, 0.01, {"status": "ok"}, None, (FAILED, "HTTP 503")),
+        (404, 0.01, None, None, (FAILED, "HTTP 404")),
+        (199, 0.01, None, None, (FAILED, "HTTP 199")),
+        (None, 1.0, None, "timeout after 1.0s", (FAILED, "timeout after 1.0s")),
+        (200, 0.01, {"status": "ok"}, "boom", (FAILED, "boom")),  # an error always wins
+        (None, 0.01, None, None, (FAILED, "no response")),
+    ],
+)
+def test_classify(
+    status_code: int | None,
+    latency: float,
+    body: object,
+    error: str | None,
+    expected: tuple[ProbeStatus, str],
+) -> None:
+    assert classify(status_code, latency, body, 2.0, error) == expected
+
+
+# -- a tiny server that answers exactly as told ------------------------------------------------
+
+
+class HealthServer:
+    """HTTP/1.1 keep-alive server on 127.0.0.1: status, body, delay or hang, as set."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.body = b'{"status": "ok"}'
+        self.content_type = "application/json"
+        self.delay = 0.0
+        self.hang = False
+        self.port = 0
+        self.requests = 0
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/health"
+
+    async def __aenter__(self) -> HealthServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._handlers:
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            while (await reader.readuntil(b"\r\n\r\n")).startswith(b"GET"):
+                self.requests += 1
+                if self.hang:
+                    await asyncio.Event().wait()  # never answers; cancelled at teardown
+                if self.delay:
+                    await asyncio.sleep(self.delay)  # the server's latency, not a test wait
+                head = (
+                    f"HTTP/1.1 {self.status} X\r\nContent-Type: {self.content_type}\r\n"
+                    f"Content-Length: {len(self.body)}\r\n\r\n"
+                )
+                writer.write(head.encode() + self.body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionResetError):
+            pass  # the client closed the connection
+        finally:
+            writer.close()
+            self._handlers.discard(task)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[HealthServer]:
+    async with HealthServer() as running:
+        yield running
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with make_client(max_connections=100) as shared:
+        yield shared
+
+
+def prober(
+    url: str,
+    client: httpx.AsyncClient,
+    *,
+    timeout: float = 1.0,
+    degraded_latency: float = 0.5,
+) -> Prober:
+    return Prober(
+        url, timeout=timeout, degraded_latency=degraded_latency, client=client, clock=RealClock()
+    )
+
+
+class StepClock:
+    """Each `now()` is ``step`` seconds after the previous one: a request takes ``step``."""
+
+    def __init__(self, step: float) -> None:
+        self.step = step
+        self.current = 100.0
+
+    def now(self) -> float:
+        self.current += self.step
+        return self.current
+
+    async def sleep(self, seconds: float) -> None:
+        raise AssertionError("a probe never sleeps")
+
+
+# -- Prober against the tiny server ------------------------------------------------------------
+
+
+async def test_ok(server: HealthServer, client: httpx.AsyncClient) -> None:
+    result = await prober(server.url, client).check()
+    assert (result.status, result.status_code, result.reason) == (OK, 200, "HTTP 200")
+    assert 0 < result.latency < 0.5
+
+
+async def test_non_json_200_is_ok(server: HealthServer, client: httpx.AsyncClient) -> None:
+    server.body, server.content_type = b"<html>up</html>", "text/html"
+    result = await prober(server.url, client).check()
+    assert (result.status, result.reason) == (OK, "HTTP 200")
+
+
+async def test_http_503_fails(server: HealthServer, client: httpx.AsyncClient) -> None:
+    server.status = 503
+    result = await prober(server.url, client).check()
+    assert (result.status, result.status_code, result.reason) == (FAILED, 503, "HTTP 503")
+
+
+async def test_degraded_body(server: HealthServer, client: httpx.AsyncClient) -> None:
+    server.body = b'{"status": "degraded", "db": "slow"}'
+    result = await prober(server.url, client).check()
+    assert (result.status, result.reason) == (DEGRADED, "body status: degraded")
+
+
+async def test_timeout_fails_and_the_client_stays_usable(
+    server: HealthServer, client: httpx.AsyncClient
+) -> None:
+    server.hang = True
+    result = await prober(server.url, client, timeout=0.2).check()
+    assert (result.status, result.status_code, result.reason) == (
+        FAILED,
+        None,
+        "timeout after 0.2s",
+    )
+    assert 0.2 <= result.latency < 0.6
+    server.hang = False
+    assert (await prober(server.url, client).check()).status is OK
+
+
+async def test_slow_answer_is_degraded(server: HealthServer, client: httpx.AsyncClient) -> None:
+    server.delay = 0.15
+    result = await prober(server.url, client, degraded_latency=0.1).check()
+    assert result.status is DEGRADED
+    assert re.fullmatch(r"slow: 0\.\d\ds > 0\.1s", result.reason), result.reason
+
+
+async def test_latency_comes_from_the_injected_clock(
+    server: HealthServer, client: httpx.AsyncClient
+) -> None:
+    clock = StepClock(2.5)
+    check = Prober(server.url, timeout=5.0, degraded_latency=2.0, client=client, clock=clock)
+    result = await check.check()
+    assert result == ProbeResult(DEGRADED, 2.5, 200, "slow: 2.50s > 2.0s", clock.current)
+
+
+async def test_connection_refused(client: httpx.AsyncClient) -> None:
+    result = await prober(f"http://127.0.0.1:{free_port()}/health", client).check()
+    assert (result.status, result.status_code, result.reason) == (
+        FAILED,
+        None,
+        "connection refused",
+    )
+
+
+async def test_many_probers_share_one_client(
+    server: HealthServer, client: httpx.AsyncClient
+) -> None:
+    probers = [prober(server.url, client) for _ in range(50)]
+    for _ in range(2):  # the second round reuses the kept-alive connections
+        results = await asyncio.gather(*(p.check() for p in probers))
+        assert {r.reason for r in results} == {"HTTP 200"}
+    assert server.requests == 100
+
+
+# -- Prober against the demo backend and its fault switches -------------------------------------
+
+
+@pytest.fixture
+async def backend(tmp_path: Path) -> AsyncIterator[tuple[ManagedProcess, str]]:
+    fault_file = tmp_path / "fault"
+    argv = [sys.executable, "-m", "watchdog.demo.backend", "--port", "0"]
+    process = ManagedProcess(
+        "erp", [*argv, "--fault-file", str(fault_file)], log_dir=tmp_path, stop_timeout=2
+    )
+    await process.start()
+
+    def listening() -> Any:  # a match or None
+        text = process.stdout_path.read_text() if process.stdout_path.exists() else ""
+        return re.search(r"LISTENING (\d+)", text)
+
+    match = await await_until(listening, timeout=10, what="backend listening")
+    yield process, f"http://127.0.0.1:{match.group(1)}"
+    await process.stop()
+
+
+async def test_demo_backend_faults_over_http(
+    backend: tuple[ManagedProcess, str], client: httpx.AsyncClient
+) -> None:
+    process, base = backend
+    check = prober(f"{base}/health", client, timeout=0.5, degraded_latency=0.2)
+
+    async def fault(name: str) -> None:
+        assert (await client.post(f"{base}/fault/{name}")).status_code == 200
+
+    assert (await check.check()).status is OK
+    await fault("degrade")
+    assert (await check.check()).reason == "body status: degraded"
+    await fault("slow?seconds=0.25")
+    assert re.fullmatch(r"slow: 0\.\d\ds > 0\.2s", (await check.check()).reason)
+    await fault("hang")
+    assert (await check.check()).reason == "timeout after 0.5s"
+    await fault("recover")
+    assert (await check.check()).status is OK
+    status = (await client.get(f"{base}/status")).json()
+    assert status["pid"] == process.pid and status["fault"] == "ok"
+    await fault("crash")
+    info = await process.wait()
+    assert info.returncode == CRASH_EXIT_CODE and CRASH_LINE in info.stderr_tail
+    assert (await check.check()).reason == "connection refused"
+
+
+async def test_demo_backend_fault_file(
+    backend: tuple[ManagedProcess, str], client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    process, base = backend
+    check = prober(f"{base}/health", client)
+    (tmp_path / "fault").write_text("degrade\n")
+    assert (await check.check()).status is DEGRADED
+    (tmp_path / "fault").write_text("")
+    assert (await check.check()).status is OK
+    (tmp_path / "fault").write_text("crash")
+    assert (await check.check()).status is FAILED  # dies without answering
+    info = await process.wait()
+    assert info.returncode == CRASH_EXIT_CODE
+    assert info.stderr_tail[-1] == CRASH_LINE
