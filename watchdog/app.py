@@ -12,18 +12,22 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import Sequence
 from typing import Any
 
-from watchdog import __version__, sdnotify
+from watchdog import __version__, preflight, sdnotify
 from watchdog.bus import EventBus
 from watchdog.clock import Clock, RealClock
 from watchdog.config import ConfigError, Settings, TargetConfig, load_settings
 from watchdog.events import SYSTEM_TARGET, Event, Kind
+from watchdog.logs import setup_logging
 from watchdog.store import EventStore
 from watchdog.supervisor import Supervisor
 
 log = logging.getLogger("erpwatch")
+
+EXIT_PREFLIGHT = 1
 
 
 def select_targets(
@@ -159,7 +163,14 @@ def run_command(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {"debug": True} if args.debug else {}
     settings = load_settings(**overrides)
     targets = select_targets(settings.targets_resolved(), args.only, args.exclude)
-    _setup_logging(settings)
+    chosen = {target.name for target in targets}
+    checks = [r for r in preflight.fast_checks(settings) if r.target in (None, *chosen)]
+    if not preflight.passed(checks):
+        failed = [r for r in checks if not r.ok and not r.superseded]
+        print(preflight.format_results(failed), file=sys.stderr)
+        print("erpwatch: not starting (see `erpwatch check`)", file=sys.stderr)
+        return EXIT_PREFLIGHT
+    setup_logging(settings)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -168,13 +179,6 @@ def run_command(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     return 0
-
-
-def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if settings.debug else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
 
 
 def register(subparsers: Any) -> None:
