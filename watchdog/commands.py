@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from alerting import commands as alerting_commands
 from watchdog.demo import runner as demo
 
 from watchdog import app, history, logs, preflight, status_cmd
 
-MODULES = [app, demo, history, status_cmd, logs, preflight]
+MODULES = [app, demo, history, status_cmd, logs, preflight, alerting_commands]
