@@ -117,7 +117,15 @@ class _Signal:
 STOP = _Signal("stop")  # the stream ends (server shutting down)
 RESYNC = _Signal("resync")  # the stream lost events: re-read them from the store
 
-StreamItem = Event | _Signal
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One event, formatted once for every stream."""
+
+    id: int
+    text: str
+
+
+StreamItem = Frame | _Signal
 
 
 @dataclass(eq=False)
@@ -157,13 +165,17 @@ class EventHub:
         self._streams.discard(stream)
 
     def publish(self, event: Event) -> None:
-        if event.id is not None:
-            self.last_id = max(self.last_id, event.id)
+        if event.id is None:
+            raise ValueError("only committed events (with an id) are streamed")
+        self.last_id = max(self.last_id, event.id)
+        if not self._streams:
+            return
+        frame = Frame(event.id, format_sse(event))
         for stream in self._streams:
             if stream.queue.qsize() >= self.maxsize:
                 self._resync(stream)
             else:
-                stream.queue.put_nowait(event)
+                stream.queue.put_nowait(frame)
 
     def resync_all(self) -> None:
         for stream in self._streams:
@@ -396,11 +408,11 @@ class _App:
                         last = event.id or last
                         yield format_sse(event)
                     continue
-                assert isinstance(item, Event)
-                if item.id is not None and item.id <= last:
+                assert isinstance(item, Frame)
+                if item.id <= last:
                     continue
-                last = item.id or last
-                yield format_sse(item)
+                last = item.id
+                yield item.text
         finally:
             self.hub.close(stream)
 
