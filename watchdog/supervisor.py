@@ -9,12 +9,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from watchdog.bus import EventBus
 from watchdog.clock import Clock
 from watchdog.config import TargetConfig
 from watchdog.monitor import TargetMonitor, TargetStatus
+from watchdog.probe import make_client
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ def start_order(configs: Sequence[TargetConfig]) -> list[TargetConfig]:
 
 
 class Supervisor:
-    """Owns one `TargetMonitor` per target and the HTTP client they share."""
+    """Owns one `TargetMonitor` per target (each with its own small HTTP client)."""
 
     def __init__(
         self,
@@ -63,11 +62,9 @@ class Supervisor:
         resources: Callable[[str], Mapping[str, Any] | None] | None = None,
     ) -> None:
         self._configs = start_order(configs)
-        self._client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
-            follow_redirects=False,
-            trust_env=False,
-        )
+        # One small client per target: httpcore's pool gets slower per request the more
+        # connections one pool holds (500 targets on one client timed out; see probe.py).
+        self._clients = {config.name: make_client(max_connections=2) for config in self._configs}
         self._resources = resources
         self.monitors: dict[str, TargetMonitor] = {
             config.name: TargetMonitor(
@@ -75,7 +72,7 @@ class Supervisor:
                 bus,
                 log_dir=log_dir,
                 clock=clock,
-                client=self._client,
+                client=self._clients[config.name],
                 crash_loop_count=crash_loop_count,
                 stderr_tail_lines=stderr_tail_lines,
                 log_max_bytes=log_max_bytes,
@@ -133,7 +130,7 @@ class Supervisor:
             await asyncio.gather(task, return_exceptions=True)
             if not task.cancelled() and task.exception() is not None:
                 log.error("%s: monitor failed", config.name, exc_info=task.exception())
-        await self._client.aclose()
+        await asyncio.gather(*(client.aclose() for client in self._clients.values()))
 
     async def restart(self, name: str, reason: str) -> None:
         """Restart one target now (e.g. over its memory cap)."""
