@@ -117,6 +117,7 @@ class _Signal:
 STOP = _Signal("stop")  # the stream ends (server shutting down)
 RESYNC = _Signal("resync")  # the stream lost events: re-read them from the store
 
+
 @dataclass(frozen=True, slots=True)
 class Frame:
     """One event, formatted once for every stream."""
@@ -621,7 +622,8 @@ class StatusServer:
         self._port = int(sock.getsockname()[1])
         config = uvicorn.Config(
             self.app,
-            log_config=None,
+            log_config=None,  # erpwatch's logging stays as configured
+            log_level="warning",  # no "Started server process" chatter in erpwatch's log
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=SHUTDOWN_GRACE_S,

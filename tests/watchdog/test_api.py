@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -479,3 +480,14 @@ async def test_page_renders_escaped_snapshot(env: Env) -> None:
     assert 'class="card green"' in html and "Healthy" in html
     assert "<details>" in html and 'id="refresh"' in html
     assert "http://" not in html.split("<body>")[0]  # no external resources in the head
+
+
+async def test_server_leaves_signal_handling_alone(tmp_path: Path) -> None:
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    e = await make_env(tmp_path)
+    try:
+        assert (await e.client.get("/health")).status_code == 200
+        assert {sig: signal.getsignal(sig) for sig in before} == before
+    finally:
+        await close_env(e)
+    assert {sig: signal.getsignal(sig) for sig in before} == before
