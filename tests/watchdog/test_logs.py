@@ -243,8 +243,11 @@ def test_follow_both_streams_marks_switches(child_logs: Path) -> None:
     out = ThreadSafeBuffer()
     stop = threading.Event()
     paths = logs.child_log_paths(child_logs, "erp", ("out", "err"))
+    positions = {path: path.stat().st_size for path in paths}  # no race with the writes below
     thread = threading.Thread(
-        target=logs.follow, args=(paths, out), kwargs={"stop": stop, "poll_interval": 0.01}
+        target=logs.follow,
+        args=(paths, out),
+        kwargs={"stop": stop, "poll_interval": 0.01, "positions": positions},
     )
     thread.start()
     try:
