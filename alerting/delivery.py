@@ -79,7 +79,9 @@ class Delivery:
             if self.retry_at:
                 timeout = min(timeout, max(min(self.retry_at.values()) - self.clock.now(), 0))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.001))
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
+                async with asyncio.timeout(max(timeout, 0.001)):
+                    await self._wake.wait()
 
     async def drain(self) -> int:
         """Send every due pending mail; returns how many were accepted."""

@@ -52,7 +52,7 @@ class TimeBase:
         if wall is None:
             return None
         then = datetime.fromisoformat(wall)
-        return self.now - max((self.wall - then).total_seconds(), 0.0)
+        return self.now - (self.wall - then).total_seconds()
 
 
 def event_to_json(event: Event) -> dict[str, Any]:
@@ -183,12 +183,13 @@ class TargetTrack:
             if self.incident is not None and self.incident.healthy_since is None:
                 self.incident.healthy_since = now
                 self.incident.recovered_at = event.ts
-        elif event.kind in BAD_KINDS:
-            self.healthy = False
-            if self.incident is not None:
-                self.incident.healthy_since = None
-                self.incident.recovered_at = None
-        self.streak.append(event)
+        else:
+            if event.kind in BAD_KINDS:
+                self.healthy = False
+                if self.incident is not None:
+                    self.incident.healthy_since = None
+                    self.incident.recovered_at = None
+            self.streak.append(event)
         if self.incident is not None:
             self.incident.record(event)
 

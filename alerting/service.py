@@ -23,19 +23,7 @@ from alerting.delivery import Delivery
 from alerting.incidents import IncidentBook, TargetTrack, TimeBase
 from alerting.outbox import Outbox, inbox_hook
 from alerting.render import Renderer
-from alerting.stages import (
-    Ctx,
-    EventStage,
-    FilterStage,
-    GroupStage,
-    IncidentStage,
-    Policy,
-    RateLimiter,
-    RateLimitStage,
-    SilenceStage,
-    TrackStage,
-    next_deadline,
-)
+from alerting.stages import Ctx, Pipeline, Policy, RateLimiter, next_deadline
 from alerting.transport import transport_for
 from watchdog.bus import EventBus, Subscription
 from watchdog.clock import Clock, RealClock
@@ -94,14 +82,7 @@ class AlertService:
         )
         self.book = IncidentBook()
         self.limiter = RateLimiter(self.policy.rate_limit, self.policy.rate_window)
-        self.stages: tuple[EventStage, ...] = (
-            TrackStage(),
-            FilterStage(),
-            IncidentStage(),
-            SilenceStage(),
-        )
-        self.group = GroupStage()
-        self.rate = RateLimitStage()
+        self.pipeline = Pipeline()
         self._counts = {"pending": 0, "sent": 0, "dead": 0}
         self._last_sent: str | None = None
         self._queued = 0  # mails this process put into the outbox
@@ -181,7 +162,9 @@ class AlertService:
             if timeout <= 0:
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     async def step(self) -> int:
         """One pipeline round: process up to a batch of inbox events and due timers."""
@@ -189,11 +172,7 @@ class AlertService:
         silences = await self.bus.run_in_writer(self.outbox.silences)
         now, wall = self.clock.now(), self.wall()
         ctx = Ctx(now, wall, self.policy, self.book, self.limiter, silences)
-        kept = events
-        for stage in self.stages:
-            ctx, kept = stage.exec(ctx, kept)
-        ctx, notes = self.group.exec(ctx, kept)
-        ctx, notes = self.rate.exec(ctx, notes)
+        ctx, notes = self.pipeline.exec(ctx, events)
         ctx, mails = self.renderer.exec(ctx, notes)
         base = TimeBase(now, wall)
         state: dict[str, Any] = {

@@ -358,3 +358,23 @@ def next_deadline(ctx: Ctx) -> float | None:
     if free is not None:
         times.append(free)
     return min(times) if times else None
+
+
+class Pipeline:
+    """The pure stages in order: events in, notifications (not yet rendered) out."""
+
+    def __init__(self) -> None:
+        self.event_stages: tuple[EventStage, ...] = (
+            TrackStage(),
+            FilterStage(),
+            IncidentStage(),
+            SilenceStage(),
+        )
+        self.group = GroupStage()
+        self.rate = RateLimitStage()
+
+    def exec(self, ctx: Ctx, events: list[Event]) -> tuple[Ctx, list[Notification]]:
+        for stage in self.event_stages:
+            ctx, events = stage.exec(ctx, events)
+        ctx, notes = self.group.exec(ctx, events)
+        return self.rate.exec(ctx, notes)

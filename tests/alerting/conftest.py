@@ -1,0 +1,122 @@
+"""A real SMTP server on loopback (aiosmtpd), a real SQLite event store, a self-signed cert."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from tests.helpers import free_port
+from watchdog.bus import EventBus
+from watchdog.store import EventStore
+
+USER = "alerts"
+PASSWORD = "s3cr3t-Pa55word-never-shown"
+
+
+@dataclass
+class Recorder:
+    """aiosmtpd handler: keeps every accepted message; ``reply`` overrides the DATA answer."""
+
+    messages: list[EmailMessage] = field(default_factory=list)
+    envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
+    reply: str | None = None
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.reply is not None:
+            return self.reply
+        msg = message_from_bytes(envelope.content, policy=policy.default)
+        assert isinstance(msg, EmailMessage)
+        self.messages.append(msg)
+        self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+        return "250 Message accepted for delivery"
+
+
+def _authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
+    ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
+        USER.encode(),
+        PASSWORD.encode(),
+    )
+    return AuthResult(success=ok, handled=False)
+
+
+class SmtpServer:
+    """Start/stop an aiosmtpd Controller on a fixed loopback port (port=0 is broken there)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.recorder = Recorder()
+        self._controller: Controller | None = None
+
+    @property
+    def messages(self) -> list[EmailMessage]:
+        return self.recorder.messages
+
+    def start(self, *, tls: ssl.SSLContext | None = None, auth: bool = False) -> SmtpServer:
+        kwargs: dict[str, Any] = {}
+        if tls is not None:
+            kwargs.update(tls_context=tls, require_starttls=True)
+        if auth:
+            kwargs.update(authenticator=_authenticator, auth_required=True)
+        self._controller = Controller(
+            self.recorder, hostname="127.0.0.1", port=self.port, ready_timeout=5, **kwargs
+        )
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    server = SmtpServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (openssl CLI); it is its own CA file."""
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture
+def server_tls(cert: tuple[Path, Path]) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert[0]), str(cert[1]))
+    return context
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[EventStore]:
+    events = EventStore(tmp_path / "erpwatch.db")
+    yield events
+    events.close()
+
+
+@pytest.fixture
+async def bus(store: EventStore) -> AsyncIterator[EventBus]:
+    events = EventBus(store)
+    yield events
+    await events.close()

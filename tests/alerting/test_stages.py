@@ -1,0 +1,228 @@
+"""The pure pipeline on fake time: grouping, dedup, recovery, reminders, rate limit, silences."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from alerting.incidents import IncidentBook, TimeBase
+from alerting.silences import Silence, parse_duration
+from alerting.stages import Ctx, Notification, Pipeline, Policy, RateLimiter, next_deadline
+from watchdog.clock import FakeClock
+from watchdog.events import Event, Kind
+
+_ids = itertools.count(1)
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def ev(kind: Kind, target: str = "backend", **details: Any) -> Event:
+    return Event.of(target, kind, f"{kind} happened", **details).with_id(next(_ids))
+
+
+class Harness:
+    def __init__(self, **policy: Any) -> None:
+        values: dict[str, Any] = {
+            "alert_on": frozenset({"restart-limit-reached", "crash-loop", "down", "alert-failed"}),
+            "recipients": ("ops@example.com",),
+            "group_wait": 10.0,
+            "recovery_after": 60.0,
+            "reminder_interval": 4 * 3600.0,
+            "rate_limit": 10,
+            "rate_window": 3600.0,
+        }
+        values.update(policy)
+        self.policy = Policy(**values)
+        self.clock = FakeClock()
+        self.start = self.clock.now()
+        self.book = IncidentBook()
+        self.limiter = RateLimiter(self.policy.rate_limit, self.policy.rate_window)
+        self.pipeline = Pipeline()
+        self.silences: list[Silence] = []
+        self.decisions: list[str] = []
+
+    @property
+    def wall(self) -> datetime:
+        return T0 + timedelta(seconds=self.clock.now() - self.start)
+
+    def run(self, *events: Event) -> list[Notification]:
+        ctx = Ctx(self.clock.now(), self.wall, self.policy, self.book, self.limiter, self.silences)
+        ctx, notes = self.pipeline.exec(ctx, list(events))
+        self.decisions.extend(d.message for d in ctx.decisions)
+        self.last_ctx = ctx
+        return notes
+
+    def after(self, seconds: float, *events: Event) -> list[Notification]:
+        self.clock.advance(seconds)
+        return self.run(*events)
+
+
+def test_group_wait_collects_a_targets_events_into_one_mail() -> None:
+    h = Harness()
+    assert h.run(ev(Kind.CRASH_LOOP)) == []
+    assert h.after(5, ev(Kind.RESTART_LIMIT_REACHED)) == []
+    notes = h.after(5)
+    assert [(n.purpose, n.kinds) for n in notes] == [
+        ("firing", ["crash-loop", "restart-limit-reached"])
+    ]
+    assert h.after(100) == []
+
+
+def test_non_alerting_kinds_never_open_an_incident() -> None:
+    h = Harness(group_wait=0)
+    assert h.run(ev(Kind.CRASHED), ev(Kind.RESTARTED), ev(Kind.UNHEALTHY)) == []
+    assert h.book.open_incidents() == []
+
+
+def test_incident_adopts_the_streak_of_crashes_that_led_to_it() -> None:
+    h = Harness(group_wait=0)
+    h.run(ev(Kind.HEALTHY), ev(Kind.CRASHED, stderr_tail=["boom"]), ev(Kind.RESTARTED))
+    (note,) = h.run(ev(Kind.CRASH_LOOP))
+    assert note.incident is not None
+    assert [e.kind for e in note.incident.events] == ["crashed", "restarted", "crash-loop"]
+    assert note.incident.restarts == 1
+    assert note.incident.stderr_tail(20) == ["boom"]
+
+
+def test_repeated_kind_is_deduplicated_new_kind_is_an_update() -> None:
+    h = Harness(group_wait=0)
+    assert [n.purpose for n in h.run(ev(Kind.CRASH_LOOP))] == ["firing"]
+    assert h.after(1, *[ev(Kind.CRASH_LOOP) for _ in range(50)]) == []
+    assert any("50 repeated" in d for d in h.decisions)
+    (update,) = h.after(1, ev(Kind.DOWN))
+    assert (update.purpose, update.kinds) == ("update", ["down"])
+    assert update.incident is not None and update.incident.duplicates == 50
+
+
+def test_crash_loop_burst_of_500_events_gives_a_handful_of_notifications() -> None:
+    h = Harness(group_wait=10)
+    notes: list[Notification] = []
+    for i in range(500):
+        kind = [Kind.CRASHED, Kind.RESTARTED, Kind.CRASH_LOOP][i % 3]
+        notes += h.after(0.05, ev(kind))
+    notes += h.after(10, ev(Kind.RESTART_LIMIT_REACHED), ev(Kind.DOWN))
+    notes += h.after(10)
+    assert 1 <= len(notes) <= 3
+
+
+def test_recovery_after_healthy_stretch_resolves_the_incident() -> None:
+    h = Harness(group_wait=0, recovery_after=60)
+    h.run(ev(Kind.DOWN))
+    assert h.after(1, ev(Kind.HEALTHY)) == []
+    assert h.after(59.9) == []
+    (note,) = h.after(0.1)
+    assert note.purpose == "resolved"
+    assert h.book.open_incidents() == []
+
+
+def test_bad_event_during_recovery_restarts_the_recovery_timer() -> None:
+    h = Harness(group_wait=0, recovery_after=60)
+    h.run(ev(Kind.DOWN))
+    h.after(1, ev(Kind.HEALTHY))
+    assert h.after(30, ev(Kind.CRASHED)) == []
+    assert h.after(40, ev(Kind.HEALTHY)) == []
+    assert h.after(59) == []
+    assert [n.purpose for n in h.after(1)] == ["resolved"]
+
+
+def test_next_incident_after_recovery_is_a_new_thread() -> None:
+    h = Harness(group_wait=0, recovery_after=1)
+    (first,) = h.run(ev(Kind.DOWN))
+    h.after(1, ev(Kind.HEALTHY))
+    h.after(1)
+    (second,) = h.after(1, ev(Kind.DOWN))
+    assert second.purpose == "firing"
+    assert first.incident is not None and second.incident is not None
+    assert first.incident.id != second.incident.id
+
+
+def test_reminder_while_still_down() -> None:
+    h = Harness(group_wait=0, reminder_interval=100)
+    h.run(ev(Kind.DOWN))
+    assert h.after(99) == []
+    assert [n.purpose for n in h.after(1)] == ["reminder"]
+    assert h.after(99) == []
+    assert [n.purpose for n in h.after(1)] == ["reminder"]
+
+
+def test_no_reminder_while_recovering() -> None:
+    h = Harness(group_wait=0, reminder_interval=100, recovery_after=1000)
+    h.run(ev(Kind.DOWN))
+    h.after(1, ev(Kind.HEALTHY))
+    assert h.after(200) == []
+
+
+def test_rate_limit_holds_mail_and_sends_a_digest_when_the_window_frees() -> None:
+    h = Harness(group_wait=0, rate_limit=2, rate_window=100, recovery_after=1)
+    sent: list[Notification] = []
+    for i in range(5):  # five separate incidents on five targets
+        sent += h.after(1, ev(Kind.DOWN, target=f"t{i}"))
+    assert [n.target for n in sent] == ["t0", "t1"]
+    assert sum("rate limit" in d for d in h.decisions) == 3
+    assert h.last_ctx and next_deadline(h.last_ctx) is not None
+    digest = h.after(100)
+    assert [n.purpose for n in digest] == ["digest"]
+    assert [held.target for held in digest[0].held] == ["t2", "t3", "t4"]
+    assert h.after(1) == []
+
+
+def test_silence_holds_mail_and_it_goes_out_when_the_silence_ends() -> None:
+    h = Harness(group_wait=0)
+    h.silences.append(Silence("Backend", h.wall + timedelta(minutes=30), "maintenance"))
+    assert h.run(ev(Kind.DOWN)) == []
+    assert h.after(60, ev(Kind.CRASH_LOOP)) == []
+    held = [d for d in h.decisions if "silenced" in d]
+    assert len(held) == 1 and "maintenance" in held[0]
+    notes = h.after(30 * 60)
+    assert [(n.purpose, sorted(n.kinds)) for n in notes] == [("firing", ["crash-loop", "down"])]
+
+
+def test_recovery_during_silence_sends_nothing() -> None:
+    h = Harness(group_wait=0, recovery_after=1)
+    h.silences.append(Silence("backend", h.wall + timedelta(minutes=30)))
+    h.run(ev(Kind.DOWN))
+    h.after(1, ev(Kind.HEALTHY))
+    assert h.after(5) == []
+    assert h.after(3600) == []
+    assert h.book.open_incidents() == []
+
+
+def test_alert_sent_and_held_never_reenter_and_recursive_failure_does_not_alert() -> None:
+    h = Harness(group_wait=0)
+    assert h.run(ev(Kind.ALERT_SENT), ev(Kind.ALERT_HELD)) == []
+    assert h.run(ev(Kind.ALERT_FAILED, target="erpwatch", recursive=True)) == []
+    (note,) = h.run(ev(Kind.ALERT_FAILED, target="erpwatch", reason="550"))
+    assert note.kinds == ["alert-failed"]
+
+
+def test_alert_failed_on_a_healthy_target_closes_after_the_recovery_time() -> None:
+    h = Harness(group_wait=0, recovery_after=10)
+    h.run(ev(Kind.HEALTHY))
+    assert [n.purpose for n in h.run(ev(Kind.ALERT_FAILED))] == ["firing"]
+    assert [n.purpose for n in h.after(10)] == ["resolved"]
+
+
+def test_state_round_trips_through_json_with_times_rebased() -> None:
+    h = Harness(group_wait=50)
+    h.run(ev(Kind.CRASHED, exit_code=3), ev(Kind.DOWN))
+    base = TimeBase(h.clock.now(), T0)
+    data = h.book.track("backend").to_json(base)
+    from alerting.incidents import TargetTrack
+
+    later = TimeBase(5000.0, T0 + timedelta(seconds=20))
+    track = TargetTrack.from_json(data, later)
+    assert track.incident is not None
+    assert track.incident.group_deadline == 5000.0 + 30
+    assert [e.kind for e in track.incident.events] == ["crashed", "down"]
+
+
+def test_parse_duration() -> None:
+    assert parse_duration("30m") == timedelta(minutes=30)
+    assert parse_duration("1h30m") == timedelta(minutes=90)
+    assert parse_duration("90") == timedelta(seconds=90)
+    for bad in ("", "abc", "5x", "-1", "0"):
+        try:
+            parse_duration(bad)
+        except ValueError:
+            continue
+        raise AssertionError(bad)
