@@ -22,6 +22,7 @@ from watchdog.clock import Clock, RealClock
 from watchdog.config import ConfigError, Settings, TargetConfig, load_settings
 from watchdog.events import SYSTEM_TARGET, Event, Kind
 from watchdog.logs import setup_logging
+from watchdog.resources import ResourceMonitor
 from watchdog.store import EventStore
 from watchdog.supervisor import Supervisor
 
@@ -80,6 +81,15 @@ class Watchdog:
             stderr_tail_lines=settings.alert_stderr_lines,
             log_max_bytes=settings.log_max_bytes,
             log_backups=settings.log_backups,
+            resources=lambda name: self.resources.latest_target(name),
+        )
+        self.resources = ResourceMonitor.for_targets(
+            settings,
+            self.bus,
+            self.targets,
+            targets=self._running_pids,
+            restart=self.supervisor.restart,
+            clock=self.clock,
         )
         self.status_server: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -108,6 +118,7 @@ class Watchdog:
         )
         await self.supervisor.start()
         self._tasks.append(asyncio.create_task(self._rotate_logs(), name="log-rotation"))
+        self._tasks.append(asyncio.create_task(self.resources.run(), name="resources"))
         sdnotify.ready(f"supervising {len(self.targets)} target(s)")
         interval = sdnotify.watchdog_interval()
         if interval:
@@ -127,6 +138,13 @@ class Watchdog:
             await self.status_server.stop()
         await self.bus.close()
         self.store.close()
+
+    def _running_pids(self) -> dict[str, list[int]]:
+        return {
+            name: [monitor.process.pid]
+            for name, monitor in self.supervisor.monitors.items()
+            if monitor.process.running and monitor.process.pid is not None
+        }
 
     async def _rotate_logs(self) -> None:
         while True:
