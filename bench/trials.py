@@ -1,0 +1,205 @@
+"""The measured trials, the same for every watchdog (see bench/run_all.py for the rows).
+
+Every trial starts from a healthy backend that has run for ``settle`` seconds (supervisord
+counts a process as started after ``startsecs=1``), then injects the fault from outside:
+
+- crash: SIGKILL to the backend's PID;
+- hang: ``POST /fault/hang`` (the backend's /health stops answering; in memory, so the new
+  process is healthy), at a random phase of the watchdog's check period;
+
+and times, from that moment, the new backend process appearing (`BackendFinder`, 1 ms /proc
+poll) and our own client's first 200 from /health on it (1 ms poll).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.measure import (
+    BackendFinder,
+    ResourceSampler,
+    free_port,
+    kill_and_wait,
+    kill_pid,
+    post,
+    summary,
+    tagged_processes,
+    wait_healthy,
+)
+from bench.peers import Peer, Scenario
+
+GRANDCHILD = b"time.sleep(3600)"
+
+
+@dataclass
+class Trials:
+    restart: list[float] = field(default_factory=list)  # seconds to the new process
+    healthy: list[float] = field(default_factory=list)  # seconds to the first 200
+    healthy_wall: list[float] = field(default_factory=list)  # time.time() of those 200s
+    failures: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "restart_s": summary(self.restart),
+            "healthy_s": summary(self.healthy),
+            "failures": self.failures,
+        }
+
+
+def new_scenario(**kwargs: Any) -> Scenario:
+    return Scenario(port=free_port(), tag=uuid.uuid4().hex, **kwargs)
+
+
+def _ready(peer: Peer, finder: BackendFinder, limit: float) -> list[int]:
+    assert peer.scenario is not None
+    deadline = time.monotonic() + limit
+    if wait_healthy(peer.scenario.port, deadline) is None:
+        return []
+    return finder.current()
+
+
+def _one(
+    peer: Peer, finder: BackendFinder, inject: str, old: list[int], limit: float, out: Trials
+) -> bool:
+    """Inject a fault into the backend ``old`` and time the recovery; False on a miss."""
+    assert peer.scenario is not None
+    t0 = time.monotonic()
+    if inject == "crash":
+        kill_pid(old[0])
+    elif not post(peer.scenario.port, "/fault/hang"):
+        out.failures.append("could not switch the backend to hang")
+        return False
+    found = finder.wait_new(old, t0 + limit)
+    if found is None:
+        out.failures.append(f"no new process within {limit:g}s")
+        return False
+    healthy = wait_healthy(peer.scenario.port, t0 + limit)
+    if healthy is None:
+        out.failures.append(f"new process not healthy within {limit:g}s")
+        return False
+    out.restart.append(found[1] - t0)
+    out.healthy.append(healthy - t0)
+    out.healthy_wall.append(time.time() - (time.monotonic() - healthy))
+    return True
+
+
+def fault_trials(
+    peer: Peer,
+    scenario: Scenario,
+    *,
+    inject: str,
+    count: int,
+    settle: float = 1.2,
+    jitter: float = 0.0,
+    limit: float = 40.0,
+    seed: int = 1,
+) -> Trials:
+    """``count`` crashes or hangs in a row under one running ``peer``."""
+    rng = random.Random(seed)
+    out = Trials()
+    peer.start(scenario)
+    finder = BackendFinder(scenario.port)
+    try:
+        for _ in range(count):
+            old = _ready(peer, finder, limit)
+            if not old:
+                out.failures.append("backend not healthy before the trial")
+                break
+            time.sleep(settle + rng.uniform(0, jitter))
+            old = finder.current()
+            if not old:
+                out.failures.append("backend vanished before the trial")
+                continue
+            _one(peer, finder, inject, old, limit, out)
+    finally:
+        peer.stop()
+        kill_and_wait(tagged_processes(scenario.tag))
+        peer.cleanup()
+    return out
+
+
+def hang_after_restart_trials(
+    peer: Peer, scenario: Scenario, *, count: int, limit: float = 60.0
+) -> Trials:
+    """Crash the backend, and as soon as the new one answers, make it hang: time that hang."""
+    out = Trials()
+    peer.start(scenario)
+    finder = BackendFinder(scenario.port)
+    try:
+        for _ in range(count):
+            old = _ready(peer, finder, limit)
+            if not old:
+                out.failures.append("backend not healthy before the trial")
+                break
+            time.sleep(1.2)
+            scratch = Trials()
+            if not _one(peer, finder, "crash", finder.current() or old, limit, scratch):
+                out.failures.extend(scratch.failures)
+                continue
+            _one(peer, finder, "hang", finder.current(), limit, out)
+    finally:
+        peer.stop()
+        kill_and_wait(tagged_processes(scenario.tag))
+        peer.cleanup()
+    return out
+
+
+def overhead(peer: Peer, scenario: Scenario, *, seconds: float, warmup: float = 5.0) -> dict:
+    """RSS and CPU of the watchdog's own processes while one healthy target is supervised."""
+    peer.start(scenario)
+    try:
+        time.sleep(warmup)
+        pids = peer.own_pids()
+        result: dict[str, Any] = ResourceSampler(pids).run(seconds)
+        result["processes"] = len(pids)
+        return result
+    finally:
+        peer.stop()
+        kill_and_wait(tagged_processes(scenario.tag))
+        peer.cleanup()
+
+
+def orphans(peer: Peer, scenario: Scenario, *, crashes: int) -> dict[str, Any]:
+    """Leftover processes (the backend's setsid grandchildren) after crash restarts and stop."""
+    peer.start(scenario)
+    finder = BackendFinder(scenario.port)
+    result: dict[str, Any] = {"crashes": 0}
+    try:
+        trials = Trials()
+        for _ in range(crashes):
+            old = _ready(peer, finder, 40)
+            if not old:
+                break
+            time.sleep(1.2)
+            if _one(peer, finder, "crash", finder.current() or old, 40, trials):
+                result["crashes"] += 1
+        _ready(peer, finder, 40)
+        time.sleep(1.0)
+        current = set(finder.current())
+        grandchildren = tagged_processes(scenario.tag, GRANDCHILD)
+        stray = [pid for pid in grandchildren if _ppid(pid) not in current]
+        result["after_crash_restarts"] = len(stray)
+        peer.stop()
+        time.sleep(1.0)
+        own = set(peer.own_pids())
+        left = [pid for pid in tagged_processes(scenario.tag) if pid not in own]
+        result["after_stop"] = len(left)
+        result["failures"] = trials.failures
+        return result
+    finally:
+        peer.stop()
+        kill_and_wait(tagged_processes(scenario.tag))
+        peer.cleanup()
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    return int(stat[stat.rfind(b")") + 2 :].split()[1])
