@@ -27,7 +27,7 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -47,6 +47,7 @@ from watchdog.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from watchdog.metrics import Metrics
 from watchdog.monitor import TargetStatus
 from watchdog.resources import host_snapshot
+from watchdog.sse import RESYNC, STOP, EventHub, Frame, format_sse
 from watchdog.states import TargetState
 from watchdog.status_cmd import format_duration, format_latency
 from watchdog.store import EventStore
@@ -56,7 +57,6 @@ log = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/health"})
 HEARTBEAT_S = 15.0
-STREAM_QUEUE = 256  # events buffered per SSE client before it re-reads from the store
 CATCH_UP_PAGE = 500
 HISTORY_MAX = 10_000
 RECENT_EVENTS = 30
@@ -101,109 +101,6 @@ def check_bind(settings: Settings) -> None:
             f"{ENV_PREFIX}STATUS_TOKEN to serve the status API there, or use 127.0.0.1 "
             f"(or {ENV_PREFIX}STATUS_ENABLED=false)"
         )
-
-
-# --- live event fan-out to SSE streams ----------------------------------------------------
-
-
-class _Signal:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"<{self.name}>"
-
-
-STOP = _Signal("stop")  # the stream ends (server shutting down)
-RESYNC = _Signal("resync")  # the stream lost events: re-read them from the store
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One event, formatted once for every stream."""
-
-    id: int
-    text: str
-
-
-StreamItem = Frame | _Signal
-
-
-@dataclass(eq=False)
-class EventStream:
-    """One SSE client's queue."""
-
-    queue: asyncio.Queue[StreamItem]
-    start_id: int  # the newest event id known when the stream opened
-
-
-@dataclass(eq=False)
-class EventHub:
-    """Hands every event to every open SSE stream without ever blocking the publisher.
-
-    A stream whose queue is full is emptied and told to re-read from the store (by id), so a
-    stalled browser costs a bounded amount of memory and loses nothing.
-    """
-
-    maxsize: int = STREAM_QUEUE
-    last_id: int = 0
-    _streams: set[EventStream] = field(default_factory=set)
-    _stopped: bool = False
-
-    @property
-    def count(self) -> int:
-        return len(self._streams)
-
-    def open(self) -> EventStream:
-        stream = EventStream(asyncio.Queue(self.maxsize + 1), self.last_id)
-        if self._stopped:
-            stream.queue.put_nowait(STOP)
-        else:
-            self._streams.add(stream)
-        return stream
-
-    def close(self, stream: EventStream) -> None:
-        self._streams.discard(stream)
-
-    def publish(self, event: Event) -> None:
-        if event.id is None:
-            raise ValueError("only committed events (with an id) are streamed")
-        self.last_id = max(self.last_id, event.id)
-        if not self._streams:
-            return
-        frame = Frame(event.id, format_sse(event))
-        for stream in self._streams:
-            if stream.queue.qsize() >= self.maxsize:
-                self._resync(stream)
-            else:
-                stream.queue.put_nowait(frame)
-
-    def resync_all(self) -> None:
-        for stream in self._streams:
-            self._resync(stream)
-
-    def stop_all(self) -> None:
-        """Push the stop sentinel into every stream; streams opened later end at once."""
-        self._stopped = True
-        for stream in self._streams:
-            _drain(stream.queue)
-            stream.queue.put_nowait(STOP)
-        self._streams.clear()
-
-    @staticmethod
-    def _resync(stream: EventStream) -> None:
-        _drain(stream.queue)
-        stream.queue.put_nowait(RESYNC)
-
-
-def _drain(queue: asyncio.Queue[StreamItem]) -> None:
-    while not queue.empty():
-        queue.get_nowait()
-
-
-def format_sse(event: Event) -> str:
-    data = json.dumps(event.to_dict(), default=str, separators=(",", ":"))
-    return f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n"
 
 
 # --- the status document --------------------------------------------------------------------

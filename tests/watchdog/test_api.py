@@ -16,12 +16,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import await_until
-from watchdog.api import EventHub, StatusServer, check_bind, format_sse
+from watchdog.api import StatusServer, check_bind
 from watchdog.bus import EventBus
 from watchdog.config import ConfigError, Settings
 from watchdog.events import Event, Kind
 from watchdog.monitor import TargetStatus
 from watchdog.probe import ProbeResult, ProbeStatus
+from watchdog.sse import EventHub, format_sse
 from watchdog.states import TargetState
 from watchdog.store import EventStore
 
