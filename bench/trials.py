@@ -13,6 +13,7 @@ poll) and our own client's first 200 from /health on it (1 ms poll).
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 import uuid
@@ -25,6 +26,7 @@ from bench.measure import (
     free_port,
     kill_and_wait,
     kill_pid,
+    percentile,
     post,
     summary,
     tagged_processes,
@@ -203,3 +205,108 @@ def _ppid(pid: int) -> int | None:
     except OSError:
         return None
     return int(stat[stat.rfind(b")") + 2 :].split()[1])
+
+
+def scale(count: int, *, seconds: float, interval: float = 1.0, warmup: float = 8.0) -> dict:
+    """erpwatch supervising ``count`` targets (``sleep`` processes) whose health URLs are
+    ``count`` listeners of one asyncio backend; the probe schedule's lag is measured there.
+
+    lag of a probe = (time since the previous probe of the same target) - interval.
+    """
+    import json
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from bench.peers import PYTHON, ROOT
+
+    tmp = Path(tempfile.mkdtemp(prefix="erpwatch-bench-scale-"))
+    out_file = tmp / "arrivals.json"
+    backend = subprocess.Popen(
+        [PYTHON, "-m", "bench.scale_backend", "--count", str(count), "--out", str(out_file)],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    watchdog: subprocess.Popen[bytes] | None = None
+    tag = uuid.uuid4().hex
+    try:
+        assert backend.stdout is not None
+        ports = json.loads(backend.stdout.readline())
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ERPWATCH_")}
+        env.update(
+            {
+                "ERPWATCH_BENCH_TAG": tag,
+                "PYTHONPATH": str(ROOT),
+                "ERPWATCH_CHECK_INTERVAL": str(interval),
+                "ERPWATCH_PROBE_TIMEOUT": "1",
+                "ERPWATCH_LOG_PATH": str(tmp / "logs"),
+                "ERPWATCH_DB_PATH": str(tmp / "events.db"),
+                "ERPWATCH_STATUS_PORT": str(free_port()),
+            }
+        )
+        for index, port in enumerate(ports):
+            env[f"ERPWATCH_TARGETS__T{index:04d}__COMMAND"] = "sleep 86400"
+            env[f"ERPWATCH_TARGETS__T{index:04d}__HEALTH_URL"] = f"http://127.0.0.1:{port}/health"
+        t_start = time.monotonic()
+        watchdog = subprocess.Popen(
+            [PYTHON, "-m", "bench.run_unchecked"],  # see there: the ports are held on purpose
+            cwd=tmp,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=(tmp / "watchdog.out").open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        time.sleep(warmup + count / 100)
+        started_in = None
+        sampler = ResourceSampler([watchdog.pid])
+        window_start = time.monotonic()
+        stats = sampler.run(seconds)
+        window_end = time.monotonic()
+        if watchdog.poll() is not None:
+            tail = (tmp / "watchdog.out").read_text(errors="replace")[-800:]
+            raise RuntimeError(f"erpwatch exited during the scale run: {tail}")
+        backend.send_signal(signal.SIGTERM)
+        backend.wait(timeout=30)
+        data = json.loads(out_file.read_text())
+        lags: list[float] = []
+        probes = 0
+        silent = 0
+        for times in data["arrivals"]:
+            inside = [t for t in times if window_start <= t <= window_end]
+            probes += len(inside)
+            if not inside:
+                silent += 1
+            lags.extend(b - a - interval for a, b in itertools.pairwise(inside))
+        started = [t[0] for t in data["arrivals"] if t]
+        if started:
+            started_in = max(started) - t_start
+        p99 = percentile(lags, 99) if lags else None
+        return {
+            "targets": count,
+            "interval_s": interval,
+            "window_s": stats["seconds"],
+            "cpu_pct_core": stats["cpu_pct_core"],
+            "rss_mib_max": stats["rss_mib_max"],
+            "probes": probes,
+            "targets_without_probe": silent,
+            "lag_s": summary(lags),
+            "lag_p99_s": None if p99 is None else round(p99, 4),
+            "lag_p99_pct": None if p99 is None else round(100 * p99 / interval, 2),
+            "all_first_probed_within_s": None if started_in is None else round(started_in, 2),
+        }
+    finally:
+        if watchdog is not None and watchdog.poll() is None:
+            watchdog.send_signal(signal.SIGTERM)
+            try:
+                watchdog.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                kill_and_wait([watchdog.pid])
+        if backend.poll() is None:
+            kill_and_wait([backend.pid])
+        kill_and_wait(tagged_processes(tag))
+        shutil.rmtree(tmp, ignore_errors=True)
