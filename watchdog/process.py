@@ -41,6 +41,7 @@ ADDITIONS:
         # the child and its descendants; pass one `ppid_map()` to share a single /proc scan
         # between many targets in the same sampling round.
     ppid_map() -> dict[int, int]                      # pid -> parent pid of every process
+    descendants(pid) -> list[int]                     # O(tree) via /proc/<pid>/task/*/children
     tail_lines(path, lines, start=0) -> list[str]     # the efficient tail behind stderr_tail
 
 Behaviour worth knowing:
@@ -112,6 +113,46 @@ def ppid_map() -> dict[int, int]:
         ppid = proc.info.get("ppid")
         if isinstance(ppid, int):
             result[proc.pid] = ppid
+    return result
+
+
+def _children_file_works() -> bool:
+    me = os.getpid()
+    return os.path.exists(f"/proc/{me}/task/{me}/children")
+
+
+_HAS_CHILDREN_FILE = _children_file_works()
+
+
+def descendants(pid: int) -> list[int]:
+    """The descendants of ``pid``, breadth-first; raises psutil.NoSuchProcess if it is gone.
+
+    On Linux this reads ``/proc/<pid>/task/*/children``: it costs O(size of the tree), where
+    psutil's ``children()`` scans every process on the host. Many targets each taking a
+    snapshot made that scan dominate erpwatch's CPU (O(targets x host processes)).
+    """
+    if not _HAS_CHILDREN_FILE:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    result: list[int] = []
+    queue = [pid]
+    for parent in queue:  # the list grows while we walk it
+        try:
+            tids = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            if parent == pid:
+                raise psutil.NoSuchProcess(pid) from None
+            continue  # a descendant that just went away
+        for tid in tids:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children", "rb") as handle:
+                    found = handle.read().split()
+            except OSError:
+                continue
+            for child in found:
+                child_pid = int(child)
+                if child_pid not in result:
+                    result.append(child_pid)
+                    queue.append(child_pid)
     return result
 
 
@@ -298,9 +339,14 @@ class ManagedProcess:
 
     def _snapshot(self, pid: int) -> list[psutil.Process]:
         with contextlib.suppress(psutil.NoSuchProcess):
-            for child in psutil.Process(pid).children(recursive=True):
-                self._known.setdefault(child.pid, child)
+            self._remember(descendants(pid))
         return list(self._known.values())
+
+    def _remember(self, pids: Sequence[int]) -> None:
+        for pid in pids:
+            if pid not in self._known:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    self._known[pid] = psutil.Process(pid)
 
     @staticmethod
     def _signal_group(pgid: int, sig: signals.Signals) -> None:
@@ -338,12 +384,11 @@ class ManagedProcess:
             return []
         if ppids is None:
             try:
-                children = psutil.Process(self.pid).children(recursive=True)
+                children = descendants(self.pid)
             except psutil.NoSuchProcess:
                 return []
-            for child in children:
-                self._known.setdefault(child.pid, child)
-            return [self.pid, *(child.pid for child in children)]
+            self._remember(children)
+            return [self.pid, *children]
         by_parent: dict[int, list[int]] = {}
         for pid, parent in ppids.items():
             by_parent.setdefault(parent, []).append(pid)
