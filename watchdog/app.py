@@ -16,13 +16,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from alerting.service import AlertService
 from watchdog import __version__, preflight, sdnotify
 from watchdog.bus import EventBus
 from watchdog.clock import Clock, RealClock
 from watchdog.config import ConfigError, Settings, TargetConfig, load_settings
 from watchdog.events import SYSTEM_TARGET, Event, Kind
 from watchdog.logs import setup_logging
-from watchdog.resources import ResourceMonitor
+from watchdog.resources import ResourceMonitor, default_paths, host_snapshot
 from watchdog.store import EventStore
 from watchdog.supervisor import Supervisor
 
@@ -91,6 +92,13 @@ class Watchdog:
             restart=self.supervisor.restart,
             clock=self.clock,
         )
+        self.alerts = AlertService(
+            settings,
+            self.store,
+            self.bus,
+            clock=self.clock,
+            snapshot=self._host_resources,
+        )
         self.status_server: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -99,11 +107,17 @@ class Watchdog:
         return None if self.status_server is None else str(self.status_server.url)
 
     async def start(self) -> None:
+        # Alerting first: its commit hook must see the very first event.
+        await self.alerts.start()
         if self.settings.status_enabled:
             from watchdog.api import StatusServer
 
             self.status_server = StatusServer(
-                self.settings, source=self.supervisor, store=self.store, bus=self.bus
+                self.settings,
+                source=self.supervisor,
+                store=self.store,
+                bus=self.bus,
+                alert_stats=self.alerts.stats,
             )
             await self.status_server.start()
             log.info("status page on %s", self.status_server.url)
@@ -136,8 +150,12 @@ class Watchdog:
             )
         if self.status_server is not None:
             await self.status_server.stop()
+        await self.alerts.stop()
         await self.bus.close()
         self.store.close()
+
+    def _host_resources(self) -> dict[str, Any]:
+        return self.resources.latest_host() or host_snapshot(default_paths(self.settings))
 
     def _running_pids(self) -> dict[str, list[int]]:
         return {

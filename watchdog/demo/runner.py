@@ -59,7 +59,7 @@ def demo_settings(workdir: Path, port: int, fault_file: Path) -> Settings:
         down_after=2.0,
         smtp_host=None,
         alert_to=["ops@example.invalid"],
-        alert_group_wait=0.5,
+        alert_group_wait=1.5,
         alert_recovery_after=1.0,
         status_port=0,
     )
