@@ -14,6 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+
+# `python bench/<this>.py` works as well as `python -m bench.<this>`.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.peers import Erpwatch
 from bench.trials import fault_trials, new_scenario

@@ -27,6 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# `python bench/<this>.py` works as well as `python -m bench.<this>`.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from bench import trials
 from bench.peers import BENCH_DIR, PEERS, PYTHON, ROOT, Erpwatch, Peer, install_peers
 

@@ -229,6 +229,7 @@ def scale(count: int, *, seconds: float, interval: float = 1.0, warmup: float = 
         [PYTHON, "-m", "bench.scale_backend", "--count", str(count), "--out", str(out_file)],
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
+        cwd=ROOT,
         start_new_session=True,
     )
     watchdog: subprocess.Popen[bytes] | None = None
