@@ -35,6 +35,22 @@ log = logging.getLogger(__name__)
 _DELIVERY_ERRORS = (aiosmtplib.SMTPException, OSError, ValueError)
 
 
+async def wait_event(event: asyncio.Event, seconds: float) -> None:
+    """Wait for ``event``, at most ``seconds``. A cancel always propagates, even one
+    that races the timeout or that a library turned into an ordinary exception (seen on 3.11
+    with both ``asyncio.wait_for`` and ``asyncio.timeout``)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    raise_if_cancelling()
+
+
+def raise_if_cancelling() -> None:
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Delivery:
     def __init__(
         self,
@@ -46,7 +62,7 @@ class Delivery:
         *,
         retry_initial: float = 1.0,
         retry_max: float = 300.0,
-        batch: int = 200,
+        batch: int = 1000,
         wall: Callable[[], datetime] = utcnow,
     ) -> None:
         self.outbox = outbox
@@ -74,14 +90,12 @@ class Delivery:
             try:
                 await self.drain()
             except Exception:  # a bug, not a mail failure: log it, keep the worker alive
+                raise_if_cancelling()
                 log.exception("alert delivery worker failed; retrying in %.1fs", poll)
             timeout = poll
             if self.retry_at:
                 timeout = min(timeout, max(min(self.retry_at.values()) - self.clock.now(), 0))
-            with contextlib.suppress(TimeoutError):
-                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
-                async with asyncio.timeout(max(timeout, 0.001)):
-                    await self._wake.wait()
+            await wait_event(self._wake, max(timeout, 0.001))
 
     async def drain(self) -> int:
         """Send every due pending mail; returns how many were accepted."""

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from alerting.delivery import Delivery
+from alerting.delivery import Delivery, raise_if_cancelling, wait_event
 from alerting.incidents import IncidentBook, TargetTrack, TimeBase
 from alerting.outbox import Outbox, inbox_hook
 from alerting.render import Renderer
@@ -151,6 +151,7 @@ class AlertService:
             try:
                 processed = await self.step()
             except Exception:  # logged; state was reloaded from SQLite, try again shortly
+                raise_if_cancelling()
                 log.exception("alert pipeline step failed")
                 processed = 0
                 await self._restore()
@@ -161,10 +162,7 @@ class AlertService:
                 timeout = min(timeout, self._deadline - self.clock.now())
             if timeout <= 0:
                 continue
-            with contextlib.suppress(TimeoutError):
-                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
+            await wait_event(self._wake, timeout)
 
     async def step(self) -> int:
         """One pipeline round: process up to a batch of inbox events and due timers."""
