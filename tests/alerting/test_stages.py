@@ -226,3 +226,15 @@ def test_parse_duration() -> None:
         except ValueError:
             continue
         raise AssertionError(bad)
+
+
+def test_templates_can_be_overridden_from_the_template_dir(tmp_path: Any) -> None:
+    from alerting.render import Renderer
+
+    (tmp_path / "email").mkdir()
+    (tmp_path / "email" / "incident.txt.j2").write_text("CUSTOM {{ target }}\n")
+    h = Harness(group_wait=0)
+    (note,) = h.run(ev(Kind.DOWN))
+    renderer = Renderer(hostname="h", sender="a@b", stderr_lines=5, template_dir=tmp_path)
+    mail = renderer.render(note, T0)
+    assert b"CUSTOM backend" in mail.data and b"<h2" in mail.data  # html still built in
