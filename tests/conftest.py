@@ -7,7 +7,9 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def _clean_erpwatch_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def _clean_erpwatch_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
     """Tests never read the developer's ERPWATCH_* variables or a stray .env file."""
     for name in list(os.environ):
         if name.startswith("ERPWATCH_"):

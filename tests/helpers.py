@@ -34,7 +34,7 @@ def wait_until(
 
 async def await_until(
     predicate: Callable[[], T | Awaitable[T]],
-    timeout: float = 10.0,
+    timeout: float = 10.0,  # noqa: ASYNC109 - a polling deadline, not a cancel scope
     interval: float = 0.01,
     what: str = "",
 ) -> T:
