@@ -38,9 +38,9 @@ def _free_port() -> int:
 
 def demo_settings(workdir: Path, port: int, fault_file: Path) -> Settings:
     return load_settings(
-        command=f"{sys.executable} -m watchdog.demo.backend --port {port} "
+        command=f"{sys.executable} -m watchdog.demo.erp_app --port {port} "
         f"--fault-file {fault_file}",
-        health_url=f"http://127.0.0.1:{port}/health",
+        health_url=f"http://127.0.0.1:{port}/status",
         target_name="backend",
         log_path=workdir / "logs",
         db_path=workdir / "erpwatch.db",
@@ -49,7 +49,7 @@ def demo_settings(workdir: Path, port: int, fault_file: Path) -> Settings:
         probe_timeout=0.8,
         degraded_latency=0.3,
         startup_grace=5.0,
-        stop_timeout=2.0,
+        stop_timeout=1.0,
         max_restarts=4,
         restart_window=60.0,
         restart_backoff=0.2,
@@ -119,13 +119,19 @@ class Demo:
             "healthy",
         )
         await self.step(
-            "Making it slow to answer: degraded, not restarted",
+            "Its database check fails (/status says degraded): no restart",
+            lambda: self.fault("degrade"),
+            "degraded",
+        )
+        await self.step("Back to normal", lambda: self.fault(""), "healthy")
+        await self.step(
+            "Making it slow to answer: degraded again",
             lambda: self.fault("slow:0.5"),
             "degraded",
         )
         await self.step("Back to normal", lambda: self.fault(""), "healthy")
         await self.step(
-            "Injecting a hang (/health stops answering)",
+            "Injecting a hang: its event loop blocks, it ignores SIGTERM, SIGKILL follows",
             lambda: self.fault("hang"),
             "unhealthy",
             "restarted",
