@@ -298,13 +298,15 @@ class TargetMonitor:
         episode = self._episode
         episode.healthy_since = None
         spawned_at = self._spawned_at if self._spawned_at is not None else now
-        in_grace = not self._answered and now - spawned_at < self.config.startup_grace
-        if in_grace:
+        # The start-up grace forgives a backend that is not listening yet or answers with an
+        # error while it warms up, never one that takes the request and hangs: no blind spot.
+        booting = not self._answered and not result.timed_out
+        if booting and now - spawned_at < self.config.startup_grace:
             await self._apply(ProbeFailed(result.reason, in_grace=True), details)
             return
         if episode.unhealthy_since is None:
             started = result.checked_at - result.latency
-            episode.unhealthy_since = spawned_at if not self._answered else started
+            episode.unhealthy_since = spawned_at if booting else started
         episode.bad_since = episode.bad_since or episode.unhealthy_since
         unhealthy_for = now - episode.unhealthy_since
         overdue = unhealthy_for >= self.config.timeout_threshold

@@ -75,6 +75,9 @@ class ProbeResult:
     status_code: int | None
     reason: str
     checked_at: float
+    # No answer in time from a server that may well be listening: the signature of a hang,
+    # which a start-up grace must not hide (unlike "connection refused" while it boots).
+    timed_out: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -175,6 +178,7 @@ class Prober:
         status_code: int | None = None
         body: object | None = None
         error: str | None = None
+        timed_out = False
         try:
             # One deadline for everything (httpx's own timeouts apply per phase).
             async with asyncio.timeout(self.timeout):
@@ -183,10 +187,11 @@ class Prober:
             body = parse_body(response)
         except (httpx.HTTPError, OSError, TimeoutError) as exc:
             error = describe_error(exc, self.timeout)
+            timed_out = isinstance(exc, TimeoutError | httpx.TimeoutException)
         finished = self._clock.now()
         latency = finished - started
         status, reason = classify(status_code, latency, body, self.degraded_latency, error)
-        return ProbeResult(status, latency, status_code, reason, finished)
+        return ProbeResult(status, latency, status_code, reason, finished, timed_out)
 
 
 def make_client(max_connections: int | None = None) -> httpx.AsyncClient:

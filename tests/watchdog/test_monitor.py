@@ -357,3 +357,43 @@ def test_start_order_cycle_is_an_error() -> None:
 
     with pytest.raises(ValueError, match="cycle"):
         start_order([cfg("a", ("b",)), cfg("b", ("a",))])
+
+
+async def test_hang_right_after_restart_is_not_hidden_by_start_grace(
+    harness: Harness, tmp_path: Path
+) -> None:
+    port = free_port()
+    fault = tmp_path / "fault"
+    await harness.start(
+        harness.configs(
+            command=backend_command(port, "--fault-file", str(fault)),
+            health_url=f"http://127.0.0.1:{port}/health",
+            startup_grace=30.0,
+        )
+    )
+    await harness.wait_kind("healthy")
+    fault.write_text("hang")  # persists across restarts: the new process hangs at once
+    await post(port, "/fault/crash")
+    first = await harness.wait_kind("restarted")
+    second = await harness.wait_kind("restarted", count=2, within=5)
+    assert "unhealthy too long" in second.message
+    assert (second.ts - first.ts).total_seconds() < 2.0  # threshold 0.3 s + probe timeout, not 30 s
+
+
+async def test_not_listening_yet_is_forgiven_during_start_grace(harness: Harness) -> None:
+    port = free_port()  # nothing will ever listen there
+    command = f"{sys.executable} -c 'import time; time.sleep(60)'"
+    await harness.start(
+        harness.configs(
+            command=command,
+            health_url=f"http://127.0.0.1:{port}/health",
+            startup_grace=0.5,
+        )
+    )
+    pid = monitor_of(harness).process.pid
+    unhealthy = await harness.wait_kind("unhealthy", within=5)
+    assert "connection refused" in unhealthy.message
+    spawned = next(e for e in harness.events if e.kind == "started")
+    assert (unhealthy.ts - spawned.ts).total_seconds() >= 0.5
+    await harness.wait_kind("restarted", within=5)
+    assert pid != monitor_of(harness).process.pid
