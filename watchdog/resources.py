@@ -30,6 +30,7 @@ import psutil
 from watchdog.clock import Clock, RealClock
 from watchdog.config import Settings, TargetConfig
 from watchdog.events import SYSTEM_TARGET, Event, Kind, utcnow
+from watchdog.process import descendants
 
 logger = logging.getLogger(__name__)
 
@@ -132,20 +133,19 @@ class TreeSampler:
 
     def _tree(self, pids: Sequence[int]) -> list[psutil.Process]:
         tree: dict[int, psutil.Process] = {}
-        for pid in pids:
+        for root in pids:
             try:
-                root = self._process(pid)
-                members = [root, *root.children(recursive=True)]
+                members = [root, *descendants(root)]
             except psutil.NoSuchProcess:
                 continue
-            for proc in members:
-                if proc.pid not in tree:
-                    # Reuse our cached object so its cpu_percent baseline survives.
-                    cached = self._procs.get(proc.pid)
-                    if cached is not None and cached.is_running():
-                        proc = cached
-                    self._procs[proc.pid] = proc
-                    tree[proc.pid] = proc
+            for pid in members:
+                if pid in tree:
+                    continue
+                try:
+                    # Our cached object keeps its cpu_percent baseline between samples.
+                    tree[pid] = self._process(pid)
+                except psutil.NoSuchProcess:
+                    continue
         return list(tree.values())
 
     def sample(self, pids: Sequence[int]) -> dict[str, Any] | None:
