@@ -485,7 +485,7 @@ class StatusServer:
         bus: EventBus,
         alert_stats: Callable[[], Mapping[str, Any]] | None = None,
         heartbeat: float = HEARTBEAT_S,
-        probe_sample_interval: float = 1.0,
+        probe_sample_interval: float | None = 1.0,
     ) -> None:
         check_bind(settings)
         self._settings = settings
@@ -534,9 +534,14 @@ class StatusServer:
         newest = await asyncio.to_thread(self._store.query, limit=1)
         self.hub.last_id = max(self.hub.last_id, newest[0].id or 0) if newest else 0
         self._tasks = [
-            asyncio.create_task(self._pump(self._subscription), name="status-api-events"),
-            asyncio.create_task(self._sample_probes(), name="status-api-probes"),
+            asyncio.create_task(self._pump(self._subscription), name="status-api-events")
         ]
+        if self._probe_sample_interval is not None:  # None: probes are fed to self.metrics
+            self._tasks.append(
+                asyncio.create_task(
+                    self._sample_probes(self._probe_sample_interval), name="status-api-probes"
+                )
+            )
         sock = await _bind(self._settings.status_host, self._settings.status_port)
         self._port = int(sock.getsockname()[1])
         config = uvicorn.Config(
@@ -601,7 +606,7 @@ class StatusServer:
                 self.hub.resync_all()
             self.hub.publish(event)
 
-    async def _sample_probes(self) -> None:
+    async def _sample_probes(self, interval: float) -> None:
         while True:
             self.metrics.observe_statuses(self._source.statuses())
-            await asyncio.sleep(self._probe_sample_interval)
+            await asyncio.sleep(interval)

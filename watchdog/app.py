@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -118,7 +119,9 @@ class Watchdog:
                 store=self.store,
                 bus=self.bus,
                 alert_stats=self.alerts.stats,
+                probe_sample_interval=None,  # every probe is handed over below
             )
+            self.supervisor.add_probe_listener(self.status_server.metrics.observe_probe)
             await self.status_server.start()
             log.info("status page on %s", self.status_server.url)
         await self.bus.publish(
@@ -167,11 +170,14 @@ class Watchdog:
     async def _rotate_logs(self) -> None:
         while True:
             await asyncio.sleep(5.0)
-            for monitor in self.supervisor.monitors.values():
-                try:
-                    await asyncio.to_thread(monitor.process.rotate_logs)
-                except OSError:
-                    log.exception("%s: log rotation failed", monitor.name)
+            await asyncio.to_thread(self._rotate_all_logs)
+
+    def _rotate_all_logs(self) -> None:
+        for monitor in self.supervisor.monitors.values():
+            try:
+                monitor.process.rotate_logs()
+            except OSError:
+                log.exception("%s: log rotation failed", monitor.name)
 
     async def _ping_systemd(self, interval: float) -> None:
         while True:
@@ -189,10 +195,37 @@ async def serve(watchdog: Watchdog, stop: asyncio.Event) -> None:
         await watchdog.stop()
 
 
+def use_pidfd_child_watcher() -> None:
+    """On Python 3.11 asyncio waits for each child in a thread of its own; with a pidfd the
+    loop itself sees the exit (no thread per target). 3.12+ does this by default."""
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return  # kernel older than 5.3: keep the threaded watcher
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(asyncio.get_running_loop())
+    asyncio.get_event_loop_policy().set_child_watcher(watcher)
+
+
 def install_stop_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+
+
+def run_service(settings: Settings, targets: Sequence[TargetConfig]) -> None:
+    """Log, supervise ``targets`` until SIGINT/SIGTERM, stop them, return."""
+    setup_logging(settings)
+
+    async def main() -> None:
+        use_pidfd_child_watcher()
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        await serve(Watchdog(settings, targets), stop)
+
+    asyncio.run(main())
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -206,14 +239,7 @@ def run_command(args: argparse.Namespace) -> int:
         print(preflight.format_results(failed), file=sys.stderr)
         print("erpwatch: not starting (see `erpwatch check`)", file=sys.stderr)
         return EXIT_PREFLIGHT
-    setup_logging(settings)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        install_stop_signals(stop)
-        await serve(Watchdog(settings, targets), stop)
-
-    asyncio.run(main())
+    run_service(settings, targets)
     return 0
 
 

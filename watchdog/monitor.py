@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,7 @@ class TargetMonitor:
             else None
         )
         self.last_probe: ProbeResult | None = None
+        self.probe_listeners: list[Callable[[str, ProbeResult], object]] = []
         self.last_event: Event | None = None
         self.healthy = asyncio.Event()  # set while HEALTHY or DEGRADED (start order waits on it)
         self.launched = asyncio.Event()  # set once the first start was tried
@@ -169,6 +171,7 @@ class TargetMonitor:
         self._retry_at: float | None = None
         self._tree_snapshot_at = 0.0
         self._pid: int | None = None
+        self._rng = random.Random()
         self._stop_requested = asyncio.Event()
         self._wake = asyncio.Event()
         self._restart_requested: str | None = None
@@ -237,7 +240,8 @@ class TargetMonitor:
         now = self._clock.now()
         if self.state.running and now >= self._next_probe_at:
             interval = self.config.check_interval
-            if not self._answered:
+            answered_before = self._answered
+            if not answered_before:
                 interval = min(interval, STARTUP_PROBE_INTERVAL)
             self._next_probe_at = now + interval
             if self._prober is None:
@@ -245,7 +249,14 @@ class TargetMonitor:
             else:
                 result = await self._prober.check()
                 self.last_probe = result
+                for listener in self.probe_listeners:
+                    listener(self.name, result)
                 await self._observe_probe(result)
+            if self._answered and not answered_before:
+                # Targets started together would otherwise probe in lockstep, in bursts:
+                # once per start, shift this one's schedule by a random part of the interval.
+                phase = self._rng.uniform(0.0, self.config.check_interval)
+                self._next_probe_at = now + phase
         await self._on_timers()
 
     async def handle_exit(self, info: ExitInfo) -> None:

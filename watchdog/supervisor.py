@@ -9,11 +9,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from watchdog.bus import EventBus
 from watchdog.clock import Clock
 from watchdog.config import TargetConfig
 from watchdog.monitor import TargetMonitor, TargetStatus
-from watchdog.probe import make_client
+from watchdog.probe import ProbeResult, make_client
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,10 @@ class Supervisor:
         self._configs = start_order(configs)
         # One small client per target: httpcore's pool gets slower per request the more
         # connections one pool holds (500 targets on one client timed out; see probe.py).
-        self._clients = {config.name: make_client(max_connections=2) for config in self._configs}
+        tls = httpx.create_ssl_context()  # what httpx would load for each client
+        self._clients = {
+            config.name: make_client(max_connections=2, ssl_context=tls) for config in self._configs
+        }
         self._resources = resources
         self.monitors: dict[str, TargetMonitor] = {
             config.name: TargetMonitor(
@@ -135,6 +140,11 @@ class Supervisor:
     async def restart(self, name: str, reason: str) -> None:
         """Restart one target now (e.g. over its memory cap)."""
         self._monitor(name).request_restart(reason)
+
+    def add_probe_listener(self, listener: Callable[[str, ProbeResult], object]) -> None:
+        """Call ``listener(target, result)`` after every health probe (e.g. for metrics)."""
+        for monitor in self.monitors.values():
+            monitor.probe_listeners.append(listener)
 
     def statuses(self) -> list[TargetStatus]:
         statuses = []

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from watchdog.app import Watchdog, install_stop_signals
+from watchdog.app import Watchdog, install_stop_signals, use_pidfd_child_watcher
 from watchdog.config import Settings, load_settings
 from watchdog.events import Event
 from watchdog.history import format_table
@@ -165,6 +165,7 @@ async def _run_demo(workdir: Path, color: bool) -> int:
             demo.show(event)
 
     stop = asyncio.Event()
+    use_pidfd_child_watcher()
     install_stop_signals(stop)
     printing = asyncio.create_task(printer())
     ok = True
