@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 # While a target starts, probe this often (bounded by CHECK_INTERVAL) so a fresh start is seen
 # healthy quickly; once it has answered, the normal interval applies.
 STARTUP_PROBE_INTERVAL = 0.1
-TREE_SNAPSHOT_INTERVAL = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +168,6 @@ class TargetMonitor:
         self._restart_at: float | None = None
         self._restart_reason = ""
         self._retry_at: float | None = None
-        self._tree_snapshot_at = 0.0
         self._pid: int | None = None
         self._rng = random.Random()
         self._stop_requested = asyncio.Event()
@@ -363,10 +361,10 @@ class TargetMonitor:
             await self._publish(
                 Kind.DOWN, f"down for {down_for:.0f}s ({self.state})", down_for_s=round(down_for, 3)
             )
-        if self.state.running and now >= self._tree_snapshot_at:
-            # Let the process remember the child's descendants: after a crash, ones that left
-            # its process group can no longer be found. Scanning /proc is not free: not often.
-            self._tree_snapshot_at = now + TREE_SNAPSHOT_INTERVAL
+        if self.state.running:
+            # Let the process remember the child's descendants on every round: after a crash,
+            # ones that left its process group can no longer be found from it. Reading the
+            # tree's /proc children files costs tens of microseconds.
             self.process.tree_pids()
 
     def _next_due(self) -> float:
@@ -423,7 +421,6 @@ class TargetMonitor:
             return
         self._pid = pid
         self._spawned_at = now
-        self._tree_snapshot_at = now + 1.0
         self._answered = False
         self._next_probe_at = now
         await self._apply(Spawned(restart=restart, reason=reason), {"pid": pid})

@@ -397,3 +397,25 @@ async def test_not_listening_yet_is_forgiven_during_start_grace(harness: Harness
     assert (unhealthy.ts - spawned.ts).total_seconds() >= 0.5
     await harness.wait_kind("restarted", within=5)
     assert pid != monitor_of(harness).process.pid
+
+
+async def test_crash_leaves_no_orphan_even_one_that_left_the_group(
+    harness: Harness, tmp_path: Path
+) -> None:
+    port = free_port()
+    await harness.start(
+        harness.configs(
+            command=backend_command(port, "--spawn-grandchild", "--grandchild-setsid"),
+            health_url=f"http://127.0.0.1:{port}/health",
+        )
+    )
+    await harness.wait_kind("healthy")
+    out_log = tmp_path / "logs" / "backend.out.log"
+    line = await await_until(
+        lambda: next((x for x in out_log.read_text().splitlines() if "GRANDCHILD" in x), None)
+    )
+    grandchild = int(line.split()[1])
+    assert alive(grandchild)
+    await post(port, "/fault/crash")
+    await harness.wait_kind("restarted")
+    await await_until(lambda: not alive(grandchild), 5, what="orphan killed")
