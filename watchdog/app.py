@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -134,6 +135,9 @@ class Watchdog:
             )
         )
         await self.supervisor.start()
+        # Everything built so far lives as long as erpwatch: keep the cyclic GC from
+        # re-scanning it in every full collection (a pause that delays probes at scale).
+        gc.freeze()
         self._tasks.append(asyncio.create_task(self._rotate_logs(), name="log-rotation"))
         self._tasks.append(asyncio.create_task(self.resources.run(), name="resources"))
         sdnotify.ready(f"supervising {len(self.targets)} target(s)")

@@ -235,6 +235,9 @@ def default_paths(settings: Settings) -> list[Path]:
     return list(dict.fromkeys(Path(os.path.abspath(path)) for path in paths))
 
 
+SAMPLE_CHUNK = 20  # targets sampled per worker-thread hop
+
+
 @dataclass
 class _Sample:
     host: dict[str, Any]
@@ -325,7 +328,7 @@ class ResourceMonitor:
         """Sample (in a worker thread), compare with thresholds, publish the changes.
         Returns the events published."""
         pids = {name: list(tree) for name, tree in self._targets().items()}
-        sample = await asyncio.to_thread(self._sample, pids)
+        sample = await self._sample(pids)
         stamp = utcnow().isoformat(timespec="milliseconds").replace("+00:00", "Z")
         self._latest_host = {**sample.host, "ts": stamp}
         for name, target_sample in sample.targets.items():
@@ -345,15 +348,26 @@ class ResourceMonitor:
                 await self._request_restart(name, rss_event.message)
         return events
 
-    def _sample(self, pids: Mapping[str, Sequence[int]]) -> _Sample:
-        # Runs in a worker thread: every psutil call happens here, one step at a time.
+    async def _sample(self, pids: Mapping[str, Sequence[int]]) -> _Sample:
+        """psutil calls run in a worker thread, a few targets per hop: one long burst of
+        Python in a thread would hold the GIL against the event loop and delay probes."""
         for gone in set(self._tree_samplers) - set(pids):
             del self._tree_samplers[gone]
-        sample = _Sample(host=self._host_sampler.sample())
+        sample = _Sample(host=await asyncio.to_thread(self._host_sampler.sample))
+        names = list(pids)
+        for start in range(0, len(names), SAMPLE_CHUNK):
+            chunk = {name: pids[name] for name in names[start : start + SAMPLE_CHUNK]}
+            sample.targets.update(await asyncio.to_thread(self._sample_targets, chunk))
+        return sample
+
+    def _sample_targets(
+        self, pids: Mapping[str, Sequence[int]]
+    ) -> dict[str, dict[str, Any] | None]:
+        samples: dict[str, dict[str, Any] | None] = {}
         for name, tree in pids.items():
             sampler = self._tree_samplers.setdefault(name, TreeSampler())
-            sample.targets[name] = sampler.sample(tree) if tree else None
-        return sample
+            samples[name] = sampler.sample(tree) if tree else None
+        return samples
 
     def _host_events(self, host: Mapping[str, Any]) -> list[Event]:
         readings: list[tuple[str, str, float | None, ThresholdTracker]] = [
