@@ -99,6 +99,21 @@ async def post(port: int, path: str) -> None:
             await client.post(f"http://127.0.0.1:{port}{path}", timeout=2)
 
 
+async def start_faulty_backend(
+    harness: Harness, tmp_path: Path, **settings: Any
+) -> tuple[int, Path]:
+    """The demo backend under supervision, its faults switched through a fault file."""
+    port, fault = free_port(), tmp_path / "fault"
+    await harness.start(
+        harness.configs(
+            command=backend_command(port, "--fault-file", str(fault)),
+            health_url=f"http://127.0.0.1:{port}/health",
+            **settings,
+        )
+    )
+    return port, fault
+
+
 def alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -146,14 +161,7 @@ async def test_crash_to_restarted_immediately(harness: Harness) -> None:
 
 
 async def test_hang_to_restarted_after_threshold(harness: Harness, tmp_path: Path) -> None:
-    port = free_port()
-    fault = tmp_path / "fault"
-    await harness.start(
-        harness.configs(
-            command=backend_command(port, "--fault-file", str(fault)),
-            health_url=f"http://127.0.0.1:{port}/health",
-        )
-    )
+    _port, fault = await start_faulty_backend(harness, tmp_path)
     await harness.wait_kind("healthy")
     old_pid = monitor_of(harness).process.pid
     fault.write_text("hang")
@@ -170,14 +178,7 @@ async def test_hang_to_restarted_after_threshold(harness: Harness, tmp_path: Pat
 
 
 async def test_degraded_without_restart_then_healthy(harness: Harness, tmp_path: Path) -> None:
-    port = free_port()
-    fault = tmp_path / "fault"
-    await harness.start(
-        harness.configs(
-            command=backend_command(port, "--fault-file", str(fault)),
-            health_url=f"http://127.0.0.1:{port}/health",
-        )
-    )
+    _port, fault = await start_faulty_backend(harness, tmp_path)
     await harness.wait_kind("healthy")
     pid = monitor_of(harness).process.pid
     fault.write_text("degrade")
@@ -190,15 +191,8 @@ async def test_degraded_without_restart_then_healthy(harness: Harness, tmp_path:
 
 
 async def test_slow_answer_is_degraded(harness: Harness, tmp_path: Path) -> None:
-    port = free_port()
-    fault = tmp_path / "fault"
-    await harness.start(
-        harness.configs(
-            command=backend_command(port, "--fault-file", str(fault)),
-            health_url=f"http://127.0.0.1:{port}/health",
-            degraded_latency=0.05,
-            probe_timeout=1.0,
-        )
+    _port, fault = await start_faulty_backend(
+        harness, tmp_path, degraded_latency=0.05, probe_timeout=1.0
     )
     await harness.wait_kind("healthy")
     fault.write_text("slow:0.15")
@@ -362,15 +356,7 @@ def test_start_order_cycle_is_an_error() -> None:
 async def test_hang_right_after_restart_is_not_hidden_by_start_grace(
     harness: Harness, tmp_path: Path
 ) -> None:
-    port = free_port()
-    fault = tmp_path / "fault"
-    await harness.start(
-        harness.configs(
-            command=backend_command(port, "--fault-file", str(fault)),
-            health_url=f"http://127.0.0.1:{port}/health",
-            startup_grace=30.0,
-        )
-    )
+    port, fault = await start_faulty_backend(harness, tmp_path, startup_grace=30.0)
     await harness.wait_kind("healthy")
     fault.write_text("hang")  # persists across restarts: the new process hangs at once
     await post(port, "/fault/crash")
