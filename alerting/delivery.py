@@ -119,7 +119,7 @@ class Delivery:
                 while remaining:
                     row = remaining[0]
                     try:
-                        await session.send(row.data, self.sender, row.recipients)
+                        await session.send(row.mail.data, self.sender, row.mail.recipients)
                     except _DELIVERY_ERRORS as exc:
                         error = classify(exc, self.transport.secrets())
                         if error.whole_batch:
@@ -141,20 +141,20 @@ class Delivery:
         return sent
 
     async def _accepted(self, row: OutboxRow) -> None:
-        wall = self.wall()
+        wall, mail = self.wall(), row.mail
         await self.bus.run_in_writer(self.outbox.mark_sent, row, wall, self.transport.describe())
         self.retry_at.pop(row.id, None)
         self.sent += 1
         self.last_delivery = wall.isoformat()
         await self.bus.publish(
             Event.of(
-                row.target,
+                mail.target,
                 Kind.ALERT_SENT,
-                f"{row.purpose} mail sent to {', '.join(row.recipients)}: {row.subject}",
-                to=list(row.recipients),
-                incident=row.incident_id,
-                purpose=row.purpose,
-                message_id=row.message_id,
+                f"{mail.purpose} mail sent to {', '.join(mail.recipients)}: {mail.subject}",
+                to=list(mail.recipients),
+                incident=mail.incident_id,
+                purpose=mail.purpose,
+                message_id=mail.message_id,
                 outbox_id=row.id,
                 transport=self.transport.describe(),
             )
@@ -189,19 +189,20 @@ class Delivery:
         )
         by_target: dict[str, list[OutboxRow]] = {}
         for row in rows:
-            by_target.setdefault(row.target, []).append(row)
+            by_target.setdefault(row.mail.target, []).append(row)
         for target, group in by_target.items():
             await self.bus.publish(self._failure_event(target, group, error))
 
     def _failure_event(self, target: str, rows: list[OutboxRow], error: DeliveryError) -> Event:
         details: dict[str, Any] = {
             "reason": error.reason,
-            "to": sorted({r for row in rows for r in row.recipients}),
+            "to": sorted({r for row in rows for r in row.mail.recipients}),
             "outbox_ids": [row.id for row in rows],
-            "incident": rows[0].incident_id,
+            "incident": rows[0].mail.incident_id,
             "transport": self.transport.describe(),
         }
-        if any(Kind.ALERT_FAILED in row.trigger_kinds or row.purpose == "test" for row in rows):
+        mails = [row.mail for row in rows]
+        if any(Kind.ALERT_FAILED in m.trigger_kinds or m.purpose == "test" for m in mails):
             details["recursive"] = True
         return Event.of(
             target,

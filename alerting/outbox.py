@@ -57,15 +57,10 @@ PENDING, SENT, DEAD = "pending", "sent", "dead"
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
+    """A queued mail as read back from the outbox."""
+
     id: int
-    purpose: str
-    target: str
-    incident_id: str | None
-    recipients: tuple[str, ...]
-    subject: str
-    message_id: str
-    data: bytes
-    trigger_kinds: tuple[str, ...]
+    mail: Mail
     attempts: int
 
 
@@ -199,14 +194,16 @@ class Outbox:
         out = [
             OutboxRow(
                 id=r[0],
-                purpose=r[1],
-                target=r[2],
-                incident_id=r[3],
-                recipients=tuple(json.loads(r[4])),
-                subject=r[5],
-                message_id=r[6],
-                data=bytes(r[7]),
-                trigger_kinds=tuple(json.loads(r[8])),
+                mail=Mail(
+                    purpose=r[1],
+                    target=r[2],
+                    incident_id=r[3],
+                    recipients=tuple(json.loads(r[4])),
+                    subject=r[5],
+                    message_id=r[6],
+                    data=bytes(r[7]),
+                    trigger_kinds=tuple(json.loads(r[8])),
+                ),
                 attempts=r[9],
             )
             for r in rows
@@ -221,11 +218,12 @@ class Outbox:
                 "last_error = NULL WHERE id = ?",
                 (SENT, format_ts(wall), row.id),
             )
+            mail = row.mail
             decision = Decision(
-                row.target,
-                row.incident_id,
-                f"{row.purpose} mail sent via {transport}",
-                {"to": list(row.recipients), "outbox_id": row.id, "message_id": row.message_id},
+                mail.target,
+                mail.incident_id,
+                f"{mail.purpose} mail sent via {transport}",
+                {"to": list(mail.recipients), "outbox_id": row.id, "message_id": mail.message_id},
             )
             self._log(conn, wall, [(decision, "sent")])
 
@@ -249,10 +247,10 @@ class Outbox:
                 [
                     (
                         Decision(
-                            r.target,
-                            r.incident_id,
+                            r.mail.target,
+                            r.mail.incident_id,
                             f"dead letter: {reason}",
-                            {"outbox_id": r.id, "to": list(r.recipients)},
+                            {"outbox_id": r.id, "to": list(r.mail.recipients)},
                         ),
                         "failed",
                     )
