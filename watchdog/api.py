@@ -168,8 +168,10 @@ class _App:
         alert_stats: Callable[[], Mapping[str, Any]] | None,
         health: Callable[[], str | None] | None,
         heartbeat: float,
+        host_resources: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self.settings = settings
+        self.host_resources = host_resources
         self.source = source
         self.store = store
         self.hub = hub
@@ -191,9 +193,6 @@ class _App:
         self.metrics.observe_statuses(statuses)
         targets = [target_entry(status, now_wall) for status in statuses]
         store = await asyncio.to_thread(_store_info, self.store)
-        disk_paths = [self.store.path.parent]
-        if self.settings.log_path.resolve() != self.store.path.parent.resolve():
-            disk_paths.append(self.settings.log_path)
         return {
             "generated_at": _iso(now_wall),
             "erpwatch": {
@@ -203,10 +202,17 @@ class _App:
                 "sse_clients": self.hub.count,
             },
             "targets": targets,
-            "host": host_snapshot(disk_paths),
+            "host": dict(self.host_resources()) if self.host_resources else self._host(),
             "store": store,
             "alerting": _redact(dict(self.alert_stats())) if self.alert_stats else None,
         }
+
+    def _host(self) -> dict[str, Any]:
+        """A sample of our own, when no resource monitor hands us its latest one."""
+        disk_paths = [self.store.path.parent]
+        if self.settings.log_path.resolve() != self.store.path.parent.resolve():
+            disk_paths.append(self.settings.log_path)
+        return host_snapshot(disk_paths)
 
     async def status_body(self, fresh: bool) -> bytes:
         now = time.monotonic()
@@ -390,13 +396,16 @@ def create_app(
     metrics: Metrics | None = None,
     health: Callable[[], str | None] | None = None,
     heartbeat: float = HEARTBEAT_S,
+    host_resources: Callable[[], Mapping[str, Any]] | None = None,
 ) -> Starlette:
     """The status app. Live events reach ``/events`` through ``hub.publish`` (the
     `StatusServer` feeds it from the bus); ``health`` may name a problem for ``/health``."""
     hub = hub if hub is not None else EventHub()
     if metrics is None:
         metrics = Metrics(source.statuses, alert_stats, lambda: hub.count)
-    state = _App(settings, source, store, hub, metrics, alert_stats, health, heartbeat)
+    state = _App(
+        settings, source, store, hub, metrics, alert_stats, health, heartbeat, host_resources
+    )
     token = settings.status_token.get_secret_value() if settings.status_token else None
     app = Starlette(
         routes=[
@@ -486,6 +495,7 @@ class StatusServer:
         alert_stats: Callable[[], Mapping[str, Any]] | None = None,
         heartbeat: float = HEARTBEAT_S,
         probe_sample_interval: float | None = 1.0,
+        host_resources: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         check_bind(settings)
         self._settings = settings
@@ -505,6 +515,7 @@ class StatusServer:
             metrics=self.metrics,
             health=self._health_problem,
             heartbeat=heartbeat,
+            host_resources=host_resources,
         )
         self._server: _EmbeddedServer | None = None
         self._serve_task: asyncio.Task[None] | None = None

@@ -121,6 +121,7 @@ class Watchdog:
                 bus=self.bus,
                 alert_stats=self.alerts.stats,
                 probe_sample_interval=None,  # every probe is handed over below
+                host_resources=self._host_resources,  # the resource monitor's latest sample
             )
             self.supervisor.add_probe_listener(self.status_server.metrics.observe_probe)
             await self.status_server.start()
