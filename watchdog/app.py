@@ -90,7 +90,7 @@ class Watchdog:
             settings,
             self.bus,
             self.targets,
-            targets=self._running_pids,
+            targets=self.supervisor.running_pids,
             restart=self.supervisor.restart,
             clock=self.clock,
         )
@@ -164,13 +164,6 @@ class Watchdog:
 
     def _host_resources(self) -> dict[str, Any]:
         return self.resources.latest_host() or host_snapshot(default_paths(self.settings))
-
-    def _running_pids(self) -> dict[str, list[int]]:
-        return {
-            name: [monitor.process.pid]
-            for name, monitor in self.supervisor.monitors.items()
-            if monitor.process.running and monitor.process.pid is not None
-        }
 
     async def _rotate_logs(self) -> None:
         while True:

@@ -155,13 +155,10 @@ class Supervisor:
             statuses.append(status)
         return statuses
 
-    def target_pids(self) -> dict[str, list[int]]:
-        """Each running target's process tree (child first), for resource sampling."""
+    def running_pids(self) -> dict[str, list[int]]:
+        """Each running target's main pid (samplers walk the tree below it themselves)."""
         return {
-            name: monitor.process.tree_pids()
+            name: [monitor.process.pid]
             for name, monitor in self.monitors.items()
-            if monitor.process.running
+            if monitor.process.running and monitor.process.pid is not None
         }
-
-    def rss_limits(self) -> dict[str, float | None]:
-        return {config.name: config.rss_limit_mb for config in self._configs}
