@@ -58,6 +58,7 @@ class TargetOverrides(BaseModel):
     restart_backoff: Seconds | None = None
     restart_backoff_max: Seconds | None = None
     stop_timeout: Seconds | None = None
+    hang_stop_timeout: Seconds | None = None
     startup_grace: Seconds | None = None
     probe_timeout: PositiveSeconds | None = None
     degraded_latency: PositiveSeconds | None = None
@@ -87,6 +88,7 @@ class TargetConfig(BaseModel):
     restart_backoff: float
     restart_backoff_max: float
     stop_timeout: float
+    hang_stop_timeout: float
     startup_grace: float
     probe_timeout: float
     degraded_latency: float
@@ -134,6 +136,7 @@ class Settings(BaseSettings):
     restart_backoff: Seconds = 1.0
     restart_backoff_max: Seconds = 60.0
     stop_timeout: Seconds = 10.0
+    hang_stop_timeout: Seconds = 3.0
     startup_grace: Seconds = 30.0
     probe_timeout: PositiveSeconds = 5.0
     degraded_latency: PositiveSeconds = 2.0
@@ -166,7 +169,13 @@ class Settings(BaseSettings):
     smtp_timeout: PositiveSeconds = 10.0
     alert_from: str = "erpwatch@localhost"
     alert_to: CsvList = []
-    alert_on: CsvList = ["restart-limit-reached", "crash-loop", "down", "alert-failed"]
+    alert_on: CsvList = [
+        "restart-limit-reached",
+        "crash-loop",
+        "down",
+        "alert-failed",
+        "watchdog-fault",
+    ]
     alert_group_wait: Seconds = 10.0
     alert_recovery_after: Seconds = 60.0
     alert_reminder_interval: Seconds = 4 * 3600.0

@@ -29,11 +29,13 @@ class Kind(StrEnum):
     CRASH_LOOP = "crash-loop"
     DOWN = "down"
     STOPPED = "stopped"
+    STOP_FAILED = "stop-failed"  # stopping the tree raised (EPERM, EMFILE, ...): retried
     RESOURCE_WARNING = "resource-warning"
     RESOURCE_OK = "resource-ok"
     # erpwatch itself
     WATCHDOG_STARTED = "watchdog-started"
     WATCHDOG_STOPPED = "watchdog-stopped"
+    WATCHDOG_FAULT = "watchdog-fault"  # a task of erpwatch's own raised and was restarted
     # alert decisions (alerting/)
     ALERT_SENT = "alert-sent"
     ALERT_HELD = "alert-held"
@@ -51,10 +53,12 @@ DEFAULT_SEVERITY: Mapping[str, Severity] = {
     Kind.CRASH_LOOP: Severity.CRITICAL,
     Kind.DOWN: Severity.CRITICAL,
     Kind.STOPPED: Severity.INFO,
+    Kind.STOP_FAILED: Severity.CRITICAL,
     Kind.RESOURCE_WARNING: Severity.WARNING,
     Kind.RESOURCE_OK: Severity.INFO,
     Kind.WATCHDOG_STARTED: Severity.INFO,
     Kind.WATCHDOG_STOPPED: Severity.INFO,
+    Kind.WATCHDOG_FAULT: Severity.CRITICAL,
     Kind.ALERT_SENT: Severity.INFO,
     Kind.ALERT_HELD: Severity.INFO,
     Kind.ALERT_FAILED: Severity.CRITICAL,

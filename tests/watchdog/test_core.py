@@ -1,0 +1,381 @@
+"""The pure supervision core, edge by edge, with plain numbers for time."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from watchdog.core import (
+    Core,
+    Effect,
+    Emit,
+    Exited,
+    Observation,
+    Params,
+    Probe,
+    Probed,
+    ResourceSample,
+    RestartRequest,
+    Shutdown,
+    Spawn,
+    SpawnFailed,
+    Spawned,
+    State,
+    Stop,
+    Stopped,
+    Tick,
+)
+from watchdog.events import Kind
+from watchdog.states import TargetState as S
+
+FAST = Params(
+    check_interval=1.0,
+    timeout_threshold=3.0,
+    startup_grace=5.0,
+    max_restarts=3,
+    restart_window=60.0,
+    restart_backoff=1.0,
+    restart_backoff_max=8.0,
+    healthy_reset=10.0,
+    limit_retry=100.0,
+    down_after=20.0,
+    stop_timeout=10.0,
+    hang_stop_timeout=2.0,
+    crash_loop_count=3,
+)
+
+
+class Driver:
+    """Feeds a core and keeps every effect, like the shell would."""
+
+    def __init__(self, params: Params = FAST, now: float = 0.0) -> None:
+        self.core = Core(params)
+        self.now = now
+        self.state, self.effects = self.core.start(now)
+        self.all: list[Effect] = list(self.effects)
+
+    def feed(self, obs: Observation, at: float | None = None) -> list[Effect]:
+        if at is not None:
+            self.now = at
+        self.state, self.effects = self.core.decide(self.state, obs, self.now)
+        self.all.extend(self.effects)
+        return self.effects
+
+    def kinds(self, effects: list[Effect] | None = None) -> list[str]:
+        chosen = self.all if effects is None else effects
+        return [str(e.kind) for e in chosen if isinstance(e, Emit)]
+
+    def spawn(self, pid: int) -> list[Effect]:
+        return self.feed(Spawned(pid))
+
+    def probe(self, status: str, at: float | None = None, **kw: Any) -> list[Effect]:
+        assert self.state.pid is not None
+        return self.feed(Probed(self.state.pid, status, kw.pop("reason", status), **kw), at)
+
+    def healthy(self, pid: int = 100) -> None:
+        self.spawn(pid)
+        self.probe("ok")
+        assert self.state.phase is S.HEALTHY
+
+
+def test_start_spawns_then_started_event() -> None:
+    d = Driver()
+    assert d.effects == [Spawn(restart=False)]
+    effects = d.spawn(100)
+    assert d.kinds(effects) == ["started"]
+    assert Probe() in effects  # first probe at once
+    assert d.state.phase is S.STARTING and d.state.pid == 100
+
+
+def test_starting_to_healthy_on_first_ok() -> None:
+    d = Driver()
+    d.spawn(100)
+    effects = d.probe("ok", at=0.2)
+    assert d.kinds(effects) == ["healthy"]
+    assert d.kinds(d.probe("ok", at=1.5)) == []  # only on change
+
+
+def test_immediate_exit_before_started_is_a_crash() -> None:
+    """A command that exits at once (sh -c 'exit 3') is a crash, counted and restarted."""
+    d = Driver()
+    d.spawn(100)
+    effects = d.feed(Exited(100, "exit code 3", {"exit_code": 3}))
+    assert d.kinds(effects) == ["crashed"]
+    assert Spawn(restart=True, reason="crashed: exit code 3") in effects  # first: no backoff
+    assert d.state.restarts_total == 1
+
+
+def test_immediate_exits_reach_the_limit_and_crash_loop() -> None:
+    d = Driver()
+    pid = 100
+    for _ in range(10):
+        d.spawn(pid)
+        d.feed(Exited(pid, "exit code 1"))
+        due = d.core.next_due(d.state)
+        if d.state.phase is S.FAILED:
+            break
+        assert due is not None
+        d.feed(Tick(), at=due)
+        pid += 1
+    assert d.state.phase is S.FAILED
+    assert d.kinds().count("restart-limit-reached") == 1
+    assert d.kinds().count("crash-loop") == 1
+    assert d.state.restarts_total == FAST.max_restarts
+
+
+def test_backoff_doubles_to_the_cap() -> None:
+    core = Core(FAST)
+    assert [core.backoff(n) for n in range(6)] == [0.0, 1.0, 2.0, 4.0, 8.0, 8.0]
+
+
+def test_backoff_never_overflows_after_a_million_restarts() -> None:
+    core = Core(FAST)
+    assert core.backoff(10**6) == FAST.restart_backoff_max
+    assert core.backoff(1025) == FAST.restart_backoff_max
+
+
+def test_a_million_successive_restarts_keep_going() -> None:
+    params = replace(FAST, max_restarts=10**7, restart_window=1e9)
+    d = Driver(params)
+    state = replace(d.state, successive=10**6, phase=S.HEALTHY, pid=5, spawned_at=0.0)
+    state, effects = d.core.decide(state, Exited(5, "exit code 1"), 1.0)
+    assert state.restart_at == 1.0 + params.restart_backoff_max
+    assert state.phase is S.RESTARTING
+
+
+def test_spawn_failure_is_a_crash_and_retried() -> None:
+    d = Driver()
+    effects = d.feed(SpawnFailed("EMFILE: Too many open files"))
+    assert d.kinds(effects) == ["crashed"]
+    assert any(isinstance(e, Spawn) for e in effects)  # retried at once, then backs off
+    effects = d.feed(SpawnFailed("EMFILE: Too many open files"))
+    assert not any(isinstance(e, Spawn) for e in effects)
+    assert d.state.restart_at == 1.0
+    effects = d.feed(Tick(), at=1.0)
+    assert any(isinstance(e, Spawn) for e in effects)
+    d.spawn(7)  # descriptors are back
+    d.probe("ok")
+    assert d.state.phase is S.HEALTHY
+
+
+def test_spawn_failures_past_the_limit_then_slow_retry() -> None:
+    d = Driver()
+    while d.state.phase is not S.FAILED:
+        d.feed(SpawnFailed("EACCES"))
+        due = d.core.next_due(d.state)
+        if d.state.phase is not S.FAILED and due is not None:
+            d.feed(Tick(), at=due)
+    assert d.state.retry_at == d.now + FAST.limit_retry
+    effects = d.feed(Tick(), at=d.state.retry_at)
+    assert Spawn(restart=True, reason="slow retry after the restart limit") in effects
+    assert d.state.restarts == (d.now,)  # the window started afresh
+
+
+def test_failed_probe_in_grace_is_forgiven() -> None:
+    d = Driver()
+    d.spawn(100)
+    effects = d.probe("failed", at=1.0, reason="connection refused")
+    assert d.kinds(effects) == []
+    assert d.state.phase is S.STARTING
+
+
+def test_grace_ends_with_unhealthy_counted_from_spawn() -> None:
+    d = Driver()
+    d.spawn(100)
+    effects = d.probe("failed", at=5.0, reason="connection refused")
+    assert d.kinds(effects) == ["unhealthy"]
+    assert d.state.unhealthy_since == 0.0
+    assert any(isinstance(e, Stop) for e in effects)  # 5 s > threshold 3 s since the spawn
+
+
+def test_timeout_during_grace_is_not_forgiven() -> None:
+    d = Driver()
+    d.spawn(100)
+    effects = d.probe("failed", at=0.5, reason="timeout", timed_out=True)
+    assert d.kinds(effects) == ["unhealthy"]
+
+
+def test_hang_counts_from_the_probe_send_not_its_timeout() -> None:
+    """PROBE_TIMEOUT longer than TIMEOUT_THRESHOLD: the restart comes at sent + threshold."""
+    d = Driver()
+    d.healthy()
+    d.feed(Tick(), at=1.5)  # next probe due at jitter 0 → at once after the first answer
+    assert d.state.probe_sent_at is not None
+    sent = d.state.probe_sent_at
+    assert d.core.next_due(d.state) == sent + FAST.timeout_threshold
+    effects = d.feed(Tick(), at=sent + FAST.timeout_threshold)
+    assert d.kinds(effects) == ["unhealthy"]
+    stop = next(e for e in effects if isinstance(e, Stop))
+    assert stop.grace == FAST.hang_stop_timeout  # a hang gets the short kill grace
+    assert d.state.phase is S.RESTARTING
+
+
+def test_stop_escalation_recorded_in_restarted_event() -> None:
+    d = Driver()
+    d.healthy()
+    d.feed(Tick(), at=1.5)
+    d.feed(Tick(), at=10.0)
+    effects = d.feed(Stopped(escalated=True, after=2.0))
+    assert any(isinstance(e, Spawn) for e in effects)
+    restarted = d.spawn(101)
+    event = next(e for e in restarted if isinstance(e, Emit))
+    assert event.kind is Kind.RESTARTED
+    assert event.details["previous_stop"]["signal"] == "SIGKILL"
+    assert "SIGKILL after 2.0s" in event.details["previous_stop"]["escalation"]
+
+
+def test_http_errors_use_the_normal_stop_grace() -> None:
+    d = Driver()
+    d.healthy()
+    d.probe("failed", at=2.0, reason="HTTP 500")
+    effects = d.probe("failed", at=5.5, reason="HTTP 500")
+    stop = next(e for e in effects if isinstance(e, Stop))
+    assert stop.grace == FAST.stop_timeout
+
+
+def test_unhealthy_then_ok_is_healthy_again() -> None:
+    d = Driver()
+    d.healthy()
+    d.probe("failed", at=2.0, reason="HTTP 503")
+    assert d.state.phase is S.UNHEALTHY
+    effects = d.probe("ok", at=3.0)
+    assert d.kinds(effects) == ["healthy"]
+    assert d.state.unhealthy_since is None and d.state.bad_since is None
+
+
+def test_degraded_and_back() -> None:
+    d = Driver()
+    d.healthy()
+    assert d.kinds(d.probe("degraded", at=2.0, reason="slow")) == ["degraded"]
+    assert d.kinds(d.probe("degraded", at=3.0, reason="slow")) == []
+    assert d.kinds(d.probe("ok", at=4.0)) == ["healthy"]
+
+
+def test_probe_of_an_earlier_process_is_ignored() -> None:
+    d = Driver()
+    d.healthy(100)
+    effects = d.feed(Probed(99, "failed", "connection refused"), at=2.0)
+    assert d.kinds(effects) == []
+    assert d.state.phase is S.HEALTHY
+
+
+def test_probe_failing_because_the_process_died_waits_for_the_exit() -> None:
+    d = Driver()
+    d.healthy(100)
+    effects = d.probe("failed", at=2.0, reason="connection refused", gone=True)
+    assert d.kinds(effects) == []
+    assert d.kinds(d.feed(Exited(100, "exit code 1"))) == ["crashed"]
+
+
+def test_exit_during_our_stop_is_not_a_crash() -> None:
+    d = Driver()
+    d.healthy(100)
+    d.feed(RestartRequest("memory"), at=2.0)
+    effects = d.feed(Exited(100, "killed by SIGTERM"))
+    assert d.kinds(effects) == []
+    d.feed(Stopped(after=0.1))
+    assert any(isinstance(e, Spawn) for e in d.effects)
+
+
+def test_down_after_a_long_outage() -> None:
+    d = Driver(replace(FAST, max_restarts=0))
+    d.healthy(100)
+    d.feed(Exited(100, "exit code 1"), at=1.0)
+    assert d.state.phase is S.FAILED
+    assert d.core.next_due(d.state) == 1.0 + FAST.down_after
+    effects = d.feed(Tick(), at=1.0 + FAST.down_after)
+    assert d.kinds(effects) == ["down"]
+    assert d.kinds(d.feed(Tick(), at=50.0)) == []  # once per episode
+
+
+def test_healthy_reset_forgets_the_backoff() -> None:
+    d = Driver()
+    d.healthy(100)
+    d.feed(Exited(100, "exit code 1"), at=1.0)
+    d.spawn(101)
+    assert d.state.successive == 1
+    d.probe("ok", at=2.0)
+    d.probe("ok", at=2.0 + FAST.healthy_reset)
+    assert d.state.successive == 0
+
+
+def test_rss_sample_over_the_cap_restarts() -> None:
+    d = Driver(replace(FAST, rss_limit_mb=100.0, restart_on_rss=True))
+    d.healthy(100)
+    assert d.feed(ResourceSample((100, 101), 50.0)) == []
+    effects = d.feed(ResourceSample((100, 101), 150.0))
+    assert any(isinstance(e, Stop) for e in effects)
+    assert "memory (RSS) 150 MB" in d.state.restart_reason
+
+
+def test_rss_sample_of_an_old_process_is_ignored() -> None:
+    d = Driver(replace(FAST, rss_limit_mb=100.0, restart_on_rss=True))
+    d.healthy(100)
+    assert d.feed(ResourceSample((99,), 150.0)) == []
+
+
+def test_shutdown_stops_then_stopped_event() -> None:
+    d = Driver()
+    d.healthy(100)
+    effects = d.feed(Shutdown())
+    assert Stop(FAST.stop_timeout, "erpwatch is stopping") in effects
+    assert not d.state.settled
+    effects = d.feed(Stopped(escalated=True, after=10.0))
+    assert d.kinds(effects) == ["stopped"]
+    assert d.state.settled
+
+
+def test_shutdown_while_spawning_stops_the_new_child() -> None:
+    d = Driver()
+    d.feed(Shutdown())
+    effects = d.spawn(100)
+    assert any(isinstance(e, Stop) for e in effects)
+    assert d.kinds(d.feed(Stopped())) == ["stopped"]
+
+
+def test_shutdown_while_waiting_backoff() -> None:
+    d = Driver()
+    d.healthy(100)
+    d.feed(Exited(100, "exit code 1"), at=1.0)
+    d.spawn(101)
+    d.feed(Exited(101, "exit code 1"), at=1.5)
+    assert d.state.restart_at is not None
+    effects = d.feed(Shutdown())
+    assert d.kinds(effects) == ["stopped"] and d.state.settled
+    assert d.state.restart_at is None
+
+
+def test_failed_stop_is_reported_once_and_retried() -> None:
+    d = Driver()
+    d.healthy(100)
+    d.feed(RestartRequest("memory"), at=1.0)
+    assert d.kinds(d.feed(Stopped(error="EPERM"))) == ["stop-failed"]
+    effects = d.feed(Tick(), at=2.0)
+    assert any(isinstance(e, Stop) for e in effects)
+    assert d.kinds(d.feed(Stopped(error="EPERM"))) == []
+    d.feed(Stopped(), at=3.0)
+    assert any(isinstance(e, Spawn) for e in d.effects)
+
+
+def test_liveness_only_target_healthy_after_settling() -> None:
+    d = Driver(replace(FAST, has_probe=False))
+    effects = d.spawn(100)
+    assert not any(isinstance(e, Probe) for e in effects)
+    assert d.kinds(d.feed(Tick(), at=0.5)) == []
+    assert d.kinds(d.feed(Tick(), at=1.0)) == ["healthy"]
+
+
+def test_uncounted_restart_has_no_backoff_and_no_limit() -> None:
+    d = Driver(replace(FAST, max_restarts=0))
+    d.healthy(100)
+    d.feed(RestartRequest("operator", counted=False), at=1.0)
+    effects = d.feed(Stopped())
+    assert Spawn(restart=True, reason="operator") in effects
+    assert d.state.restarts == ()
+
+
+def test_state_is_immutable_between_calls() -> None:
+    d = Driver()
+    before = d.state
+    d.spawn(100)
+    assert before.pid is None and isinstance(before, State)

@@ -1,0 +1,696 @@
+"""The pure per-target supervision core: state + observation + now → new state + effects.
+
+Every decision about one target lives here: the start-up grace, the trouble counters, a hang
+counted from the moment its probe was sent, the restart policy (window, backoff, limit, slow
+retry), crash loops, "down", the memory cap and erpwatch's own shutdown. No I/O and no clock
+reads: `TargetMonitor` (the shell) observes the world, feeds `Core.decide` and carries out
+the effects it returns (spawn, stop with a grace, probe, emit an event). Tests drive it with
+plain numbers.
+
+    core = Core(Params.from_config(config))
+    state, effects = core.start(now)
+    state, effects = core.decide(state, Exited(pid, "exit code 3"), now)
+    core.next_due(state)  # when the shell must call `decide(state, Tick(), ...)` next
+
+An observation is handled, then the timers are checked in the same call, so a stop that
+completes with a zero backoff yields the `Spawn` at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from watchdog.config import TargetConfig
+from watchdog.events import Kind
+from watchdog.states import TargetState
+
+S = TargetState
+
+# While a target starts, probe this often (bounded by CHECK_INTERVAL) so a fresh start is seen
+# healthy quickly; once it has answered, the normal interval applies.
+STARTUP_PROBE_INTERVAL = 0.1
+# A target without a health URL counts as healthy once it has stayed up this long (bounded by
+# CHECK_INTERVAL), like supervisord's startsecs: a command that exits at once is no "healthy".
+LIVENESS_SETTLE = 1.0
+# Backoff doubles per successive restart; the exponent stops growing here (2**60 s is already
+# far past any cap), so a target that stays down for 10**6 restarts never overflows.
+_MAX_EXPONENT = 60
+# A stop that raised (e.g. EPERM, EMFILE) is tried again this often.
+STOP_RETRY = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    """The settings one target's core needs (seconds, counts)."""
+
+    check_interval: float = 15.0
+    timeout_threshold: float = 45.0
+    startup_grace: float = 30.0
+    max_restarts: int = 5
+    restart_window: float = 600.0
+    restart_backoff: float = 1.0
+    restart_backoff_max: float = 60.0
+    healthy_reset: float = 300.0
+    limit_retry: float = 900.0
+    down_after: float = 60.0
+    stop_timeout: float = 10.0
+    hang_stop_timeout: float = 3.0
+    crash_loop_count: int = 3
+    has_probe: bool = True
+    rss_limit_mb: float | None = None
+    restart_on_rss: bool = False
+
+    @classmethod
+    def from_config(cls, config: TargetConfig, *, crash_loop_count: int = 3) -> Params:
+        return cls(
+            check_interval=config.check_interval,
+            timeout_threshold=config.timeout_threshold,
+            startup_grace=config.startup_grace,
+            max_restarts=config.max_restarts,
+            restart_window=config.restart_window,
+            restart_backoff=config.restart_backoff,
+            restart_backoff_max=config.restart_backoff_max,
+            healthy_reset=config.healthy_reset,
+            limit_retry=config.limit_retry,
+            down_after=config.down_after,
+            stop_timeout=config.stop_timeout,
+            hang_stop_timeout=config.hang_stop_timeout,
+            crash_loop_count=crash_loop_count,
+            has_probe=config.health_url is not None,
+            rss_limit_mb=config.rss_limit_mb,
+            restart_on_rss=config.restart_on_rss,
+        )
+
+
+# --- observations: what the shell saw ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed (the shell's timer fired, or it just wants the timers checked)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Spawned:
+    pid: int
+    jitter: float = 0.0  # in [0, 1): this start's share of CHECK_INTERVAL as probe phase
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnFailed:
+    error: str  # e.g. "cannot start backend: 'uvicorn': No such file" or "EMFILE ..."
+
+
+@dataclass(frozen=True, slots=True)
+class Exited:
+    pid: int
+    description: str  # "exit code 3" / "killed by SIGKILL"
+    details: Mapping[str, Any] = field(default_factory=dict)  # exit_code, signal, stderr_tail
+
+
+@dataclass(frozen=True, slots=True)
+class Probed:
+    """A health check of process ``pid`` finished. ``status``: "ok" | "degraded" | "failed".
+
+    ``gone``: it failed because the process had died (its exit is reported separately)."""
+
+    pid: int
+    status: str
+    reason: str
+    timed_out: bool = False
+    details: Mapping[str, Any] = field(default_factory=dict)  # latency_ms, status_code
+    gone: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """A `Stop` finished: ``error`` when it raised; ``escalated`` when SIGKILL was needed."""
+
+    escalated: bool = False
+    after: float = 0.0  # seconds from SIGTERM to the tree being gone
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceSample:
+    pids: tuple[int, ...]
+    rss_mb: float
+
+
+@dataclass(frozen=True, slots=True)
+class RestartRequest:
+    """Restart now; ``counted`` restarts count against MAX_RESTARTS and back off."""
+
+    reason: str
+    counted: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """erpwatch is stopping: stop the child and stay stopped."""
+
+    reason: str = "erpwatch is stopping"
+
+
+Observation = (
+    Tick
+    | Spawned
+    | SpawnFailed
+    | Exited
+    | Probed
+    | Stopped
+    | ResourceSample
+    | RestartRequest
+    | Shutdown
+)
+
+
+# --- effects: what the shell must do -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Spawn:
+    restart: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Stop the whole tree: SIGTERM, ``grace`` seconds, SIGKILL; cancel a probe in flight.
+    The shell reports the outcome with `Stopped`."""
+
+    grace: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """Send one health check of the current process; report it with `Probed`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    kind: Kind
+    message: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+Effect = Spawn | Stop | Probe | Emit
+
+
+# --- the state ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    phase: TargetState = S.STARTING
+    pid: int | None = None  # the current child, while it is believed alive
+    spawned_at: float | None = None
+    spawning: bool = False  # a Spawn is being carried out
+    stopping: bool = False  # a Stop is being carried out
+    stop_retry_at: float | None = None  # a Stop failed: try it again then
+    stop_failed_reported: bool = False
+    answered: bool = False  # the current process has answered a probe
+    jitter: float = 0.0
+    probe_sent_at: float | None = None  # a probe is in flight since then
+    next_probe_at: float = 0.0
+    unhealthy_since: float | None = None  # first failed (or unanswered) probe in a row
+    last_failure_timed_out: bool = False
+    healthy_since: float | None = None
+    bad_since: float | None = None  # the trouble (crash, unhealthy, limit) began then
+    down_reported: bool = False
+    crashes: tuple[float, ...] = ()  # recent crash times, for the crash loop
+    crash_loop_reported: bool = False
+    restarts: tuple[float, ...] = ()  # counted restarts within the window
+    successive: int = 0  # successive restarts without a healthy stretch (the backoff)
+    restarts_total: int = 0
+    restart_at: float | None = None  # a spawn is scheduled then
+    restart_reason: str = ""
+    restart_counted: bool = True
+    retry_at: float | None = None  # slow retry after the restart limit
+    last_stop: Mapping[str, Any] | None = None  # how the last stop went, for the next event
+
+    @property
+    def settled(self) -> bool:
+        """Shut down and nothing left to do (the shell's loop may end)."""
+        return self.phase is S.STOPPED and not self.stopping and not self.spawning
+
+
+class Core:
+    """The decisions for one target with fixed `Params`. Pure: every method returns values."""
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+
+    # --- entry points --------------------------------------------------------------
+
+    def start(self, now: float) -> tuple[State, list[Effect]]:
+        """The first start of the target."""
+        state = State(phase=S.STARTING, spawning=True, next_probe_at=now)
+        return state, [Spawn(restart=False)]
+
+    def decide(self, state: State, obs: Observation, now: float) -> tuple[State, list[Effect]]:
+        """The one place where a target changes: handle ``obs``, then check the timers."""
+        effects: list[Effect] = []
+        state = self._handle(state, obs, now, effects)
+        state = self._timers(state, now, effects)
+        return state, effects
+
+    def next_due(self, state: State) -> float | None:
+        """The earliest moment the timers need a `Tick` (None: nothing scheduled)."""
+        p = self.params
+        due: list[float] = []
+        if state.restart_at is not None and not state.stopping:
+            due.append(state.restart_at)
+        if state.retry_at is not None:
+            due.append(state.retry_at)
+        if state.stop_retry_at is not None:
+            due.append(state.stop_retry_at)
+        if self._live(state):
+            if p.has_probe and state.probe_sent_at is None:
+                due.append(state.next_probe_at)
+            since = self._unhealthy_since(state)
+            if since is not None:
+                due.append(since + p.timeout_threshold)
+            if not p.has_probe and not state.answered and state.spawned_at is not None:
+                due.append(state.spawned_at + self._settle())
+        if state.bad_since is not None and not state.down_reported and state.phase is not S.STOPPED:
+            due.append(state.bad_since + p.down_after)
+        return min(due) if due else None
+
+    def restarts_in_window(self, state: State, now: float) -> int:
+        cutoff = now - self.params.restart_window
+        return sum(1 for at in state.restarts if at > cutoff)
+
+    # --- observations --------------------------------------------------------------
+
+    def _handle(self, state: State, obs: Observation, now: float, out: list[Effect]) -> State:
+        match obs:
+            case Tick():
+                return state
+            case Spawned():
+                return self._spawned(state, obs, now, out)
+            case SpawnFailed(error=error):
+                state = dataclasses.replace(state, spawning=False)
+                if state.phase is S.STOPPED:
+                    out.append(Emit(Kind.STOPPED, "stopped"))
+                    return state
+                out.append(Emit(Kind.CRASHED, f"could not start: {error}", {"error": error}))
+                return self._crashed(state, f"could not start: {error}", now, out)
+            case Exited():
+                return self._exited(state, obs, now, out)
+            case Probed():
+                return self._probed(state, obs, now, out)
+            case Stopped():
+                return self._stopped(state, obs, now, out)
+            case ResourceSample(pids=pids, rss_mb=rss):
+                limit = self.params.rss_limit_mb
+                if (
+                    not self.params.restart_on_rss
+                    or limit is None
+                    or rss <= limit
+                    or state.pid not in pids
+                    or not self._live(state)
+                ):
+                    return state
+                why = f"memory (RSS) {rss:.0f} MB over the {limit:g} MB limit"
+                return self._restart(state, why, now, out, grace=self.params.stop_timeout)
+            case RestartRequest(reason=reason, counted=counted):
+                if state.phase is S.STOPPED:
+                    return state
+                return self._restart(
+                    state, reason, now, out, grace=self.params.stop_timeout, counted=counted
+                )
+            case Shutdown(reason=reason):
+                return self._shutdown(state, reason, out)
+        raise AssertionError(f"unhandled observation {obs!r}")  # pragma: no cover
+
+    def _spawned(self, state: State, obs: Spawned, now: float, out: list[Effect]) -> State:
+        reason, last_stop = state.restart_reason, state.last_stop
+        restart = reason != ""
+        state = dataclasses.replace(
+            state,
+            phase=S.STARTING if state.phase is not S.STOPPED else S.STOPPED,
+            pid=obs.pid,
+            spawned_at=now,
+            spawning=False,
+            answered=False,
+            jitter=obs.jitter,
+            probe_sent_at=None,
+            next_probe_at=now,
+            unhealthy_since=None,
+            restart_reason="",
+            last_stop=None,
+        )
+        if state.phase is S.STOPPED:
+            # erpwatch began stopping while this spawn was under way: stop it again.
+            return self._begin_stop(state, self.params.stop_timeout, "erpwatch is stopping", out)
+        details: dict[str, Any] = {"pid": obs.pid}
+        if last_stop:
+            details["previous_stop"] = dict(last_stop)
+        if restart:
+            out.append(Emit(Kind.RESTARTED, f"restarted ({reason})", details))
+        else:
+            out.append(Emit(Kind.STARTED, "started", details))
+        return state
+
+    def _exited(self, state: State, obs: Exited, now: float, out: list[Effect]) -> State:
+        if obs.pid != state.pid:
+            return state  # an earlier child (already handled) or a stranger
+        state = dataclasses.replace(state, pid=None, probe_sent_at=None)
+        if state.stopping or not state.phase.running:
+            return state  # we stopped it (restart, limit, shutdown): `Stopped` reports that
+        out.append(
+            Emit(
+                Kind.CRASHED,
+                f"exited unexpectedly: {obs.description}",
+                {"pid": obs.pid, **obs.details},
+            )
+        )
+        return self._crashed(state, f"crashed: {obs.description}", now, out)
+
+    def _crashed(self, state: State, why: str, now: float, out: list[Effect]) -> State:
+        p = self.params
+        cutoff = now - p.restart_window
+        crashes = (*(at for at in state.crashes if at > cutoff), now)[-p.crash_loop_count :]
+        state = dataclasses.replace(
+            state,
+            crashes=crashes,
+            bad_since=state.bad_since if state.bad_since is not None else now,
+            healthy_since=None,
+            unhealthy_since=None,
+        )
+        state = self._restart(state, why, now, out, grace=p.stop_timeout)
+        if len(crashes) >= p.crash_loop_count and not state.crash_loop_reported:
+            state = dataclasses.replace(state, crash_loop_reported=True)
+            out.append(
+                Emit(
+                    Kind.CRASH_LOOP,
+                    f"crash loop: {len(crashes)} crashes within {p.restart_window:g}s",
+                    {"crashes": len(crashes), "window_s": p.restart_window},
+                )
+            )
+        return state
+
+    def _probed(self, state: State, obs: Probed, now: float, out: list[Effect]) -> State:
+        if obs.pid != state.pid or not self._live(state):
+            return state  # a probe of an earlier process, or one that raced a stop
+        sent_at = self._last_sent(state, now)
+        state = dataclasses.replace(state, probe_sent_at=None)
+        if obs.status == "ok":
+            state = self._answered(state, now, healthy=True)
+            if state.phase is not S.HEALTHY:
+                state = dataclasses.replace(state, phase=S.HEALTHY)
+                out.append(Emit(Kind.HEALTHY, "healthy", obs.details))
+            return state
+        if obs.status == "degraded":
+            state = self._answered(state, now, healthy=False)
+            if state.phase is not S.DEGRADED:
+                state = dataclasses.replace(state, phase=S.DEGRADED)
+                out.append(Emit(Kind.DEGRADED, f"degraded: {obs.reason}", obs.details))
+            return state
+        if obs.gone:
+            return state  # it died under the probe: the exit reports that, not "unhealthy"
+        assert state.spawned_at is not None
+        # The start-up grace forgives a backend that is not listening yet or answers with an
+        # error while it warms up, never one that takes the request and hangs: no blind spot.
+        booting = not state.answered and not obs.timed_out
+        if booting and now - state.spawned_at < self.params.startup_grace:
+            return state
+        since = state.unhealthy_since
+        if since is None:
+            since = state.spawned_at if booting else sent_at
+        state = dataclasses.replace(
+            state,
+            unhealthy_since=since,
+            last_failure_timed_out=obs.timed_out,
+            healthy_since=None,
+            bad_since=state.bad_since if state.bad_since is not None else since,
+        )
+        details = {**obs.details, "unhealthy_for_s": round(now - since, 3)}
+        if state.phase is not S.UNHEALTHY:
+            state = dataclasses.replace(state, phase=S.UNHEALTHY)
+            out.append(Emit(Kind.UNHEALTHY, f"unhealthy: {obs.reason}", details))
+        return self._check_overdue(state, obs.reason, now, out)
+
+    def _stopped(self, state: State, obs: Stopped, now: float, out: list[Effect]) -> State:
+        if not state.stopping:
+            return state
+        if obs.error is not None:
+            state = dataclasses.replace(state, stop_retry_at=now + STOP_RETRY)
+            if not state.stop_failed_reported:
+                state = dataclasses.replace(state, stop_failed_reported=True)
+                out.append(
+                    Emit(
+                        Kind.STOP_FAILED,
+                        f"could not stop: {obs.error}; trying again",
+                        {"error": obs.error},
+                    )
+                )
+            return state
+        how: dict[str, Any] = {
+            "signal": "SIGKILL" if obs.escalated else "SIGTERM",
+            "after_s": round(obs.after, 3),
+        }
+        if obs.escalated:
+            how["escalation"] = f"SIGTERM ignored, SIGKILL after {obs.after:.1f}s"
+        state = dataclasses.replace(
+            state,
+            stopping=False,
+            stop_retry_at=None,
+            stop_failed_reported=False,
+            pid=None,
+            probe_sent_at=None,
+            last_stop=how,
+        )
+        if state.phase is S.STOPPED:
+            message = "stopped"
+            if obs.escalated:
+                message += f" (SIGTERM ignored, SIGKILL after {obs.after:.1f}s)"
+            out.append(Emit(Kind.STOPPED, message, {"stop": how}))
+        return state
+
+    def _shutdown(self, state: State, reason: str, out: list[Effect]) -> State:
+        if state.phase is S.STOPPED:
+            return state
+        state = dataclasses.replace(
+            state, phase=S.STOPPED, restart_at=None, retry_at=None, probe_sent_at=None
+        )
+        if state.stopping or state.spawning:
+            return state  # `Stopped` / `Spawned` finish the job
+        if state.pid is not None:
+            return self._begin_stop(state, self.params.stop_timeout, reason, out)
+        out.append(Emit(Kind.STOPPED, "stopped"))
+        return state
+
+    # --- timers ----------------------------------------------------------------------
+
+    def _timers(self, state: State, now: float, out: list[Effect]) -> State:
+        p = self.params
+        if state.stop_retry_at is not None and now >= state.stop_retry_at and state.stopping:
+            state = dataclasses.replace(state, stop_retry_at=None)
+            out.append(Stop(p.stop_timeout, "retrying a failed stop"))
+            return state
+        if state.stopping or state.spawning:
+            return state
+        if state.restart_at is not None and now >= state.restart_at and state.pid is None:
+            return self._spawn(state, now, out)
+        if state.retry_at is not None and now >= state.retry_at and state.phase is S.FAILED:
+            state = dataclasses.replace(
+                state,
+                retry_at=None,
+                restarts=(),
+                successive=0,
+                restart_reason="slow retry after the restart limit",
+                restart_counted=True,
+            )
+            return self._spawn(state, now, out)
+        if self._live(state):
+            if not p.has_probe and not state.answered:
+                assert state.spawned_at is not None
+                if now - state.spawned_at >= self._settle():
+                    state = self._answered(state, now, healthy=True)
+                    state = dataclasses.replace(state, phase=S.HEALTHY)
+                    out.append(Emit(Kind.HEALTHY, "healthy (process running)"))
+            elif not p.has_probe:
+                state = self._answered(state, now, healthy=True)
+            if state.probe_sent_at is not None and now - state.probe_sent_at >= p.timeout_threshold:
+                # No answer at all for TIMEOUT_THRESHOLD: a hang, whatever PROBE_TIMEOUT says.
+                waited = now - state.probe_sent_at
+                reason = f"no answer for {waited:.1f}s"
+                since = state.probe_sent_at
+                if state.unhealthy_since is not None:
+                    since = min(since, state.unhealthy_since)
+                state = dataclasses.replace(
+                    state,
+                    unhealthy_since=since,
+                    last_failure_timed_out=True,
+                    healthy_since=None,
+                    bad_since=state.bad_since if state.bad_since is not None else since,
+                )
+                if state.phase is not S.UNHEALTHY:
+                    state = dataclasses.replace(state, phase=S.UNHEALTHY)
+                    details = {"unhealthy_for_s": round(now - since, 3)}
+                    out.append(Emit(Kind.UNHEALTHY, f"unhealthy: {reason}", details))
+                state = self._check_overdue(state, reason, now, out)
+            elif state.unhealthy_since is not None:
+                state = self._check_overdue(state, "still failing", now, out)
+            if (
+                self._live(state)
+                and p.has_probe
+                and state.probe_sent_at is None
+                and now >= state.next_probe_at
+                and state.pid is not None
+            ):
+                interval = p.check_interval
+                if not state.answered:
+                    interval = min(interval, STARTUP_PROBE_INTERVAL)
+                state = dataclasses.replace(state, probe_sent_at=now, next_probe_at=now + interval)
+                out.append(Probe())
+        if (
+            state.bad_since is not None
+            and not state.down_reported
+            and state.phase is not S.STOPPED
+            and now - state.bad_since >= p.down_after
+        ):
+            down_for = now - state.bad_since
+            state = dataclasses.replace(state, down_reported=True)
+            out.append(
+                Emit(
+                    Kind.DOWN,
+                    f"down for {down_for:.0f}s ({state.phase})",
+                    {"down_for_s": round(down_for, 3)},
+                )
+            )
+        return state
+
+    # --- building blocks ---------------------------------------------------------------
+
+    def _check_overdue(self, state: State, reason: str, now: float, out: list[Effect]) -> State:
+        since = state.unhealthy_since
+        if since is None or now - since < self.params.timeout_threshold:
+            return state
+        why = f"unhealthy too long: {reason}"
+        hung = state.last_failure_timed_out
+        grace = self.params.hang_stop_timeout if hung else self.params.stop_timeout
+        return self._restart(state, why, now, out, grace=grace)
+
+    def _restart(
+        self,
+        state: State,
+        why: str,
+        now: float,
+        out: list[Effect],
+        *,
+        grace: float,
+        counted: bool = True,
+    ) -> State:
+        """Stop the child if it runs, then start it after the backoff, or give up."""
+        p = self.params
+        cutoff = now - p.restart_window
+        restarts = tuple(at for at in state.restarts if at > cutoff)
+        state = dataclasses.replace(state, restarts=restarts, probe_sent_at=None)
+        if counted and len(restarts) >= p.max_restarts:
+            state = dataclasses.replace(
+                state,
+                phase=S.FAILED,
+                restart_at=None,
+                bad_since=state.bad_since if state.bad_since is not None else now,
+                retry_at=now + p.limit_retry if p.limit_retry > 0 else None,
+            )
+            details: dict[str, Any] = {"restarts": len(restarts), "window_s": p.restart_window}
+            if state.retry_at is not None:
+                details["retry_in_s"] = p.limit_retry
+            out.append(
+                Emit(
+                    Kind.RESTART_LIMIT_REACHED,
+                    f"restart limit reached, not restarting any more (last: {why})",
+                    details,
+                )
+            )
+        else:
+            delay = self.backoff(state.successive) if counted else 0.0
+            state = dataclasses.replace(
+                state,
+                phase=S.RESTARTING,
+                restart_at=now + delay,
+                restart_reason=why,
+                restart_counted=counted,
+            )
+        if state.pid is not None and not state.stopping:
+            state = self._begin_stop(state, grace, why, out)
+        return state
+
+    def backoff(self, successive: int) -> float:
+        """0 for the first restart after a healthy stretch, then doubling up to the cap."""
+        p = self.params
+        if successive <= 0 or p.restart_backoff <= 0:
+            return 0.0
+        exponent = min(successive - 1, _MAX_EXPONENT)
+        return float(min(p.restart_backoff * 2.0**exponent, p.restart_backoff_max))
+
+    def _spawn(self, state: State, now: float, out: list[Effect]) -> State:
+        counted = state.restart_counted
+        state = dataclasses.replace(
+            state,
+            restart_at=None,
+            spawning=True,
+            restarts=(*state.restarts, now) if counted else state.restarts,
+            successive=state.successive + 1 if counted else state.successive,
+            restarts_total=state.restarts_total + 1,
+            restart_counted=True,
+        )
+        out.append(Spawn(restart=True, reason=state.restart_reason))
+        return state
+
+    def _begin_stop(self, state: State, grace: float, why: str, out: list[Effect]) -> State:
+        out.append(Stop(grace, why))
+        return dataclasses.replace(state, stopping=True, probe_sent_at=None)
+
+    def _answered(self, state: State, now: float, *, healthy: bool) -> State:
+        """It answers (or, without a probe, runs): the trouble is over."""
+        p = self.params
+        healthy_since = state.healthy_since
+        successive, crashes, loop_reported = (
+            state.successive,
+            state.crashes,
+            state.crash_loop_reported,
+        )
+        if healthy:
+            healthy_since = healthy_since if healthy_since is not None else now
+            if now - healthy_since >= p.healthy_reset:
+                successive, crashes, loop_reported = 0, (), False
+        next_probe_at = state.next_probe_at
+        if not state.answered and p.has_probe:
+            # Targets started together would otherwise probe in lockstep, in bursts: once per
+            # start, shift this one's schedule by its share of the interval.
+            next_probe_at = now + state.jitter * p.check_interval
+        return dataclasses.replace(
+            state,
+            answered=True,
+            next_probe_at=next_probe_at,
+            healthy_since=healthy_since,
+            successive=successive,
+            crashes=crashes,
+            crash_loop_reported=loop_reported,
+            unhealthy_since=None,
+            last_failure_timed_out=False,
+            bad_since=None,
+            down_reported=False,
+        )
+
+    def _unhealthy_since(self, state: State) -> float | None:
+        candidates = [t for t in (state.unhealthy_since, state.probe_sent_at) if t is not None]
+        return min(candidates) if candidates else None
+
+    def _last_sent(self, state: State, now: float) -> float:
+        return now if state.probe_sent_at is None else state.probe_sent_at
+
+    def _live(self, state: State) -> bool:
+        return state.phase.running and state.pid is not None and not state.stopping
+
+    def _settle(self) -> float:
+        return min(LIVENESS_SETTLE, self.params.check_interval)
