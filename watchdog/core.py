@@ -263,11 +263,12 @@ class Core:
         """The earliest moment the timers need a `Tick` (None: nothing scheduled)."""
         p = self.params
         due: list[float] = []
-        if state.restart_at is not None and not state.stopping:
+        idle = not state.stopping and not state.spawning
+        if state.restart_at is not None and idle and state.pid is None:
             due.append(state.restart_at)
-        if state.retry_at is not None:
+        if state.retry_at is not None and idle and state.phase is S.FAILED:
             due.append(state.retry_at)
-        if state.stop_retry_at is not None:
+        if state.stop_retry_at is not None and state.stopping:
             due.append(state.stop_retry_at)
         if self._live(state):
             if p.has_probe and state.probe_sent_at is None:
@@ -616,6 +617,7 @@ class Core:
             state = dataclasses.replace(
                 state,
                 phase=S.RESTARTING,
+                retry_at=None,
                 restart_at=now + delay,
                 restart_reason=why,
                 restart_counted=counted,

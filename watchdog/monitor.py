@@ -1,54 +1,82 @@
-"""TargetMonitor: one per supervised process.
+"""TargetMonitor: the thin I/O shell around one target's `watchdog.core.Core`.
 
-``step()`` is one round (probe, update the counters, decide); ``run()`` only waits for the
-next tick, the child's exit or a stop request. Every state change goes through
-`watchdog.states.transition`, and an event is published only when something changed.
+It waits (for the next due time, the child's exit, a probe's answer or a request), turns what
+it saw into an observation, asks the core, and carries out the effects: spawn, stop the tree,
+send a probe, publish an event. The process and the prober are handed in, so tests drive the
+shell on a `FakeClock` with fakes; every failure of theirs becomes an observation (a spawn
+that raises is `SpawnFailed`, a stop that raises is `Stopped(error=...)`), never an exception
+that ends the loop. `run()` may be called again after it raised: it resumes where it was.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-import httpx
 import psutil
 
-from watchdog.bus import EventBus
 from watchdog.clock import Clock
 from watchdog.config import TargetConfig
-from watchdog.events import Event, Kind
-from watchdog.policy import GiveUp, RestartPolicy
-from watchdog.probe import Prober, ProbeResult, ProbeStatus
-from watchdog.process import ExitInfo, ManagedProcess, ProcessStartError
-from watchdog.states import (
+from watchdog.core import (
+    Core,
     Effect,
     Emit,
     Exited,
-    ProbeDegraded,
-    ProbeFailed,
-    ProbeOk,
-    Restart,
-    RestartRequested,
-    Signal,
+    Observation,
+    Params,
+    Probe,
+    Probed,
+    ResourceSample,
+    RestartRequest,
+    Shutdown,
+    Spawn,
     Spawned,
     SpawnFailed,
+    State,
     Stop,
-    StopRequested,
-    TargetState,
-    transition,
+    Stopped,
+    Tick,
 )
+from watchdog.events import Event
+from watchdog.probe import ProbeResult, ProbeStatus
+from watchdog.process import ExitInfo, StopReport
+from watchdog.states import TargetState
 
 log = logging.getLogger(__name__)
 
-# While a target starts, probe this often (bounded by CHECK_INTERVAL) so a fresh start is seen
-# healthy quickly; once it has answered, the normal interval applies.
-STARTUP_PROBE_INTERVAL = 0.1
+# The loop wakes at least this often (bounded by CHECK_INTERVAL), so a stalled monitor shows.
+MAX_TICK = 5.0
+# A monitor that has not gone round its loop for this many ticks counts as stalled.
+STALL_TICKS = 3
+_STOP_SLACK = 7.0  # reaping after SIGKILL and its checks, on top of a stop's grace
+_MIN_WAIT = 0.01
+
+
+class ManagedProcessLike(Protocol):
+    """What the monitor needs of a child process (`watchdog.process.ManagedProcess`)."""
+
+    @property
+    def pid(self) -> int | None: ...
+    @property
+    def running(self) -> bool: ...
+    async def start(self) -> int: ...
+    async def wait(self) -> ExitInfo: ...
+    async def stop_tree(self, grace: float | None = None) -> StopReport: ...
+    def tree_pids(self) -> list[int]: ...
+
+
+class ProberLike(Protocol):
+    async def check(self) -> ProbeResult: ...
+
+
+class Publisher(Protocol):
+    async def publish(self, event: Event) -> Event: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,388 +124,332 @@ class TargetStatus:
         }
 
 
-@dataclass
-class _Episode:
-    """Counters of the current stretch of trouble; reset when the target is healthy again."""
-
-    bad_since: float | None = None  # first moment it was down (crashed, unhealthy, failed)
-    unhealthy_since: float | None = None  # start of the first failed probe in a row
-    healthy_since: float | None = None
-    down_reported: bool = False
-    crash_loop_reported: bool = False
-    crashes: deque[float] = field(default_factory=deque)
-
-
 class TargetMonitor:
     def __init__(
         self,
         config: TargetConfig,
-        bus: EventBus,
+        bus: Publisher,
         *,
-        log_dir: Path,
         clock: Clock,
-        client: httpx.AsyncClient | None = None,
+        process: ManagedProcessLike,
+        prober: ProberLike | None,
         crash_loop_count: int = 3,
-        stderr_tail_lines: int = 20,
-        log_max_bytes: int = 10 * 1024 * 1024,
-        log_backups: int = 5,
+        resources: Callable[[str], Mapping[str, Any] | None] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
+        self.process = process
+        self.core = Core(Params.from_config(config, crash_loop_count=crash_loop_count))
         self._bus = bus
         self._clock = clock
-        self._crash_loop_count = crash_loop_count
-        self.state = TargetState.STARTING
-        self.policy = RestartPolicy(
-            max_restarts=config.max_restarts,
-            window=config.restart_window,
-            backoff=config.restart_backoff,
-            backoff_max=config.restart_backoff_max,
-            healthy_reset=config.healthy_reset,
-        )
-        self.process = ManagedProcess(
-            config.name,
-            config.argv,
-            log_dir=log_dir,
-            cwd=config.workdir,
-            stop_timeout=config.stop_timeout,
-            stderr_tail_lines=stderr_tail_lines,
-            log_max_bytes=log_max_bytes,
-            log_backups=log_backups,
-        )
-        self._prober = (
-            Prober(
-                config.health_url,
-                timeout=config.probe_timeout,
-                degraded_latency=config.degraded_latency,
-                client=client,
-                clock=clock,
-            )
-            if config.health_url and client is not None
-            else None
-        )
+        self._prober = prober if config.health_url else None
+        self._resources = resources
+        self._rng = rng or random.Random()
+        self.max_tick = min(config.check_interval, MAX_TICK)
         self.last_probe: ProbeResult | None = None
         self.probe_listeners: list[Callable[[str, ProbeResult], object]] = []
         self.last_event: Event | None = None
         self.healthy = asyncio.Event()  # set while HEALTHY or DEGRADED (start order waits on it)
         self.launched = asyncio.Event()  # set once the first start was tried
-        self._episode = _Episode()
-        self._spawned_at: float | None = None
-        self._answered = False  # the current process has answered a probe at least once
-        self._next_probe_at = 0.0
-        self._restart_at: float | None = None
-        self._restart_reason = ""
-        self._retry_at: float | None = None
-        self._pid: int | None = None
-        self._rng = random.Random()
-        self._stop_requested = asyncio.Event()
+        self.last_tick = clock.now()
+        self._state: State | None = None
+        self._requests: deque[Observation] = deque()
         self._wake = asyncio.Event()
-        self._restart_requested: str | None = None
+        self._exit_wait: asyncio.Future[ExitInfo] | None = None
+        self._probe_task: asyncio.Task[ProbeResult] | None = None
+        self._probe_pid: int | None = None
+        self._busy_until: float | None = None  # a stop in progress may take this long
+        self._last_sample_ts: object = None
+        self._acted = True  # the last round produced effects
+
+    @property
+    def state(self) -> TargetState:
+        return TargetState.STARTING if self._state is None else self._state.phase
+
+    @property
+    def core_state(self) -> State | None:
+        return self._state
 
     # --- the loop: waiting only -----------------------------------------------------
 
     async def run(self) -> None:
-        """Start the target and supervise it until `stop()` is called."""
-        try:
-            await self._spawn(restart=False)
-        finally:
-            self.launched.set()
-        stop_wait = asyncio.ensure_future(self._stop_requested.wait())
-        exit_wait: asyncio.Future[ExitInfo] | None = None
-        try:
-            while not self._stop_requested.is_set():
-                if exit_wait is None and self.process.running:
-                    exit_wait = asyncio.ensure_future(self.process.wait())
-                delay = max(0.0, self._next_due() - self._clock.now())
-                tick = asyncio.ensure_future(self._clock.sleep(delay))
-                wake = asyncio.ensure_future(self._wake.wait())
-                waiting: set[asyncio.Future[Any]] = {tick, stop_wait, wake}
-                if exit_wait is not None:
-                    waiting.add(exit_wait)
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                tick.cancel()
-                wake.cancel()
-                if self._stop_requested.is_set():
-                    break
-                if self._restart_requested is not None:
-                    reason, self._restart_requested = self._restart_requested, None
-                    self._wake.clear()
-                    await self._restart_now(reason)
-                elif exit_wait is not None and exit_wait.done():
-                    info = exit_wait.result()
-                    exit_wait = None
-                    await self.handle_exit(info)
-                else:
-                    await self.step()
-        finally:
-            stop_wait.cancel()
-            if exit_wait is not None:
-                exit_wait.cancel()
-            await self._apply(StopRequested())
+        """Start the target and supervise it until `stop()`; resumes if called again."""
+        if self._state is None:
+            try:
+                self._state, effects = self.core.start(self._clock.now())
+                for obs in await self._carry_out(effects):
+                    await self._feed(obs)
+            finally:
+                self.launched.set()
+        while not self._state.settled:
+            await self._wait()
+            await self.step()
 
     def stop(self) -> None:
-        """Ask `run()` to stop the child and return."""
-        self._stop_requested.set()
+        """Ask `run()` to stop the child (whole tree) and return."""
+        self.request(Shutdown())
 
-    def request_restart(self, reason: str) -> None:
-        """Ask `run()` to restart the child (counted by the restart policy)."""
-        self._restart_requested = reason
+    def request_restart(self, reason: str, *, counted: bool = True) -> None:
+        """Ask `run()` to restart the child (counted by the restart policy unless told)."""
+        self.request(RestartRequest(reason, counted=counted))
+
+    def request(self, obs: Observation) -> None:
+        self._requests.append(obs)
         self._wake.set()
 
-    async def _restart_now(self, reason: str) -> None:
-        if not self.state.running:
+    async def _wait(self) -> None:
+        if self._requests or self._ready(self._exit_wait) or self._ready(self._probe_task):
             return
-        decision = self.policy.decide(self._clock.now())
-        delay = None if isinstance(decision, GiveUp) else decision.delay
-        await self._apply(RestartRequested(reason, delay))
+        now = self._clock.now()
+        assert self._state is not None
+        due = self.core.next_due(self._state)
+        delay = self.max_tick if due is None else min(max(due - now, 0.0), self.max_tick)
+        if delay == 0.0 and not self._acted:
+            delay = _MIN_WAIT  # due, yet the last round did nothing: never spin the loop
+        self._wake.clear()
+        tick = asyncio.ensure_future(self._clock.sleep(delay))
+        wake = asyncio.ensure_future(self._wake.wait())
+        waiting: set[asyncio.Future[Any]] = {tick, wake}
+        for future in (self._exit_wait, self._probe_task):
+            if future is not None:
+                waiting.add(future)
+        try:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            tick.cancel()
+            wake.cancel()
+
+    @staticmethod
+    def _ready(future: asyncio.Future[Any] | None) -> bool:
+        return future is not None and future.done()
 
     # --- one round ------------------------------------------------------------------
 
     async def step(self) -> None:
-        """Probe when a probe is due, then act on timers (restart, retry, down, resets)."""
-        now = self._clock.now()
-        if self.state.running and now >= self._next_probe_at:
-            interval = self.config.check_interval
-            answered_before = self._answered
-            if not answered_before:
-                interval = min(interval, STARTUP_PROBE_INTERVAL)
-            self._next_probe_at = now + interval
-            if self._prober is None:
-                await self._observe_liveness()
-            else:
-                result = await self._prober.check()
-                self.last_probe = result
-                for listener in self.probe_listeners:
-                    listener(self.name, result)
-                await self._observe_probe(result)
-            if self._answered and not answered_before:
-                # Targets started together would otherwise probe in lockstep, in bursts:
-                # once per start, shift this one's schedule by a random part of the interval.
-                phase = self._rng.uniform(0.0, self.config.check_interval)
-                self._next_probe_at = now + phase
-        await self._on_timers()
+        """Observe what happened since the last round and let the core decide."""
+        self.last_tick = self._clock.now()
+        observations: list[Observation] = []
+        if self._exit_wait is not None and self._exit_wait.done():
+            observations.append(self._exit_observation(self._exit_wait))
+            self._exit_wait = None
+        if self._probe_task is not None and self._probe_task.done():
+            observations.append(self._probe_observation(self._probe_task))
+            self._probe_task = None
+        while self._requests:
+            observations.append(self._requests.popleft())
+        sample = self._resource_observation()
+        if sample is not None:
+            observations.append(sample)
+        observations.append(Tick())
+        self._acted = False
+        for obs in observations:
+            await self._feed(obs)
+        self._remember_descendants()
 
-    async def handle_exit(self, info: ExitInfo) -> None:
-        """The child ended: record why, clean up what it left, and restart per policy."""
-        if not self.state.running or info.pid != self._pid:
-            return  # an exit we caused (restart, stop) or one from an earlier child
-        now = self._clock.now()
-        episode = self._episode
-        episode.bad_since = episode.bad_since or now
-        episode.healthy_since = None
-        episode.crashes.append(now)
-        while episode.crashes and episode.crashes[0] <= now - self.config.restart_window:
-            episode.crashes.popleft()
-        decision = self.policy.decide(now)
-        delay = None if isinstance(decision, GiveUp) else decision.delay
-        await self._apply(Exited(info.describe(), delay), _exit_details(info))
-        if len(episode.crashes) >= self._crash_loop_count and not episode.crash_loop_reported:
-            episode.crash_loop_reported = True
-            await self._publish(
-                Kind.CRASH_LOOP,
-                f"crash loop: {len(episode.crashes)} crashes within "
-                f"{self.config.restart_window:g}s",
-                crashes=len(episode.crashes),
-                window_s=self.config.restart_window,
-            )
+    async def _feed(self, first: Observation) -> None:
+        """Feed ``first`` and every observation its effects produce, in order (no recursion:
+        a spawn failing with a zero backoff yields the next spawn, round after round)."""
+        pending: deque[Observation] = deque([first])
+        while pending:
+            obs = pending.popleft()
+            assert self._state is not None
+            self._state, effects = self.core.decide(self._state, obs, self._clock.now())
+            self._acted = self._acted or bool(effects)
+            pending.extend(await self._carry_out(effects))
 
-    # --- observations -----------------------------------------------------------------
-
-    async def _observe_liveness(self) -> None:
-        if self.process.running:
-            self._answered = True
-            self._mark_up(self._clock.now())
-            await self._apply(ProbeOk())
-
-    async def _observe_probe(self, result: ProbeResult) -> None:
-        now = self._clock.now()
-        details = {"latency_ms": round(result.latency * 1000, 2), "status_code": result.status_code}
-        if result.status is ProbeStatus.OK:
-            self._answered = True
-            self._mark_up(now)
-            await self._apply(ProbeOk(), details)
-            return
-        if result.status is ProbeStatus.DEGRADED:
-            self._answered = True
-            self._mark_up(now, healthy=False)
-            await self._apply(ProbeDegraded(result.reason), details)
-            return
-        if self._pid is not None and _has_exited(self._pid):
-            return  # it died under the probe: the exit handler reports that, not "unhealthy"
-        episode = self._episode
-        episode.healthy_since = None
-        spawned_at = self._spawned_at if self._spawned_at is not None else now
-        # The start-up grace forgives a backend that is not listening yet or answers with an
-        # error while it warms up, never one that takes the request and hangs: no blind spot.
-        booting = not self._answered and not result.timed_out
-        if booting and now - spawned_at < self.config.startup_grace:
-            await self._apply(ProbeFailed(result.reason, in_grace=True), details)
-            return
-        if episode.unhealthy_since is None:
-            started = result.checked_at - result.latency
-            episode.unhealthy_since = spawned_at if booting else started
-        episode.bad_since = episode.bad_since or episode.unhealthy_since
-        unhealthy_for = now - episode.unhealthy_since
-        overdue = unhealthy_for >= self.config.timeout_threshold
-        delay: float | None = None
-        if overdue:
-            decision = self.policy.decide(now)
-            delay = None if isinstance(decision, GiveUp) else decision.delay
-        details["unhealthy_for_s"] = round(unhealthy_for, 3)
-        await self._apply(ProbeFailed(result.reason, overdue=overdue, restart_delay=delay), details)
-
-    def _mark_up(self, now: float, *, healthy: bool = True) -> None:
-        episode = self._episode
-        if healthy:
-            episode.healthy_since = episode.healthy_since or now
-            healthy_for = now - episode.healthy_since
-            self.policy.healthy_for(healthy_for)
-            if healthy_for >= self.config.healthy_reset:
-                episode.crash_loop_reported = False
-                episode.crashes.clear()
-        episode.unhealthy_since = None
-        episode.bad_since = None
-        episode.down_reported = False
-        self._retry_at = None
-
-    async def _on_timers(self) -> None:
-        now = self._clock.now()
-        if self._restart_at is not None and now >= self._restart_at:
-            self._restart_at = None
-            await self._spawn(restart=True, reason=self._restart_reason)
-            return
-        if self._retry_at is not None and now >= self._retry_at:
-            self._retry_at = None
-            await self._spawn(restart=True, reason="slow retry after the restart limit")
-            return
-        episode = self._episode
-        if (
-            episode.bad_since is not None
-            and not episode.down_reported
-            and now - episode.bad_since >= self.config.down_after
-        ):
-            episode.down_reported = True
-            down_for = now - episode.bad_since
-            await self._publish(
-                Kind.DOWN, f"down for {down_for:.0f}s ({self.state})", down_for_s=round(down_for, 3)
-            )
-        if self.state.running:
-            # Let the process remember the child's descendants on every round: after a crash,
-            # ones that left its process group can no longer be found from it. Reading the
-            # tree's /proc children files costs tens of microseconds.
-            self.process.tree_pids()
-
-    def _next_due(self) -> float:
-        candidates = [self._clock.now() + self.config.check_interval]
-        if self.state.running:
-            candidates.append(self._next_probe_at)
-        for due in (self._restart_at, self._retry_at):
-            if due is not None:
-                candidates.append(due)
-        episode = self._episode
-        if episode.bad_since is not None and not episode.down_reported:
-            candidates.append(episode.bad_since + self.config.down_after)
-        return min(candidates)
-
-    # --- applying the state machine ------------------------------------------------------
-
-    async def _apply(self, signal_: Signal, details: Mapping[str, Any] | None = None) -> None:
-        self.state, effects = transition(self.state, signal_)
-        if self.state in (TargetState.HEALTHY, TargetState.DEGRADED):
+    async def _carry_out(self, effects: list[Effect]) -> list[Observation]:
+        """Do each effect; returns what that showed (spawned, spawn failed, stopped)."""
+        assert self._state is not None
+        if self._state.phase in (TargetState.HEALTHY, TargetState.DEGRADED):
             self.healthy.set()
         else:
             self.healthy.clear()
+        results: list[Observation] = []
         for effect in effects:
-            await self._carry_out(effect, details or {})
+            match effect:
+                case Emit():
+                    await self._publish(effect)
+                case Spawn():
+                    results.append(await self._spawn())
+                case Stop(grace=grace, reason=reason):
+                    results.append(await self._stop(grace, reason))
+                case Probe():
+                    self._send_probe()
+        return results
 
-    async def _carry_out(self, effect: Effect, details: Mapping[str, Any]) -> None:
-        match effect:
-            case Emit(kind=kind, message=message):
-                await self._publish(kind, message, **details)
-            case Restart(delay=delay, reason=reason):
-                await self.process.stop()
-                self._restart_reason = reason
-                self._restart_at = self._clock.now() + delay
-                if delay:
-                    log.info("%s: restarting in %.2fs (%s)", self.name, delay, reason)
-            case Stop(reason=reason):
-                log.debug("%s: stopping (%s)", self.name, reason)
-                self._restart_at = None
-                await self.process.stop()
-        limit = isinstance(effect, Emit) and effect.kind == Kind.RESTART_LIMIT_REACHED
-        if limit and self.config.limit_retry > 0:
-            self._retry_at = self._clock.now() + self.config.limit_retry
+    # --- effects --------------------------------------------------------------------
 
-    async def _spawn(self, *, restart: bool, reason: str = "") -> None:
-        now = self._clock.now()
-        if restart:
-            self.policy.record_restart(now)
+    async def _spawn(self) -> Observation:
         try:
             pid = await self.process.start()
-        except ProcessStartError as exc:
-            decision = self.policy.decide(now)
-            delay = None if isinstance(decision, GiveUp) else decision.delay
-            await self._apply(SpawnFailed(str(exc), delay))
-            return
-        self._pid = pid
-        self._spawned_at = now
-        self._answered = False
-        self._next_probe_at = now
-        await self._apply(Spawned(restart=restart, reason=reason), {"pid": pid})
+        except Exception as exc:  # OSError of any kind, a log it cannot open, ...
+            return SpawnFailed(str(exc) or type(exc).__name__)
+        # Set up before anything else awaits: an exit at once is never missed.
+        self._exit_wait = asyncio.ensure_future(self.process.wait())
+        return Spawned(pid, jitter=self._rng.random())
 
-    async def _publish(self, kind: str, message: str, **details: Any) -> None:
+    async def _stop(self, grace: float, reason: str) -> Observation:
+        self._cancel_probe()
+        log.debug("%s: stopping (%s; grace %.1fs)", self.name, reason, grace)
+        self._busy_until = self._clock.now() + grace + _STOP_SLACK
+        try:
+            report = await self.process.stop_tree(grace)
+        except Exception as exc:
+            log.error("%s: stopping failed: %s", self.name, exc)
+            return Stopped(error=str(exc) or type(exc).__name__)
+        finally:
+            self._busy_until = None
+        if self._exit_wait is not None and self._exit_wait.done():
+            self._exit_wait = None  # the exit we caused: nothing to report
+        return Stopped(escalated=report.escalated, after=report.after)
+
+    def _send_probe(self) -> None:
+        assert self._state is not None
+        if self._prober is None:
+            return
+        self._cancel_probe()
+        self._probe_pid = self._state.pid
+        self._probe_task = asyncio.create_task(
+            self._prober.check(), name=f"erpwatch-probe-{self.name}"
+        )
+
+    def _cancel_probe(self) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            self._probe_task = None
+
+    async def _publish(self, emit: Emit) -> None:
+        assert self._state is not None
         now = self._clock.now()
+        state = self._state
+        details = dict(emit.details)
+        pid = details.pop("pid", state.pid)
         event = Event.of(
             self.name,
-            kind,
-            message,
-            pid=details.pop("pid", self.process.pid),
-            restarts_in_window=self.policy.restarts_in_window(now),
-            restarts_total=self.policy.total,
-            state=str(self.state),
+            emit.kind,
+            emit.message,
+            pid=pid,
+            restarts_in_window=self.core.restarts_in_window(state, now),
+            restarts_total=state.restarts_total,
+            state=str(state.phase),
             **details,
         )
         log_level = logging.WARNING if event.severity != "info" else logging.INFO
-        log.log(log_level, "%s: %s", self.name, message)
+        log.log(log_level, "%s: %s", self.name, emit.message)
         try:
             self.last_event = await self._bus.publish(event)
-        except Exception:
+        except Exception as exc:
             # The store is the audit log, but supervision must go on without it.
-            log.exception("%s: could not record event %s", self.name, kind)
+            log.error("%s: could not record event %s: %s", self.name, emit.kind, exc)
             self.last_event = event
+
+    # --- observations -----------------------------------------------------------------
+
+    def _exit_observation(self, future: asyncio.Future[ExitInfo]) -> Observation:
+        info = future.result()
+        details = {
+            "exit_code": info.returncode,
+            "signal": info.signal,
+            "stderr_tail": list(info.stderr_tail),
+        }
+        return Exited(info.pid, info.describe(), details)
+
+    def _probe_observation(self, task: asyncio.Task[ProbeResult]) -> Observation:
+        pid = self._probe_pid if self._probe_pid is not None else -1
+        try:
+            result = task.result()
+        except Exception as exc:  # a bug in the prober: a failed check, not a dead monitor
+            now = self._clock.now()
+            result = ProbeResult(ProbeStatus.FAILED, 0.0, None, f"probe error: {exc!r}", now)
+        self.last_probe = result
+        for listener in self.probe_listeners:
+            try:
+                listener(self.name, result)
+            except Exception:
+                log.exception("%s: a probe listener failed", self.name)
+        details = {"latency_ms": round(result.latency * 1000, 2), "status_code": result.status_code}
+        failed = result.status is ProbeStatus.FAILED
+        return Probed(
+            pid,
+            str(result.status),
+            result.reason,
+            timed_out=result.timed_out,
+            details=details,
+            gone=failed and self._gone(pid),
+        )
+
+    def _gone(self, pid: int) -> bool:
+        """The child died under the probe (its exit is then reported, not "unhealthy")."""
+        if self.process.pid != pid or not self.process.running:
+            return True
+        try:
+            return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+        except psutil.NoSuchProcess:
+            return True
+        except (psutil.Error, OSError):
+            return False
+
+    def _resource_observation(self) -> Observation | None:
+        if self._resources is None:
+            return None
+        try:
+            sample = self._resources(self.name)
+        except Exception:
+            log.exception("%s: reading the resource sample failed", self.name)
+            return None
+        if not sample or sample.get("ts") == self._last_sample_ts:
+            return None
+        self._last_sample_ts = sample.get("ts")
+        try:
+            return ResourceSample(tuple(sample.get("pids", ())), float(sample["rss_mb"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def _remember_descendants(self) -> None:
+        # Let the process remember the child's descendants on every round: after a crash,
+        # ones that left its process group can no longer be found from it. Reading the
+        # tree's /proc children files costs tens of microseconds.
+        if self._state is None or not self._state.phase.running:
+            return
+        try:
+            self.process.tree_pids()
+        except Exception as exc:  # EMFILE reading /proc, ...: try again next round
+            log.debug("%s: reading the process tree failed: %s", self.name, exc)
+
+    # --- for the supervisor ---------------------------------------------------------
+
+    def stalled(self, now: float) -> bool:
+        """The loop has not gone round for STALL_TICKS ticks (a stop may take its grace)."""
+        if self._state is None or self._state.settled:
+            return False
+        if self._busy_until is not None and now <= self._busy_until:
+            return False
+        return now - self.last_tick > STALL_TICKS * self.max_tick + 1.0
+
+    async def abandon(self) -> None:
+        """Stop the child directly, for when this monitor's loop can no longer do it."""
+        self._cancel_probe()
+        with contextlib.suppress(Exception):
+            await self.process.stop_tree()
 
     # --- reading ---------------------------------------------------------------------
 
     def status(self) -> TargetStatus:
         now = self._clock.now()
-        running = self.state.running and self.process.running
+        state = self._state
+        running = state is not None and state.pid is not None and self.process.running
         probe = self.last_probe
+        spawned_at = None if state is None else state.spawned_at
         return TargetStatus(
             name=self.name,
             state=self.state,
             pid=self.process.pid if running else None,
-            uptime=(now - self._spawned_at) if running and self._spawned_at is not None else None,
-            restarts_in_window=self.policy.restarts_in_window(now),
-            restarts_total=self.policy.total,
+            uptime=(now - spawned_at) if running and spawned_at is not None else None,
+            restarts_in_window=0 if state is None else self.core.restarts_in_window(state, now),
+            restarts_total=0 if state is None else state.restarts_total,
             health_url=self.config.health_url,
             last_probe=probe,
             last_event=self.last_event,
             probe_age=None if probe is None else now - probe.checked_at,
         )
-
-
-def _has_exited(pid: int) -> bool:
-    """True when the child is gone or a zombie whose exit we have not yet been told about."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def _exit_details(info: ExitInfo) -> dict[str, Any]:
-    return {
-        "pid": info.pid,
-        "exit_code": info.returncode,
-        "signal": info.signal,
-        "stderr_tail": list(info.stderr_tail),
-    }

@@ -56,9 +56,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import shutil
 import signal as signals
+import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -73,10 +75,32 @@ _TAIL_BLOCK = 8192
 _TAIL_MAX_BYTES = MiB  # never read more than this from the end of a log for a tail
 _REAP_GRACE = 1.0  # seconds to wait for SIGKILLed descendants to disappear
 _POLL = 0.01  # only while stopping: descendants are not our children, we cannot wait() on them
+_EXIT_POLL = 0.05  # only when no pidfd could be opened for the child
+_KILL_WAIT = 5.0  # a SIGKILLed child that is still not reaped after this is an error
 
 
 class ProcessStartError(RuntimeError):
-    """The child could not be started (missing executable, bad cwd, permissions)."""
+    """The child could not be started (missing executable, bad cwd, permissions, EMFILE)."""
+
+
+class ProcessStopError(RuntimeError):
+    """The child did not go away even after SIGKILL."""
+
+
+def _describe_os_error(exc: OSError) -> str:
+    """ "EMFILE: Too many open files" — the errno's name makes the cause searchable."""
+    name = errno.errorcode.get(exc.errno or 0)
+    text = exc.strerror or type(exc).__name__
+    return f"{name}: {text}" if name else text
+
+
+@dataclass(frozen=True)
+class StopReport:
+    """How a stop went: ``escalated`` when SIGTERM was not enough and SIGKILL was needed."""
+
+    exit: ExitInfo | None
+    escalated: bool
+    after: float  # seconds from SIGTERM until the tree was gone
 
 
 @dataclass(frozen=True)
@@ -226,9 +250,9 @@ class ManagedProcess:
         self.started_at: float | None = None
         self.exit_info: ExitInfo | None = None
         self._clock: Clock = clock or RealClock()
-        self._proc: asyncio.subprocess.Process | None = None
+        self._popen: subprocess.Popen[bytes] | None = None
         self._exited: asyncio.Future[ExitInfo] | None = None
-        self._watcher: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
         self._stop_lock = asyncio.Lock()
         self._stopping = False
         self._stderr_offset = 0  # where this run's stderr starts, for the exit tail
@@ -246,38 +270,50 @@ class ManagedProcess:
         return self._clock.now() - self.started_at
 
     async def start(self) -> int:
+        """Spawn the child; any OSError (EMFILE, EACCES, a log it cannot open, ...) becomes a
+        `ProcessStartError` naming what failed, and then no child is running."""
         if self.running:
             raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
-        out_fd, err_fd = self._open_logs()
+        try:
+            out_fd, err_fd = self._open_logs()
+        except OSError as exc:
+            raise ProcessStartError(
+                f"cannot open the log files of {self.name}: {_describe_os_error(exc)}"
+            ) from exc
         try:
             self._stderr_offset = os.fstat(err_fd).st_size
             env = {**os.environ, **self.env} if self.env is not None else None
-            proc = await asyncio.create_subprocess_exec(
-                *self.argv,
-                stdin=asyncio.subprocess.DEVNULL,
+            # Popen, not asyncio's subprocess: no pipes (gh-119710) and no child watcher whose
+            # own failure (EMFILE opening a pidfd) would leave a child nobody waits for.
+            # (asyncio's create_subprocess_exec runs the same Popen on the loop's thread.)
+            proc = subprocess.Popen(  # noqa: ASYNC220
+                self.argv,
+                stdin=subprocess.DEVNULL,
                 stdout=out_fd,
                 stderr=err_fd,
                 cwd=self.cwd,
                 env=env,
                 start_new_session=True,
+                close_fds=True,
             )
         except OSError as exc:
             # filename is the executable, or the cwd when that is what is missing
             what = exc.filename if exc.filename is not None else self.argv[0]
-            reason = exc.strerror or type(exc).__name__
-            raise ProcessStartError(f"cannot start {self.name}: {what!r}: {reason}") from exc
+            raise ProcessStartError(
+                f"cannot start {self.name}: {what!r}: {_describe_os_error(exc)}"
+            ) from exc
+        except (ValueError, subprocess.SubprocessError) as exc:
+            raise ProcessStartError(f"cannot start {self.name}: {exc}") from exc
         finally:
             os.close(out_fd)
             os.close(err_fd)
-        self._proc = proc
+        self._popen = proc
         self.pid = proc.pid
         self.started_at = self._clock.now()
         self.exit_info = None
         self._known = {}
         self._exited = asyncio.get_running_loop().create_future()
-        self._watcher = asyncio.create_task(
-            self._watch(proc, self._exited), name=f"erpwatch-exit-{self.name}"
-        )
+        self._watch(proc, self._exited)
         return proc.pid
 
     def _open_logs(self) -> tuple[int, int]:
@@ -291,21 +327,57 @@ class ManagedProcess:
             os.close(out_fd)
             raise
 
-    async def _watch(
-        self, proc: asyncio.subprocess.Process, exited: asyncio.Future[ExitInfo]
-    ) -> None:
-        """Await the child's exit: the loop's child watcher reports it, nothing polls."""
-        returncode = await proc.wait()
-        if not self._stopping:
-            self._kill_now(proc.pid, list(self._known.values()))
+    def _watch(self, proc: subprocess.Popen[bytes], exited: asyncio.Future[ExitInfo]) -> None:
+        """Be told of the exit by a pidfd in the event loop (no thread, no polling); if no
+        pidfd can be had (EMFILE, old kernel), poll instead: the exit is never missed."""
+        loop = asyncio.get_running_loop()
         try:
+            pidfd = os.pidfd_open(proc.pid)
+        except (OSError, AttributeError):
+            self._poller = loop.create_task(
+                self._poll_exit(proc, exited), name=f"erpwatch-exit-{self.name}"
+            )
+            return
+
+        def readable() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            if proc.poll() is None:  # cannot happen for a pidfd; be safe anyway
+                self._poller = loop.create_task(self._poll_exit(proc, exited))
+                return
+            self._finish(proc, exited)
+
+        try:
+            loop.add_reader(pidfd, readable)
+        except (OSError, ValueError):
+            os.close(pidfd)
+            self._poller = loop.create_task(self._poll_exit(proc, exited))
+
+    async def _poll_exit(
+        self, proc: subprocess.Popen[bytes], exited: asyncio.Future[ExitInfo]
+    ) -> None:
+        while proc.poll() is None:  # noqa: ASYNC110 - no pidfd: nothing to wait on
+            await asyncio.sleep(_EXIT_POLL)
+        self._finish(proc, exited)
+
+    def _finish(self, proc: subprocess.Popen[bytes], exited: asyncio.Future[ExitInfo]) -> None:
+        """The child is reaped: end what is left of its tree, read its stderr tail, report.
+
+        Whatever fails here (psutil, the log file), the exit is reported."""
+        returncode = proc.returncode if proc.returncode is not None else -signals.SIGKILL
+        tail: list[str] = []
+        try:
+            if not self._stopping:
+                self._kill_now(proc.pid, list(self._known.values()))
             tail = tail_lines(self.stderr_path, self.stderr_tail_lines, self._stderr_offset)
-        except OSError as exc:
-            tail = [f"(stderr log unreadable: {exc})"]
-        info = ExitInfo.from_returncode(proc.pid, returncode, tail)
-        if self._proc is proc:
-            self.exit_info = info
-        exited.set_result(info)
+        except Exception as exc:  # never lose the exit over a cleanup fault
+            tail = [f"(cleanup after the exit failed: {exc})"]
+        finally:
+            info = ExitInfo.from_returncode(proc.pid, returncode, tail)
+            if self._popen is proc:
+                self.exit_info = info
+            if not exited.done():
+                exited.set_result(info)
 
     async def wait(self) -> ExitInfo:
         if self._exited is None:
@@ -313,27 +385,44 @@ class ManagedProcess:
         # shield: one cancelled waiter must not cancel the future the others share
         return await asyncio.shield(self._exited)
 
-    async def stop(self) -> ExitInfo | None:
+    async def stop(self, grace: float | None = None) -> ExitInfo | None:
+        """`stop_tree`, returning only the exit (None when it was not running)."""
+        return (await self.stop_tree(grace)).exit
+
+    async def stop_tree(self, grace: float | None = None) -> StopReport:
+        """SIGTERM the tree, wait ``grace`` (default STOP_TIMEOUT), SIGKILL what is left.
+
+        Raises OSError/psutil.Error when signalling fails for a reason other than the process
+        being gone (the caller retries)."""
+        grace = self.stop_timeout if grace is None else grace
         async with self._stop_lock:
-            if self._exited is None or self._proc is None or not self.running:
+            if self._exited is None or self._popen is None or not self.running:
                 # Its group was killed when it exited; descendants seen before that left the
                 # group may remain (psutil.Process objects are safe against pid reuse).
                 await self._kill_and_reap(None, list(self._known.values()))
-                return None
-            pid = self._proc.pid
+                return StopReport(None, escalated=False, after=0.0)
+            pid = self._popen.pid
             self._stopping = True
+            began = time.monotonic()
             try:
                 descendants = self._snapshot(pid)
-                deadline = time.monotonic() + self.stop_timeout
+                deadline = began + grace
                 self._signal_group(pid, signals.SIGTERM)
                 for proc in descendants:  # also those that left the group with setsid
                     _send(proc, signals.SIGTERM)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self._exited), self.stop_timeout)
+                    await asyncio.wait_for(asyncio.shield(self._exited), grace)
                 # Descendants get what is left of the grace period.
                 await self._wait_gone(descendants, deadline)
+                escalated = self.running or any(_is_alive(p) for p in descendants)
                 await self._kill_and_reap(pid, descendants)
-                return await self.wait()
+                try:
+                    info = await asyncio.wait_for(self.wait(), _KILL_WAIT)
+                except TimeoutError:
+                    raise ProcessStopError(
+                        f"{self.name} (pid {pid}) still there {_KILL_WAIT:g}s after SIGKILL"
+                    ) from None
+                return StopReport(info, escalated=escalated, after=time.monotonic() - began)
             finally:
                 self._stopping = False
 

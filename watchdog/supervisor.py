@@ -5,17 +5,25 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from watchdog.bus import EventBus
 from watchdog.clock import Clock
 from watchdog.config import TargetConfig
-from watchdog.monitor import TargetMonitor, TargetStatus
-from watchdog.probe import ProbeResult, make_client
+from watchdog.monitor import (
+    ManagedProcessLike,
+    ProberLike,
+    Publisher,
+    TargetMonitor,
+    TargetStatus,
+)
+from watchdog.probe import Prober, ProbeResult, make_client
+from watchdog.process import ManagedProcess
+from watchdog.tasks import TaskSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +55,21 @@ def start_order(configs: Sequence[TargetConfig]) -> list[TargetConfig]:
     return ordered
 
 
+ProcessFactory = Callable[[TargetConfig], ManagedProcessLike]
+ProberFactory = Callable[[TargetConfig], ProberLike | None]
+
+# How long `stop()` waits for a monitor to stop its target before doing it directly.
+_SHUTDOWN_PATIENCE = 5.0
+
+
 class Supervisor:
-    """Owns one `TargetMonitor` per target (each with its own small HTTP client)."""
+    """Owns one `TargetMonitor` per target (each with its own small HTTP client), each run
+    as a worker of a `TaskSupervisor`: a monitor that raises is restarted and resumes."""
 
     def __init__(
         self,
         configs: Sequence[TargetConfig],
-        bus: EventBus,
+        bus: Publisher,
         *,
         log_dir: Path,
         clock: Clock,
@@ -62,31 +78,62 @@ class Supervisor:
         log_max_bytes: int = 10 * 1024 * 1024,
         log_backups: int = 5,
         resources: Callable[[str], Mapping[str, Any] | None] | None = None,
+        tasks: TaskSupervisor | None = None,
+        process_factory: ProcessFactory | None = None,
+        prober_factory: ProberFactory | None = None,
     ) -> None:
         self._configs = start_order(configs)
+        self._clock = clock
+        self.tasks = tasks or TaskSupervisor(clock=clock)
+        self._clients: dict[str, httpx.AsyncClient] = {}
         # One small client per target: httpcore's pool gets slower per request the more
         # connections one pool holds (500 targets on one client timed out; see probe.py).
-        tls = httpx.create_ssl_context()  # what httpx would load for each client
-        self._clients = {
-            config.name: make_client(max_connections=2, ssl_context=tls) for config in self._configs
-        }
+        self._tls: ssl.SSLContext | None = None
+
+        def make_process(config: TargetConfig) -> ManagedProcessLike:
+            return ManagedProcess(
+                config.name,
+                config.argv,
+                log_dir=log_dir,
+                cwd=config.workdir,
+                stop_timeout=config.stop_timeout,
+                stderr_tail_lines=stderr_tail_lines,
+                log_max_bytes=log_max_bytes,
+                log_backups=log_backups,
+                clock=clock,
+            )
+
         self._resources = resources
+        make_prober = prober_factory or self._make_prober
         self.monitors: dict[str, TargetMonitor] = {
             config.name: TargetMonitor(
                 config,
                 bus,
-                log_dir=log_dir,
                 clock=clock,
-                client=self._clients[config.name],
+                process=(process_factory or make_process)(config),
+                prober=make_prober(config),
                 crash_loop_count=crash_loop_count,
-                stderr_tail_lines=stderr_tail_lines,
-                log_max_bytes=log_max_bytes,
-                log_backups=log_backups,
+                resources=resources,
             )
             for config in self._configs
         }
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._started: set[str] = set()
         self._starting: asyncio.Task[None] | None = None
+
+    def _make_prober(self, config: TargetConfig) -> ProberLike | None:
+        if not config.health_url:
+            return None
+        if self._tls is None:
+            self._tls = httpx.create_ssl_context()  # what httpx would load for each client
+        client = make_client(max_connections=2, ssl_context=self._tls)
+        self._clients[config.name] = client
+        return Prober(
+            config.health_url,
+            timeout=config.probe_timeout,
+            degraded_latency=config.degraded_latency,
+            client=client,
+            clock=self._clock,
+        )
 
     async def start(self) -> None:
         """Start every target; one with ``after`` waits until those are healthy first.
@@ -105,7 +152,8 @@ class Supervisor:
                     log.info("%s: waiting for %s to be healthy", config.name, waited.name)
                     await waited.healthy.wait()
             monitor = self.monitors[config.name]
-            self._tasks[config.name] = asyncio.create_task(monitor.run(), name=config.name)
+            self._started.add(config.name)
+            self.tasks.spawn(f"monitor:{config.name}", monitor.run)
 
     async def _await_launch(self, name: str) -> None:
         monitor = self.monitors[name]
@@ -123,23 +171,43 @@ class Supervisor:
         raise KeyError(name)
 
     async def stop(self) -> None:
-        """Stop targets in reverse start order, each fully (group, grace, SIGKILL)."""
+        """Stop targets in reverse start order, each fully (group, grace, SIGKILL).
+
+        A monitor that cannot do it (dead, stalled) gets ``_SHUTDOWN_PATIENCE`` beyond its
+        stop grace; then the tree is stopped directly: no target outlives erpwatch."""
         if self._starting is not None:
             self._starting.cancel()
             await asyncio.gather(self._starting, return_exceptions=True)
         for config in reversed(self._configs):
-            task = self._tasks.get(config.name)
-            if task is None:
+            if config.name not in self._started:
                 continue
-            self.monitors[config.name].stop()
-            await asyncio.gather(task, return_exceptions=True)
-            if not task.cancelled() and task.exception() is not None:
-                log.error("%s: monitor failed", config.name, exc_info=task.exception())
+            monitor = self.monitors[config.name]
+            monitor.stop()
+            worker = f"monitor:{config.name}"
+            patience = config.stop_timeout + _SHUTDOWN_PATIENCE
+            try:
+                await asyncio.wait_for(self.tasks.join(worker), patience)
+            except TimeoutError:
+                log.error(
+                    "%s: its monitor did not stop in %.0fs; stopping directly",
+                    *(config.name, patience),
+                )
+                await self.tasks.cancel(worker)
+                await monitor.abandon()
         await asyncio.gather(*(client.aclose() for client in self._clients.values()))
 
     async def restart(self, name: str, reason: str) -> None:
-        """Restart one target now (e.g. over its memory cap)."""
+        """Restart one target now (counted by its restart policy)."""
         self._monitor(name).request_restart(reason)
+
+    def stalled(self, now: float) -> list[str]:
+        """Targets nobody is watching right now: monitor task dead, or missed its ticks."""
+        dead = set(self.tasks.dead())
+        return [
+            name
+            for name, monitor in self.monitors.items()
+            if name in self._started and (f"monitor:{name}" in dead or monitor.stalled(now))
+        ]
 
     def add_probe_listener(self, listener: Callable[[str, ProbeResult], object]) -> None:
         """Call ``listener(target, result)`` after every health probe (e.g. for metrics)."""
