@@ -7,12 +7,15 @@ CONTRACT:
     @dataclass(frozen=True)
     class ProbeResult:
         status: ProbeStatus
-        latency: float              # seconds
+        latency: float              # seconds, from sending to the result being known
         status_code: int | None
         reason: str                 # human text: "HTTP 503", "timeout after 1.0s",
                                     # "connection refused", "slow: 2.31s > 2.0s",
-                                    # "body status: degraded"
-        checked_at: float           # monotonic
+                                    # "body status: degraded", "connection closed"
+        checked_at: float           # monotonic: when the result became known
+        timed_out: bool = False     # no answer within the deadline (a hang, not a refusal)
+        sent_at: float | None = None  # monotonic: when the request was sent
+        sent: float                 # property: sent_at, or checked_at - latency if unset
 
     def classify(status_code: int | None, latency: float, body: object | None,
                  degraded_latency: float, error: str | None = None) -> tuple[ProbeStatus, str]
@@ -22,13 +25,17 @@ CONTRACT:
     class Prober:
         def __init__(self, url: str, *, timeout: float, degraded_latency: float,
                      client: httpx.AsyncClient, clock: Clock) -> None
-        async def check(self) -> ProbeResult   # never raises for network problems
+        async def check(self) -> ProbeResult   # never raises for network problems; sets
+                                               # sent_at (checked_at - latency == sent_at)
 
 ADDITIONS:
 
     ProbeResult.to_dict() -> dict[str, Any]     # JSON-safe
     make_client(max_connections: int | None = None) -> httpx.AsyncClient
         # a probe client: keep-alive, no redirects, no proxy from the environment.
+    describe_error(exc: BaseException, timeout: float) -> str
+    parse_body(content: bytes, content_type: str) -> object | None   # JSON document or None
+    MAX_BODY = 64 KiB                           # the most of a body a check reads
 
 Sharing one client between many targets: measured here with httpx 0.28.1 / httpcore 1.0.9,
 one pool holding N keep-alive connections costs O(N^2) per request (its
@@ -39,8 +46,26 @@ per target (``make_client(max_connections=2)``) kept it at ~1 ms a check. Withou
 
 Details: 2xx and 3xx count as answers (redirects are not followed), like the kubelet's HTTP
 probe. Body statuses also understand the health-check draft's "pass"/"warn"/"fail". The
-timeout is one deadline for the whole request (connect, pool wait, headers and body), and
-`checked_at` is when the result became known.
+timeout is one deadline for the whole check (connect, pool wait, headers, body and a retry),
+`sent_at` is when the check sent its (first) request and `checked_at` when the result became
+known, so `latency == checked_at - sent_at`.
+
+Keep-alive race: a server closes an idle keep-alive connection after its own timeout
+(uvicorn: 5 s); a request sent on it at that moment fails with RemoteProtocolError ("Server
+disconnected without sending a response"), ReadError or WriteError before any answer arrives.
+That is not a failed check: such an error before the response head is retried once, within
+the same deadline. httpcore discards the connection that failed, so the retry goes out on a
+new connection (or on another idle one the pool still holds and has not seen closed). A
+server that drops the connection twice gives FAILED "connection closed". Timeouts, refused
+connections and errors while reading the body are never retried.
+
+Bounded read: the body is streamed and read up to MAX_BODY (64 KiB, plus at most the one
+network read that crossed it), then the response is closed (an unfinished body closes the
+connection instead of returning it to the pool). A body larger than that is not parsed:
+classification goes by status code and latency alone. An endless body therefore costs one
+64 KiB read, and a trickling one runs into the check's deadline like any other slow answer.
+The request asks for ``Accept-Encoding: identity`` so that 64 KiB means 64 KiB of document;
+a body the server encodes anyway (gzip, ...) is not parsed.
 """
 
 from __future__ import annotations
@@ -59,8 +84,10 @@ from watchdog.clock import Clock
 
 FAILED_BODY_STATUSES = frozenset({"down", "error", "unhealthy", "fail", "failed", "critical"})
 DEGRADED_BODY_STATUSES = frozenset({"degraded", "warn", "warning"})
-_MAX_JSON_BODY = 64 * 1024  # larger bodies are not health documents: not parsed
+MAX_BODY = 64 * 1024  # larger bodies are not health documents: not read further, not parsed
 _MAX_REASON = 120
+# Raised when the server closed a (kept-alive) connection before answering: retried once.
+_CONNECTION_LOST = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 class ProbeStatus(StrEnum):
@@ -79,6 +106,13 @@ class ProbeResult:
     # No answer in time from a server that may well be listening: the signature of a hang,
     # which a start-up grace must not hide (unlike "connection refused" while it boots).
     timed_out: bool = False
+    # When the request was sent (the Prober sets it); None: derive it, see `sent`.
+    sent_at: float | None = None
+
+    @property
+    def sent(self) -> float:
+        """When the request was sent: `sent_at`, or ``checked_at - latency`` if not given."""
+        return self.checked_at - self.latency if self.sent_at is None else self.sent_at
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -120,12 +154,10 @@ def classify(
     return ProbeStatus.OK, f"HTTP {status_code}"
 
 
-def parse_body(response: httpx.Response) -> object | None:
+def parse_body(content: bytes, content_type: str) -> object | None:
     """The JSON document of a health answer, or None (not JSON, too large, malformed)."""
-    content = response.content
-    if not content or len(content) > _MAX_JSON_BODY:
+    if not content or len(content) > MAX_BODY:
         return None
-    content_type = response.headers.get("content-type", "")
     if "json" not in content_type and not content.lstrip().startswith((b"{", b"[")):
         return None
     try:
@@ -133,6 +165,21 @@ def parse_body(response: httpx.Response) -> object | None:
     except ValueError:  # not JSON after all (UnicodeDecodeError is a ValueError too)
         return None
     return document
+
+
+async def read_capped(response: httpx.Response, limit: int = MAX_BODY) -> bytes | None:
+    """The raw body of a streamed ``response`` if it is at most ``limit`` bytes, else None.
+
+    Stops reading as soon as more than ``limit`` bytes arrived; the caller closes the response.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_raw():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def describe_error(exc: BaseException, timeout: float) -> str:
@@ -170,8 +217,11 @@ class Prober:
         self.degraded_latency = degraded_latency
         self._client = client
         self._clock = clock
-        # Built once: checks are hot, and build_request is ~10% of a check's CPU.
-        self._request = client.build_request("GET", url, timeout=httpx.Timeout(timeout))
+        # Built once: checks are hot, and build_request is ~10% of a check's CPU. Identity
+        # encoding: the body cap then bounds the document itself, not a compressed form.
+        self._request = client.build_request(
+            "GET", url, headers={"Accept-Encoding": "identity"}, timeout=httpx.Timeout(timeout)
+        )
 
     async def check(self) -> ProbeResult:
         """One request; network problems become a FAILED result, never an exception."""
@@ -181,18 +231,27 @@ class Prober:
         error: str | None = None
         timed_out = False
         try:
-            # One deadline for everything (httpx's own timeouts apply per phase).
+            # One deadline for everything, retry included (httpx's own timeouts are per phase).
             async with asyncio.timeout(self.timeout):
-                response = await self._client.send(self._request)
-            status_code = response.status_code
-            body = parse_body(response)
+                try:
+                    response = await self._client.send(self._request, stream=True)
+                except _CONNECTION_LOST:  # the keep-alive race: once more, new connection
+                    response = await self._client.send(self._request, stream=True)
+                try:
+                    content = await read_capped(response)
+                finally:
+                    await response.aclose()  # an unread rest closes the connection
+            status_code = response.status_code  # an answer cut short is no answer
+            encoding = response.headers.get("content-encoding", "identity").strip().lower()
+            if content is not None and encoding == "identity":
+                body = parse_body(content, response.headers.get("content-type", ""))
         except (httpx.HTTPError, OSError, TimeoutError) as exc:
             error = describe_error(exc, self.timeout)
             timed_out = isinstance(exc, TimeoutError | httpx.TimeoutException)
         finished = self._clock.now()
         latency = finished - started
         status, reason = classify(status_code, latency, body, self.degraded_latency, error)
-        return ProbeResult(status, latency, status_code, reason, finished, timed_out)
+        return ProbeResult(status, latency, status_code, reason, finished, timed_out, started)
 
 
 def make_client(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import re
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from tests.helpers import await_until, free_port
 from watchdog.clock import RealClock
 from watchdog.demo.backend import CRASH_EXIT_CODE, CRASH_LINE
-from watchdog.probe import Prober, ProbeResult, ProbeStatus, classify, make_client
+from watchdog.probe import MAX_BODY, Prober, ProbeResult, ProbeStatus, classify, make_client
 from watchdog.process import ManagedProcess
 
 OK, DEGRADED, FAILED = ProbeStatus.OK, ProbeStatus.DEGRADED, ProbeStatus.FAILED
@@ -60,20 +61,15 @@ def test_classify(
     assert classify(status_code, latency, body, 2.0, error) == expected
 
 
-# -- a tiny server that answers exactly as told ------------------------------------------------
+# -- tiny servers on loopback that answer exactly as told --------------------------------------
 
 
-class HealthServer:
-    """HTTP/1.1 keep-alive server on 127.0.0.1: status, body, delay or hang, as set."""
+class LoopbackServer:
+    """An asyncio TCP server on 127.0.0.1 that counts connections; subclasses answer."""
 
     def __init__(self) -> None:
-        self.status = 200
-        self.body = b'{"status": "ok"}'
-        self.content_type = "application/json"
-        self.delay = 0.0
-        self.hang = False
         self.port = 0
-        self.requests = 0
+        self.connections = 0
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
 
@@ -81,8 +77,8 @@ class HealthServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/health"
 
-    async def __aenter__(self) -> HealthServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -94,28 +90,108 @@ class HealthServer:
         await asyncio.gather(*self._handlers, return_exceptions=True)
         await self._server.wait_closed()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
+        self.connections += 1
         try:
-            while (await reader.readuntil(b"\r\n\r\n")).startswith(b"GET"):
-                self.requests += 1
-                if self.hang:
-                    await asyncio.Event().wait()  # never answers; cancelled at teardown
-                if self.delay:
-                    await asyncio.sleep(self.delay)  # the server's latency, not a test wait
-                head = (
-                    f"HTTP/1.1 {self.status} X\r\nContent-Type: {self.content_type}\r\n"
-                    f"Content-Length: {len(self.body)}\r\n\r\n"
-                )
-                writer.write(head.encode() + self.body)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionResetError):
+            await self.serve(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the client closed the connection
         finally:
             writer.close()
             self._handlers.discard(task)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class HealthServer(LoopbackServer):
+    """HTTP/1.1 keep-alive server: status, body, delay or hang, as set.
+
+    ``drop_after=N``: answer N requests on a connection, then close it on receiving the next
+    one without answering (the keep-alive race; 0 = never answer).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.status = 200
+        self.body = b'{"status": "ok"}'
+        self.content_type = "application/json"
+        self.extra_headers = ""
+        self.delay = 0.0
+        self.hang = False
+        self.drop_after: int | None = None
+        self.requests = 0
+        self.last_head = b""
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        answered = 0
+        while (head := await reader.readuntil(b"\r\n\r\n")).startswith(b"GET"):
+            self.requests += 1
+            self.last_head = head
+            if self.drop_after is not None and answered >= self.drop_after:
+                return  # closes the connection without a response
+            if self.hang:
+                await asyncio.Event().wait()  # never answers; cancelled at teardown
+            if self.delay:
+                await asyncio.sleep(self.delay)  # the server's latency, not a test wait
+            writer.write(
+                f"HTTP/1.1 {self.status} X\r\nContent-Type: {self.content_type}\r\n"
+                f"{self.extra_headers}Content-Length: {len(self.body)}\r\n\r\n".encode()
+                + self.body
+            )
+            await writer.drain()
+            answered += 1
+
+
+BIG = 100 * 2**20
+
+
+class BodyServer(LoopbackServer):
+    """Answers 200 with a JSON-looking body that reads FAILED if parsed, sent as ``mode``:
+
+    - "length": Content-Length 100 MiB, written as fast as the client takes it;
+    - "chunked": chunked, endless;
+    - "trickle": Content-Length 10 000, one byte every 20 ms.
+
+    Records the bytes written and the error that ended the writing (the client went away).
+    """
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.written = 0
+        self.ended: BaseException | None = None
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        framing = "Transfer-Encoding: chunked" if self.mode == "chunked" else "Content-Length: "
+        size = BIG if self.mode == "length" else 10_000
+        framing += "" if self.mode == "chunked" else str(size)
+        writer.write(
+            f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{framing}\r\n\r\n".encode()
+        )
+        first = b'{"status": "down", "pad": "'
+        try:
+            if self.mode == "trickle":
+                await self._send(writer, first[:1])
+                while True:
+                    await asyncio.sleep(0.02)  # the server's pace, not a test wait
+                    await self._send(writer, b" ")
+            block = first + b"x" * (64 * 1024 - len(first))
+            while self.mode == "chunked" or self.written + len(block) <= size:
+                data = block if self.mode == "length" else b"%x\r\n%s\r\n" % (len(block), block)
+                await self._send(writer, data)
+                block = b"x" * len(block)
+        except ConnectionError as exc:
+            self.ended = exc
+
+    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        writer.write(data)
+        await writer.drain()
+        self.written += len(data)
 
 
 @pytest.fixture
@@ -134,9 +210,10 @@ def prober(
     url: str,
     client: httpx.AsyncClient,
     *,
-    timeout: float = 1.0,
-    degraded_latency: float = 0.5,
+    timeout: float = 10.0,
+    degraded_latency: float = 10.0,
 ) -> Prober:
+    """Generous limits by default: a loaded machine must not turn an answer into "slow"."""
     return Prober(
         url, timeout=timeout, degraded_latency=degraded_latency, client=client, clock=RealClock()
     )
@@ -157,13 +234,21 @@ class StepClock:
         raise AssertionError("a probe never sleeps")
 
 
-# -- Prober against the tiny server ------------------------------------------------------------
+def test_sent_defaults_to_checked_at_minus_latency() -> None:
+    positional = ProbeResult(OK, 0.25, 200, "HTTP 200", 10.0, False)
+    assert (positional.sent_at, positional.sent) == (None, 9.75)
+    assert ProbeResult(OK, 0.25, 200, "HTTP 200", 10.0, sent_at=9.5).sent == 9.5
+
+
+# -- Prober against the tiny servers -----------------------------------------------------------
 
 
 async def test_ok(server: HealthServer, client: httpx.AsyncClient) -> None:
     result = await prober(server.url, client).check()
     assert (result.status, result.status_code, result.reason) == (OK, 200, "HTTP 200")
-    assert 0 < result.latency < 0.5
+    assert result.sent_at is not None and result.sent_at < result.checked_at
+    assert result.latency == result.checked_at - result.sent_at
+    assert b"accept-encoding: identity" in server.last_head.lower()
 
 
 async def test_non_json_200_is_ok(server: HealthServer, client: httpx.AsyncClient) -> None:
@@ -184,17 +269,88 @@ async def test_degraded_body(server: HealthServer, client: httpx.AsyncClient) ->
     assert (result.status, result.reason) == (DEGRADED, "body status: degraded")
 
 
-async def test_timeout_fails_and_the_client_stays_usable(
+async def test_body_at_the_cap_is_parsed_one_byte_more_is_not(
+    server: HealthServer, client: httpx.AsyncClient
+) -> None:
+    document = b'{"status": "degraded", "pad": "'
+    server.body = document + b"x" * (MAX_BODY - len(document) - 2) + b'"}'
+    assert len(server.body) == MAX_BODY
+    assert (await prober(server.url, client).check()).status is DEGRADED
+    server.body = server.body[:-2] + b'x"}'
+    result = await prober(server.url, client).check()
+    assert (result.status, result.reason) == (OK, "HTTP 200")  # status code alone
+
+
+async def test_encoded_body_is_not_parsed(server: HealthServer, client: httpx.AsyncClient) -> None:
+    server.body, server.extra_headers = (
+        gzip.compress(b'{"status": "down"}'),
+        "Content-Encoding: gzip\r\n",
+    )
+    result = await prober(server.url, client).check()
+    assert (result.status, result.reason) == (OK, "HTTP 200")
+
+
+@pytest.mark.parametrize("mode", ["length", "chunked"])
+async def test_huge_body_is_read_up_to_the_cap_only(client: httpx.AsyncClient, mode: str) -> None:
+    async with BodyServer(mode) as big:
+        result = await prober(big.url, client).check()
+        assert (result.status, result.status_code, result.reason) == (OK, 200, "HTTP 200")
+        assert not result.timed_out
+        await await_until(lambda: big.ended is not None, what="the server's writes to fail")
+        assert big.written < BIG // 4  # what loopback's socket buffers held, not the body
+
+
+async def test_trickling_body_times_out(client: httpx.AsyncClient) -> None:
+    async with BodyServer("trickle") as slow:
+        result = await prober(slow.url, client, timeout=0.3).check()
+        assert (result.status, result.status_code, result.reason, result.timed_out) == (
+            FAILED,
+            None,
+            "timeout after 0.3s",
+            True,
+        )
+        assert slow.written > 0  # the head and some of the body had arrived
+
+
+async def test_keep_alive_race_is_retried_on_a_new_connection(
+    server: HealthServer, client: httpx.AsyncClient
+) -> None:
+    server.drop_after = 1
+    check = prober(server.url, client)
+    assert (await check.check()).status is OK
+    result = await check.check()  # reuses the connection, which the server closes
+    assert (result.status, result.status_code, result.reason) == (OK, 200, "HTTP 200")
+    assert (server.connections, server.requests) == (2, 3)
+
+
+async def test_connection_dropped_twice_fails(
+    server: HealthServer, client: httpx.AsyncClient
+) -> None:
+    server.drop_after = 0
+    result = await prober(server.url, client).check()
+    assert (result.status, result.status_code, result.reason, result.timed_out) == (
+        FAILED,
+        None,
+        "connection closed",
+        False,
+    )
+    assert (server.connections, server.requests) == (2, 2)  # exactly one retry
+
+
+async def test_timeout_fails_is_not_retried_and_the_client_stays_usable(
     server: HealthServer, client: httpx.AsyncClient
 ) -> None:
     server.hang = True
     result = await prober(server.url, client, timeout=0.2).check()
-    assert (result.status, result.status_code, result.reason) == (
+    assert (result.status, result.status_code, result.reason, result.timed_out) == (
         FAILED,
         None,
         "timeout after 0.2s",
+        True,
     )
-    assert 0.2 <= result.latency < 0.6
+    assert result.latency > 0.19  # the deadline, give or take the loop's clock resolution
+    await await_until(lambda: server.requests, what="the request to reach the server")
+    assert (server.connections, server.requests) == (1, 1)
     server.hang = False
     assert (await prober(server.url, client).check()).status is OK
 
@@ -203,7 +359,7 @@ async def test_slow_answer_is_degraded(server: HealthServer, client: httpx.Async
     server.delay = 0.15
     result = await prober(server.url, client, degraded_latency=0.1).check()
     assert result.status is DEGRADED
-    assert re.fullmatch(r"slow: 0\.\d\ds > 0\.1s", result.reason), result.reason
+    assert re.fullmatch(r"slow: \d+\.\d\ds > 0\.1s", result.reason), result.reason
 
 
 async def test_latency_comes_from_the_injected_clock(
@@ -212,7 +368,10 @@ async def test_latency_comes_from_the_injected_clock(
     clock = StepClock(2.5)
     check = Prober(server.url, timeout=5.0, degraded_latency=2.0, client=client, clock=clock)
     result = await check.check()
-    assert result == ProbeResult(DEGRADED, 2.5, 200, "slow: 2.50s > 2.0s", clock.current)
+    sent = clock.current - 2.5
+    assert result == ProbeResult(
+        DEGRADED, 2.5, 200, "slow: 2.50s > 2.0s", clock.current, False, sent
+    )
 
 
 async def test_connection_refused(client: httpx.AsyncClient) -> None:
@@ -227,11 +386,12 @@ async def test_connection_refused(client: httpx.AsyncClient) -> None:
 async def test_many_probers_share_one_client(
     server: HealthServer, client: httpx.AsyncClient
 ) -> None:
-    probers = [prober(server.url, client) for _ in range(50)]
+    probers = [prober(server.url, client, timeout=30.0, degraded_latency=30.0) for _ in range(50)]
     for _ in range(2):  # the second round reuses the kept-alive connections
         results = await asyncio.gather(*(p.check() for p in probers))
-        assert {r.reason for r in results} == {"HTTP 200"}
+        assert [(r.status, r.status_code) for r in results] == [(OK, 200)] * 50
     assert server.requests == 100
+    assert server.connections <= 50  # kept alive and reused: the pool never ran dry
 
 
 # -- Prober against the demo backend and its fault switches -------------------------------------
@@ -259,7 +419,9 @@ async def test_demo_backend_faults_over_http(
     backend: tuple[ManagedProcess, str], client: httpx.AsyncClient
 ) -> None:
     process, base = backend
-    check = prober(f"{base}/health", client, timeout=0.5, degraded_latency=0.2)
+    check = prober(f"{base}/health", client)
+    slow_check = prober(f"{base}/health", client, degraded_latency=0.2)  # its answer takes 0.25
+    hang_check = prober(f"{base}/health", client, timeout=0.5)
 
     async def fault(name: str) -> None:
         assert (await client.post(f"{base}/fault/{name}")).status_code == 200
@@ -268,9 +430,9 @@ async def test_demo_backend_faults_over_http(
     await fault("degrade")
     assert (await check.check()).reason == "body status: degraded"
     await fault("slow?seconds=0.25")
-    assert re.fullmatch(r"slow: 0\.\d\ds > 0\.2s", (await check.check()).reason)
+    assert re.fullmatch(r"slow: \d+\.\d\ds > 0\.2s", (await slow_check.check()).reason)
     await fault("hang")
-    assert (await check.check()).reason == "timeout after 0.5s"
+    assert (await hang_check.check()).reason == "timeout after 0.5s"
     await fault("recover")
     assert (await check.check()).status is OK
     status = (await client.get(f"{base}/status")).json()
