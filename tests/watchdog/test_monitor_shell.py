@@ -1,0 +1,303 @@
+"""The monitor shell on fake time, with a fake process, prober and bus: every edge of the I/O
+around the core, without real time or real children (those are in test_monitor.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from watchdog.clock import FakeClock
+from watchdog.config import TargetConfig, load_settings
+from watchdog.events import Event
+from watchdog.monitor import TargetMonitor
+from watchdog.probe import ProbeResult, ProbeStatus
+from watchdog.process import ExitInfo, ProcessStartError, StopReport
+from watchdog.states import TargetState
+from watchdog.tasks import TaskSupervisor
+
+CONFIG = dict(
+    command="backend --port 1",
+    health_url="http://127.0.0.1:1/health",
+    check_interval=0.2,
+    timeout_threshold=1.0,
+    probe_timeout=5.0,  # longer than the threshold on purpose
+    startup_grace=2.0,
+    restart_backoff=0.5,
+    restart_window=60.0,
+    stop_timeout=10.0,
+    hang_stop_timeout=0.5,
+    down_after=30.0,
+    max_restarts=3,
+)
+
+
+def target(**overrides: Any) -> TargetConfig:
+    return load_settings(**{**CONFIG, **overrides}).targets_resolved()[0]
+
+
+class FakeProcess:
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.starts = 0
+        self.start_errors: list[Exception] = []
+        self.stops: list[tuple[float, float]] = []  # (clock time, grace)
+        self.ignore_sigterm = False
+        self.stop_errors: list[Exception] = []
+        self._exit: asyncio.Future[ExitInfo] | None = None
+        self.clock: FakeClock | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._exit is not None and not self._exit.done()
+
+    async def start(self) -> int:
+        if self.start_errors:
+            raise self.start_errors.pop(0)
+        self.starts += 1
+        self.pid = 1000 + self.starts
+        self._exit = asyncio.get_running_loop().create_future()
+        return self.pid
+
+    async def wait(self) -> ExitInfo:
+        assert self._exit is not None
+        return await asyncio.shield(self._exit)
+
+    def exit(self, code: int) -> None:
+        assert self._exit is not None and self.pid is not None
+        self._exit.set_result(ExitInfo(self.pid, code, None, ("boom",)))
+
+    async def stop_tree(self, grace: float | None = None) -> StopReport:
+        assert self.clock is not None and grace is not None
+        self.stops.append((self.clock.now(), grace))
+        if self.stop_errors:
+            raise self.stop_errors.pop(0)
+        if not self.running:
+            return StopReport(None, escalated=False, after=0.0)
+        self.exit(-9 if self.ignore_sigterm else -15)
+        assert self._exit is not None
+        return StopReport(
+            self._exit.result(),
+            escalated=self.ignore_sigterm,
+            after=grace if self.ignore_sigterm else 0.01,
+        )
+
+    def tree_pids(self) -> list[int]:
+        return [self.pid] if self.running and self.pid else []
+
+
+class FakeProber:
+    """Answers OK at once, or hangs (never answers) while ``hang`` is set."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.hang = False
+        self.status = ProbeStatus.OK
+        self.sent: list[float] = []
+
+    async def check(self) -> ProbeResult:
+        self.sent.append(self.clock.now())
+        if self.hang:
+            await asyncio.Event().wait()
+        return ProbeResult(self.status, 0.001, 200, "HTTP 200", self.clock.now())
+
+
+class FakeBus:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.gate: asyncio.Event | None = None  # while set to an unset Event, publish waits
+        self.fail = False
+
+    async def publish(self, event: Event) -> Event:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail:
+            raise OSError(28, "No space left on device")
+        self.events.append(event)
+        return event
+
+    def kinds(self) -> list[str]:
+        return [e.kind for e in self.events]
+
+
+class Rig:
+    def __init__(self, **overrides: Any) -> None:
+        self.clock = FakeClock(start=0.0)
+        self.process = FakeProcess()
+        self.process.clock = self.clock
+        self.prober = FakeProber(self.clock)
+        self.bus = FakeBus()
+        self.monitor = TargetMonitor(
+            target(**overrides),
+            self.bus,
+            clock=self.clock,
+            process=self.process,
+            prober=self.prober,
+        )
+        self.task: asyncio.Task[None] | None = None
+
+    async def settle(self) -> None:
+        for _ in range(50):
+            await asyncio.sleep(0)
+
+    async def advance(self, seconds: float, step: float = 0.05) -> None:
+        """Move fake time in small steps, letting the loop run after each."""
+        for _ in range(round(seconds / step)):
+            self.clock.advance(step)
+            await self.settle()
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.monitor.run())
+        await self.settle()
+
+    async def close(self) -> None:
+        self.monitor.stop()
+        await self.settle()
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    r = Rig()
+    yield r
+    await r.close()
+
+
+async def test_started_then_healthy(rig: Rig) -> None:
+    await rig.start()
+    assert rig.bus.kinds() == ["started", "healthy"]
+    assert rig.monitor.state is TargetState.HEALTHY
+
+
+async def test_exit_while_the_started_event_is_committed_is_a_crash() -> None:
+    rig = Rig()
+    rig.bus.gate = asyncio.Event()
+    await rig.start()
+    assert rig.bus.kinds() == []  # "started" is being committed
+    rig.process.exit(3)  # ... and the child dies meanwhile
+    rig.bus.gate.set()
+    await rig.settle()
+    assert rig.bus.kinds()[:3] == ["started", "crashed", "restarted"]
+    assert rig.process.starts == 2
+    await rig.close()
+
+
+async def test_spawn_emfile_is_recorded_and_retried_until_it_works(rig: Rig) -> None:
+    emfile = ProcessStartError("cannot start backend: 'backend': EMFILE: Too many open files")
+    rig.process.start_errors = [emfile, emfile]
+    await rig.start()
+    assert rig.bus.kinds()[0] == "crashed"
+    assert "EMFILE" in rig.bus.events[0].message
+    await rig.advance(2.0)
+    assert rig.process.starts == 1
+    assert rig.bus.kinds()[-2:] == ["restarted", "healthy"]
+
+
+async def test_any_exception_from_spawn_is_an_observation(rig: Rig) -> None:
+    rig.process.start_errors = [PermissionError(13, "Permission denied")]
+    await rig.start()
+    assert rig.bus.kinds()[0] == "crashed"
+    await rig.advance(1.0)
+    assert rig.monitor.state is TargetState.HEALTHY
+
+
+async def test_hang_is_restarted_within_threshold_whatever_probe_timeout(rig: Rig) -> None:
+    await rig.start()
+    await rig.advance(0.5)
+    last_ok = rig.prober.sent[-1]
+    rig.prober.hang = True
+    await rig.advance(2.0)
+    assert rig.process.stops, "a hang must be restarted"
+    stopped_at, grace = rig.process.stops[0]
+    config = rig.monitor.config
+    assert stopped_at - last_ok <= config.timeout_threshold + config.check_interval + 0.3
+    assert grace == config.hang_stop_timeout
+    assert "unhealthy" in rig.bus.kinds()
+
+
+async def test_sigkill_escalation_is_recorded(rig: Rig) -> None:
+    rig.process.ignore_sigterm = True
+    await rig.start()
+    await rig.advance(0.5)
+    rig.prober.hang = True
+    await rig.advance(2.0)
+    rig.prober.hang = False
+    await rig.advance(1.0)
+    restarted = next(e for e in rig.bus.events if e.kind == "restarted")
+    assert restarted.details["previous_stop"]["signal"] == "SIGKILL"
+    assert "SIGKILL after 0.5s" in restarted.details["previous_stop"]["escalation"]
+
+
+async def test_failing_stop_is_reported_and_retried_never_two_children(rig: Rig) -> None:
+    await rig.start()
+    rig.process.stop_errors = [PermissionError(1, "Operation not permitted")] * 2
+    rig.monitor.request_restart("test")
+    await rig.advance(3.0)
+    assert rig.bus.kinds().count("stop-failed") == 1
+    assert len(rig.process.stops) == 3  # failed, failed, done
+    assert rig.process.starts == 2  # the new child only after the old one was gone
+
+
+async def test_store_failure_does_not_stop_supervision(rig: Rig) -> None:
+    await rig.start()
+    rig.bus.fail = True
+    rig.process.exit(1)
+    await rig.advance(1.0)
+    assert rig.process.starts == 2  # restarted although no event could be recorded
+    assert rig.monitor.state is TargetState.HEALTHY
+
+
+async def test_monitor_fault_is_contained_and_it_resumes_without_a_second_child() -> None:
+    rig = Rig()
+    faults: list[str] = []
+
+    async def on_fault(name: str, exc: BaseException) -> None:
+        faults.append(f"{name}: {exc}")
+
+    tasks = TaskSupervisor(clock=rig.clock, on_fault=on_fault, backoff=0.1)
+    tasks.spawn("monitor:backend", rig.monitor.run)
+    await rig.settle()
+    assert rig.monitor.state is TargetState.HEALTHY
+    original = rig.monitor.core.decide
+    calls = 0
+
+    def broken(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug in the core")
+        return original(*args)
+
+    rig.monitor.core.decide = broken  # type: ignore[method-assign]
+    await rig.advance(0.3)
+    assert faults == ["monitor:backend: a bug in the core"]
+    await rig.advance(1.0)
+    assert tasks.dead() == []
+    assert rig.process.starts == 1  # resumed watching the same child
+    rig.process.exit(1)
+    await rig.advance(1.0)
+    assert rig.process.starts == 2  # and still acts on a crash
+    rig.monitor.stop()
+    await rig.settle()
+    await tasks.stop()
+
+
+async def test_stalled_when_the_loop_stops_going_round(rig: Rig) -> None:
+    await rig.start()
+    now = rig.clock.now()
+    assert not rig.monitor.stalled(now)
+    limit = 3 * rig.monitor.max_tick + 1.0
+    assert rig.monitor.stalled(rig.monitor.last_tick + limit + 0.01)
+
+
+async def test_shutdown_stops_the_child_and_ends_the_loop(rig: Rig) -> None:
+    await rig.start()
+    rig.monitor.stop()
+    await rig.settle()
+    assert rig.task is not None and rig.task.done()
+    assert rig.bus.kinds()[-1] == "stopped"
+    assert rig.process.stops[-1][1] == rig.monitor.config.stop_timeout
