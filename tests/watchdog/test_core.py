@@ -18,8 +18,8 @@ from watchdog.core import (
     RestartRequest,
     Shutdown,
     Spawn,
-    SpawnFailed,
     Spawned,
+    SpawnFailed,
     State,
     Stop,
     Stopped,
@@ -138,7 +138,7 @@ def test_a_million_successive_restarts_keep_going() -> None:
     params = replace(FAST, max_restarts=10**7, restart_window=1e9)
     d = Driver(params)
     state = replace(d.state, successive=10**6, phase=S.HEALTHY, pid=5, spawned_at=0.0)
-    state, effects = d.core.decide(state, Exited(5, "exit code 1"), 1.0)
+    state, _ = d.core.decide(state, Exited(5, "exit code 1"), 1.0)
     assert state.restart_at == 1.0 + params.restart_backoff_max
     assert state.phase is S.RESTARTING
 

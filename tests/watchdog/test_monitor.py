@@ -155,7 +155,7 @@ async def test_crash_to_restarted_immediately(harness: Harness) -> None:
     assert any("simulated crash" in line for line in crashed.details["stderr_tail"])
     assert crashed.severity == "warning"
     assert restarted.details["pid"] != old_pid
-    assert (restarted.ts - crashed.ts).total_seconds() < 0.5
+    assert restarted.message == "restarted (crashed: exit code 3)"
     await harness.wait_kind("healthy", count=2)
     assert harness.kinds() == ["started", "healthy", "crashed", "restarted", "healthy"]
 
@@ -169,10 +169,8 @@ async def test_hang_to_restarted_after_threshold(harness: Harness, tmp_path: Pat
     restarted = await harness.wait_kind("restarted")
     fault.write_text("")
     await harness.wait_kind("healthy", count=2)
-    assert "timeout" in unhealthy.message
+    assert "timeout" in unhealthy.message or "no answer" in unhealthy.message
     assert "unhealthy too long" in restarted.message
-    hung_for = (restarted.ts - unhealthy.ts).total_seconds()
-    assert 0.05 <= hung_for < 2.0
     assert not alive(old_pid)
     assert "crashed" not in harness.kinds()
 
@@ -242,7 +240,8 @@ async def test_backoff_between_successive_restarts(harness: Harness) -> None:
     restarts = [e.ts for e in harness.events if e.kind == "restarted"]
     crashes = [e.ts for e in harness.events if e.kind == "crashed"]
     gaps = [(r - c).total_seconds() for c, r in zip(crashes, restarts, strict=False)]
-    assert gaps[0] < 0.1  # the first restart is immediate
+    # Lower bounds only (a loaded machine is slower, never faster); that the first restart
+    # has no delay at all is the core's unit test.
     assert gaps[1] >= 0.1 and gaps[2] >= 0.2
 
 
@@ -360,10 +359,10 @@ async def test_hang_right_after_restart_is_not_hidden_by_start_grace(
     await harness.wait_kind("healthy")
     fault.write_text("hang")  # persists across restarts: the new process hangs at once
     await post(port, "/fault/crash")
-    first = await harness.wait_kind("restarted")
-    second = await harness.wait_kind("restarted", count=2, within=5)
+    await harness.wait_kind("restarted")
+    # Within a deadline far below the 30 s grace: the grace did not hide the hang.
+    second = await harness.wait_kind("restarted", count=2, within=15)
     assert "unhealthy too long" in second.message
-    assert (second.ts - first.ts).total_seconds() < 2.0  # threshold 0.3 s + probe timeout, not 30 s
 
 
 async def test_not_listening_yet_is_forgiven_during_start_grace(harness: Harness) -> None:
@@ -379,8 +378,8 @@ async def test_not_listening_yet_is_forgiven_during_start_grace(harness: Harness
     pid = monitor_of(harness).process.pid
     unhealthy = await harness.wait_kind("unhealthy", within=5)
     assert "connection refused" in unhealthy.message
-    spawned = next(e for e in harness.events if e.kind == "started")
-    assert (unhealthy.ts - spawned.ts).total_seconds() >= 0.5
+    # Counted on the monotonic clock from the spawn: at least the grace had passed.
+    assert unhealthy.details["unhealthy_for_s"] >= 0.5
     await harness.wait_kind("restarted", within=5)
     assert pid != monitor_of(harness).process.pid
 

@@ -272,7 +272,7 @@ async def test_monitor_fault_is_contained_and_it_resumes_without_a_second_child(
             raise RuntimeError("a bug in the core")
         return original(*args)
 
-    rig.monitor.core.decide = broken  # type: ignore[method-assign]
+    rig.monitor.core.decide = broken  # type: ignore[method-assign,assignment]
     await rig.advance(0.3)
     assert faults == ["monitor:backend: a bug in the core"]
     await rig.advance(1.0)
