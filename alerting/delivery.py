@@ -38,7 +38,9 @@ _DELIVERY_ERRORS = (aiosmtplib.SMTPException, OSError, ValueError)
 async def wait_event(event: asyncio.Event, seconds: float) -> None:
     """Wait for ``event``, at most ``seconds``. A cancel always propagates, even one
     that races the timeout or that a library turned into an ordinary exception (seen on 3.11
-    with both ``asyncio.wait_for`` and ``asyncio.timeout``)."""
+    with both ``asyncio.wait_for`` and ``asyncio.timeout``). A cancel that was swallowed
+    before the call (the task is already cancelling) ends it at once, not after ``seconds``."""
+    raise_if_cancelling()
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):
             await event.wait()

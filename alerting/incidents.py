@@ -5,6 +5,11 @@ event of a target opens an `Incident` that adopts the streak (so the crashes tha
 crash loop belong to it). The incident closes once the target has been healthy, with no bad
 event since, for ``ERPWATCH_ALERT_RECOVERY_AFTER`` seconds.
 
+A *one-shot* event (`ONE_SHOT_KINDS`: a ``watchdog-fault``, whose task erpwatch already
+restarted) has no ``healthy`` event to end it: its incident recovers from the moment of the
+event, and each further one-shot event restarts that recovery timer. So a run of faults is
+one incident, and a fault days later opens a new one (a new mail) instead of being folded.
+
 Times used for decisions are monotonic (`Clock.now`). To survive a restart they are stored as
 wall-clock instants and mapped back onto the new process's monotonic clock (`TimeBase`).
 """
@@ -32,6 +37,8 @@ BAD_KINDS = frozenset(
 GOOD_KINDS = frozenset({Kind.HEALTHY})
 # The pipeline's own decisions never enter it again (no feedback loop).
 SELF_KINDS = frozenset({Kind.ALERT_SENT, Kind.ALERT_HELD})
+# Bad news that is over once it is told: the incident recovers from the event on.
+ONE_SHOT_KINDS = frozenset({Kind.WATCHDOG_FAULT})
 
 RECENT_EVENTS = 50
 
@@ -190,12 +197,20 @@ class TargetTrack:
                     self.incident.healthy_since = None
                     self.incident.recovered_at = None
             self.streak.append(event)
+            if (
+                event.kind in ONE_SHOT_KINDS
+                and self.incident is not None
+                and self.incident.healthy_since is not None
+            ):
+                self.incident.healthy_since = now
+                self.incident.recovered_at = event.ts
         if self.incident is not None:
             self.incident.record(event)
 
     def open_incident(self, event: Event, now: float) -> Incident:
         """Open an incident for ``event`` (an alerting event already `observe`d)."""
-        first = self.streak[0] if self.streak else event
+        one_shot = event.kind in ONE_SHOT_KINDS  # began with the event, not with the streak
+        first = self.streak[0] if self.streak and not one_shot else event
         incident = Incident(
             id=f"{self.name}-{event.id if event.id is not None else 0}",
             target=self.name,
@@ -203,7 +218,8 @@ class TargetTrack:
         )
         for earlier in self.streak:
             incident.record(earlier)
-        if self.healthy:  # e.g. an alert-failed about a target that is fine
+        # Recovering at once: an alert-failed about a target that is fine, a watchdog-fault.
+        if self.healthy or one_shot:
             incident.healthy_since = now
             incident.recovered_at = event.ts
         self.incident = incident

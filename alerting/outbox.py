@@ -1,16 +1,25 @@
 """The durable side of alerting, in the event database (same SQLite file as the events).
 
-* ``alert_inbox`` — one row per event the pipeline must see, written by the commit hook in
-  the event's own transaction: an event committed is an event the pipeline will process,
-  even after a SIGKILL right after the commit.
+* ``alert_cursor`` — one row: ``last_event_id``, the id of the last event the pipeline has
+  taken into account. A step reads the next events with ``id > last_event_id`` from the
+  ``events`` table, in id order; the producer's transaction never writes anything of ours,
+  so an alerting fault can never roll an audit event back or stop a publish. Event ids are
+  taken inside the store's single-writer transaction (``BEGIN IMMEDIATE``), so id order is
+  commit order: no event can become visible behind the cursor.
 * ``alert_state`` — the pipeline's memory (targets, incidents, rate limiter) as JSON.
 * ``alert_outbox`` — rendered mails: ``pending`` → ``sent`` | ``dead`` (with the reason).
-  One pipeline step deletes its inbox rows, saves the state and inserts its mails in one
-  transaction, so a step happens entirely or not at all.
+  One pipeline step moves the cursor, saves the state and inserts its mails in one
+  transaction, so a step happens entirely or not at all: across a SIGKILL an event is
+  either wholly processed (its mail queued) or read again after the restart.
 * ``alert_log`` — the notification log: every held / sent / failed decision and why.
 
+On the first start (no cursor yet) the cursor is set, and persisted at once, to the newest
+event id: old history is not mailed. A database of the version that queued events in an
+``alert_inbox`` table (written by a commit hook) starts just before the oldest queued event
+instead, so nothing queued there is lost; that table is then dropped.
+
 All methods are synchronous and run on the bus's writer thread (``EventBus.run_in_writer``)
-over the store's write connection, so they never block the event loop nor fight `append`.
+over the store's connections, so they never block the event loop nor fight `append`.
 """
 
 from __future__ import annotations
@@ -26,14 +35,13 @@ from alerting import silences
 from alerting.incidents import SELF_KINDS
 from alerting.render import Mail
 from alerting.stages import Decision
-from watchdog.events import Event, Severity
-from watchdog.store import EventStore, format_ts, parse_ts
+from watchdog.events import Event
+from watchdog.store import EventStore, format_ts
 
 SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS alert_inbox (
-        event_id INTEGER PRIMARY KEY,
-        ts TEXT NOT NULL, target TEXT NOT NULL, kind TEXT NOT NULL, severity TEXT NOT NULL,
-        message TEXT NOT NULL, details TEXT NOT NULL
+    """CREATE TABLE IF NOT EXISTS alert_cursor (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        last_event_id INTEGER NOT NULL
     )""",
     "CREATE TABLE IF NOT EXISTS alert_state (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS alert_outbox (
@@ -51,8 +59,13 @@ SCHEMA = (
     )""",
     silences.SCHEMA,
 )
+LEGACY_INBOX = "alert_inbox"
 
 PENDING, SENT, DEAD = "pending", "sent", "dead"
+
+
+class CursorMoved(Exception):
+    """The stored cursor is not where this step started (another writer moved it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,23 +77,23 @@ class OutboxRow:
     attempts: int
 
 
-def inbox_hook(event: Event, db: Any) -> None:
-    """Commit hook: runs inside the event's transaction (``db`` is sqlite-utils')."""
-    if event.kind in SELF_KINDS:
-        return
-    db.execute(
-        "INSERT OR IGNORE INTO alert_inbox "
-        "(event_id, ts, target, kind, severity, message, details) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (
-            event.id,
-            format_ts(event.ts),
-            event.target,
-            event.kind,
-            str(event.severity),
-            event.message,
-            event.details_json(),
-        ),
-    )
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    """The next events after the cursor, as one pipeline step takes them."""
+
+    events: list[Event]  # in id order, without alerting's own decisions (`SELF_KINDS`)
+    start: int  # the cursor the batch was read after
+    end: int  # id of the last event read (own decisions included): the cursor once committed
+    read: int  # events read; equal to the limit when more may be waiting
+
+
+@dataclass(frozen=True, slots=True)
+class CursorStart:
+    """Where `Outbox.ensure_schema` found or put the cursor."""
+
+    last_event_id: int
+    initialised: bool  # no cursor was stored: this start set it
+    adopted: int  # events still queued in a legacy ``alert_inbox`` that the cursor covers
 
 
 class Outbox:
@@ -89,32 +102,52 @@ class Outbox:
     def __init__(self, store: EventStore) -> None:
         self.store = store
 
-    def ensure_schema(self) -> None:
+    def ensure_schema(self) -> CursorStart:
+        """Create the tables; on the first start set and persist the cursor (one commit)."""
         with self.store.transaction() as conn:
             for statement in SCHEMA:
                 conn.execute(statement)
+            row = conn.execute("SELECT last_event_id FROM alert_cursor WHERE id = 1").fetchone()
+            if row is not None:
+                start = CursorStart(int(row[0]), initialised=False, adopted=0)
+            else:
+                start = self._initial_cursor(conn)
+                conn.execute(
+                    "INSERT INTO alert_cursor (id, last_event_id) VALUES (1, ?)",
+                    (start.last_event_id,),
+                )
+            conn.execute(f"DROP TABLE IF EXISTS {LEGACY_INBOX}")
+        return start
+
+    @staticmethod
+    def _initial_cursor(conn: sqlite3.Connection) -> CursorStart:
+        legacy = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (LEGACY_INBOX,)
+        ).fetchone()
+        if legacy is not None:
+            oldest, queued = conn.execute(
+                f"SELECT min(event_id), count(*) FROM {LEGACY_INBOX}"
+            ).fetchone()
+            if oldest is not None:
+                return CursorStart(int(oldest) - 1, initialised=True, adopted=int(queued))
+        (newest,) = conn.execute("SELECT max(id) FROM events").fetchone()
+        return CursorStart(int(newest or 0), initialised=True, adopted=0)
 
     # --- pipeline step ------------------------------------------------------------------
 
-    def fetch_inbox(self, limit: int) -> list[Event]:
+    def cursor(self) -> int:
         with self.store.transaction() as conn:
-            rows = conn.execute(
-                "SELECT event_id, ts, target, kind, severity, message, details "
-                "FROM alert_inbox ORDER BY event_id LIMIT ?",
-                (limit,),
-            ).fetchall()
-        return [
-            Event(
-                target=target,
-                kind=kind,
-                message=message,
-                severity=Severity(severity),
-                details=json.loads(details),
-                ts=parse_ts(ts),
-                id=event_id,
-            )
-            for event_id, ts, target, kind, severity, message, details in rows
-        ]
+            row = conn.execute("SELECT last_event_id FROM alert_cursor WHERE id = 1").fetchone()
+        if row is None:
+            raise CursorMoved("no alert cursor stored; ensure_schema() was not run")
+        return int(row[0])
+
+    def fetch_events(self, after: int, limit: int) -> EventBatch:
+        """Up to ``limit`` committed events with ``id > after``, in id order."""
+        read = self.store.query(after_id=after, newest_first=False, limit=limit)
+        end = read[-1].id if read and read[-1].id is not None else after
+        events = [e for e in read if e.kind not in SELF_KINDS]
+        return EventBatch(events, start=after, end=end, read=len(read))
 
     def load_state(self) -> dict[str, Any]:
         with self.store.transaction() as conn:
@@ -123,16 +156,28 @@ class Outbox:
 
     def commit_step(
         self,
-        done: Sequence[int],
+        batch: EventBatch,
         state: Mapping[str, Any],
         mails: Sequence[Mail],
         decisions: Sequence[Decision],
         wall: datetime,
     ) -> list[int]:
-        """Apply one pipeline step atomically; return the new outbox ids."""
+        """Apply one pipeline step atomically; return the new outbox ids.
+
+        Moves the cursor from ``batch.start`` to ``batch.end``; if the stored cursor is not
+        at ``batch.start`` nothing is written and `CursorMoved` is raised, so a batch is never
+        committed twice.
+        """
         ids: list[int] = []
         with self.store.transaction() as conn:
-            conn.executemany("DELETE FROM alert_inbox WHERE event_id = ?", [(i,) for i in done])
+            moved = conn.execute(
+                "UPDATE alert_cursor SET last_event_id = ? WHERE id = 1 AND last_event_id = ?",
+                (batch.end, batch.start),
+            ).rowcount
+            if moved != 1:
+                raise CursorMoved(
+                    f"alert cursor is no longer at event {batch.start}; step not committed"
+                )
             conn.executemany(
                 "INSERT INTO alert_state (key, value) VALUES (?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",

@@ -18,7 +18,7 @@ from typing import Any
 
 import jinja2
 
-from alerting.incidents import Incident
+from alerting.incidents import ONE_SHOT_KINDS, Incident
 from alerting.stages import Ctx, Notification
 from watchdog.events import Event, Kind
 from watchdog.templating import environment
@@ -30,6 +30,7 @@ PHRASES: Mapping[str, str] = {
     Kind.ALERT_FAILED: "alert delivery failed",
     Kind.CRASHED: "crashed",
     Kind.UNHEALTHY: "unhealthy",
+    Kind.WATCHDOG_FAULT: "internal fault",
 }
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _NOT_ID = re.compile(r"[^A-Za-z0-9._-]+")
@@ -94,6 +95,8 @@ def _actions(incident: Incident) -> list[str]:
     for event in incident.events:
         if event.kind == Kind.RESTART_LIMIT_REACHED:
             actions.append(f"stopped restarting: {event.message}")
+        elif event.kind == Kind.WATCHDOG_FAULT:
+            actions.append(f"recorded a fault of its own: {event.message}")
     return actions or ["watched the target; no restart was needed"]
 
 
@@ -136,6 +139,8 @@ class Renderer:
             text = f"[erpwatch] DIGEST: {len(note.held)} mail(s) held back by the rate limit"
         else:
             state = "STILL DOWN" if note.purpose == "reminder" else "DOWN"
+            if note.kinds and all(k in ONE_SHOT_KINDS for k in note.kinds):
+                state = "FAULT"
             words = ", ".join(phrase(k) for k in note.kinds)
             text = f"[erpwatch] {state} {who}: {words}" if words else f"[erpwatch] {state} {who}"
         return clean_header(text)

@@ -1,12 +1,15 @@
-"""AlertService: wires the pipeline to the bus, the durable outbox and the transport.
+"""AlertService: wires the pipeline to the event store, the durable outbox and the transport.
 
-    commit hook ──▶ alert_inbox (same transaction as the event)
-    bus subscription ──wake──▶ step(): inbox → stages → outbox + state (one transaction)
-                                       └─▶ alert-held events (the notification log)
+    events table ──id > cursor──▶ step(): events → stages → outbox + state + cursor
+    bus subscription ──wake──▶┘           (one transaction of alerting's own)
+                                          └─▶ alert-held events (the notification log)
     Delivery worker ──▶ SMTP / .eml ──▶ alert-sent / alert-failed events
 
-The subscription is only a wake-up: the inbox is the source of truth, so a dropped queue
-entry or a crash loses nothing.
+The store is the source of truth and the subscription only a wake-up: a dropped queue entry,
+a failed step or a crash loses nothing, and nothing alerting does can roll back or stop the
+producer's commit. A failed step is retried every ``poll`` seconds from the state and cursor
+last committed; the first failure of an episode is logged with its traceback and recorded as
+one ``watchdog-fault`` event (mailed once the pipeline works again).
 """
 
 from __future__ import annotations
@@ -21,20 +24,21 @@ from typing import Any
 
 from alerting.delivery import Delivery, raise_if_cancelling, wait_event
 from alerting.incidents import IncidentBook, TargetTrack, TimeBase
-from alerting.outbox import Outbox, inbox_hook
+from alerting.outbox import EventBatch, Outbox
 from alerting.render import Renderer
 from alerting.stages import Ctx, Pipeline, Policy, RateLimiter, next_deadline
 from alerting.transport import transport_for
 from watchdog.bus import EventBus, Subscription
 from watchdog.clock import Clock, RealClock
 from watchdog.config import Settings
-from watchdog.events import Event, Kind, utcnow
+from watchdog.events import SYSTEM_TARGET, Event, Kind, utcnow
 from watchdog.resources import host_snapshot
 from watchdog.store import EventStore
 
 log = logging.getLogger(__name__)
 
-INBOX_BATCH = 500
+INBOX_BATCH = 500  # events read per pipeline step
+FAULT_TEXT_MAX = 500  # characters of an exception kept in a watchdog-fault event
 
 
 class AlertService:
@@ -90,12 +94,23 @@ class AlertService:
         self._sub: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._deadline: float | None = None
+        self._cursor = 0  # id of the last event taken into account (as committed)
 
     # --- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.bus.run_in_writer(self.outbox.ensure_schema)
-        self.bus.add_commit_hook(inbox_hook)
+        start = await self.bus.run_in_writer(self.outbox.ensure_schema)
+        if start.adopted:
+            log.info(
+                "alerting now reads the event store by cursor; %d event(s) queued by the "
+                "previous version are processed first",
+                start.adopted,
+            )
+        elif start.initialised:
+            log.info(
+                "alerting starts after event %d (earlier history is not mailed)",
+                start.last_event_id,
+            )
         self._sub = self.bus.subscribe("alerting")
         await self._restore()
         await self._refresh_counts()
@@ -146,16 +161,31 @@ class AlertService:
                 self._wake.set()
 
     async def _pipeline(self) -> None:
+        failures = 0
         while True:
             self._wake.clear()
             try:
-                processed = await self.step()
-            except Exception:  # logged; state was reloaded from SQLite, try again shortly
+                if failures:
+                    await self._restore()  # memory may hold half a step: back to the commit
+                read = await self.step()
+            except Exception as exc:  # retried from what is committed (all of it or none)
                 raise_if_cancelling()
-                log.exception("alert pipeline step failed")
-                processed = 0
-                await self._restore()
-            if processed >= INBOX_BATCH:
+                failures += 1
+                if failures == 1:
+                    log.exception(
+                        "alert pipeline step failed; its events stay in the store and the "
+                        "step is retried every %gs",
+                        self.poll,
+                    )
+                    await self._record_fault(exc)
+                else:
+                    log.debug("alert pipeline step failed (%d in a row)", failures, exc_info=True)
+                await asyncio.sleep(self.poll)
+                continue
+            if failures:
+                log.info("alert pipeline works again after %d failed step(s)", failures)
+                failures = 0
+            if read >= INBOX_BATCH:
                 continue
             timeout = self.poll
             if self._deadline is not None:
@@ -165,8 +195,15 @@ class AlertService:
             await wait_event(self._wake, timeout)
 
     async def step(self) -> int:
-        """One pipeline round: process up to a batch of inbox events and due timers."""
-        events = await self.bus.run_in_writer(self.outbox.fetch_inbox, INBOX_BATCH)
+        """One pipeline round: up to a batch of events after the cursor, and due timers.
+
+        Everything the round decides (cursor, state, mails, log) is committed in one
+        transaction; returns how many events it read (alerting's own decisions included).
+        """
+        batch: EventBatch = await self.bus.run_in_writer(
+            self.outbox.fetch_events, self._cursor, INBOX_BATCH
+        )
+        events = batch.events
         silences = await self.bus.run_in_writer(self.outbox.silences)
         now, wall = self.clock.now(), self.wall()
         ctx = Ctx(now, wall, self.policy, self.book, self.limiter, silences)
@@ -178,14 +215,13 @@ class AlertService:
         }
         state["limiter"] = self.limiter.to_json(base)
         await self.bus.run_in_writer(
-            self.outbox.commit_step,
-            [e.id for e in events if e.id is not None],
-            state,
-            mails,
-            ctx.decisions,
-            wall,
+            self.outbox.commit_step, batch, state, mails, ctx.decisions, wall
         )
+        self._cursor = batch.end
         self._deadline = next_deadline(ctx)
+        if mails:
+            self._queued += len(mails)
+            self.delivery.wake()
         for decision in ctx.decisions:
             await self.bus.publish(
                 Event.of(
@@ -196,15 +232,29 @@ class AlertService:
                     **dict(decision.details),
                 )
             )
-        if mails:
-            self._queued += len(mails)
-            self.delivery.wake()
-        return len(events)
+        return batch.read
+
+    async def _record_fault(self, exc: Exception) -> None:
+        """One ``watchdog-fault`` event per failure episode (the store may be the fault)."""
+        error = f"{type(exc).__name__}: {exc}"[:FAULT_TEXT_MAX]
+        fault = Event.of(
+            SYSTEM_TARGET,
+            Kind.WATCHDOG_FAULT,
+            f"alert pipeline step failed ({error}); retrying",
+            task="alerting-pipeline",
+            error=error,
+        )
+        try:
+            await self.bus.publish(fault)
+        except Exception:
+            raise_if_cancelling()
+            log.exception("could not record the alert pipeline fault as an event")
 
     # --- state --------------------------------------------------------------------------
 
     async def _restore(self) -> None:
         state = await self.bus.run_in_writer(self.outbox.load_state)
+        self._cursor = await self.bus.run_in_writer(self.outbox.cursor)
         base = TimeBase(self.clock.now(), self.wall())
         self.book = IncidentBook()
         self.limiter = RateLimiter(self.policy.rate_limit, self.policy.rate_window)

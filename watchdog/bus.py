@@ -11,8 +11,6 @@ CONTRACT:
 
     class EventBus:
         def __init__(self, store: EventStore) -> None
-        def add_commit_hook(self, hook: CommitHook) -> None
-            # runs inside the event's SQLite transaction (e.g. alerting writes its outbox row)
         def subscribe(self, name: str, maxsize: int = 1000) -> Subscription
             # a full queue never blocks publish: the oldest queued event is dropped, counted,
             # and logged once per episode; the subscriber can catch up from the store by id.
@@ -27,6 +25,11 @@ newest_first=False, limit=None)``), ``Subscription.closed``, `SubscriptionClosed
 ``get()`` after the end), ``EventBus.run_in_writer(fn, *args)`` (run other writes of the
 store's connection on the writer thread), ``EventBus.store``.
 
+No consumer writes inside an event's transaction: the commit holds the event alone, so a
+consumer's fault can never roll an audit event back nor stop a publish. A consumer that must
+not miss an event (alerting) keeps its own durable cursor over the store's ids, commits it
+with its own work in its own transaction, and treats its subscription as a mere wake-up.
+
 Subscribers are fed on the event loop that publishes; a bus is used from one loop.
 """
 
@@ -39,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from watchdog.events import Event
-from watchdog.store import CommitHook, EventStore
+from watchdog.store import EventStore
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +138,7 @@ class Subscription:
 
 
 class EventBus:
-    """Durable-first fan-out: each event is committed (with its hooks) before anyone sees it.
+    """Durable-first fan-out: each event is committed before anyone sees it.
 
     Appends run on one dedicated writer thread, so publish order is commit order and the
     event loop never waits on SQLite; fan-out to subscribers happens on the loop, in
@@ -144,7 +147,6 @@ class EventBus:
 
     def __init__(self, store: EventStore) -> None:
         self._store = store
-        self._hooks: list[CommitHook] = []
         self._subscriptions: list[Subscription] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="erpwatch-store")
         self._closed = False
@@ -152,10 +154,6 @@ class EventBus:
     @property
     def store(self) -> EventStore:
         return self._store
-
-    def add_commit_hook(self, hook: CommitHook) -> None:
-        """``hook(event_with_id, db)`` runs inside the event's transaction; raising aborts it."""
-        self._hooks.append(hook)
 
     def subscribe(self, name: str, maxsize: int = 1000) -> Subscription:
         if self._closed:
@@ -173,21 +171,18 @@ class EventBus:
         return tuple(self._subscriptions)
 
     async def publish(self, event: Event) -> Event:
-        """Commit ``event`` (and the commit hooks) on the writer thread, then fan it out.
+        """Commit ``event`` on the writer thread, then fan it out; returns it with its id.
 
-        Returns the committed event (with id). If a hook raises, nothing is committed, no
-        subscriber sees the event, and the error propagates here.
+        If the append fails, nothing is committed, no subscriber sees the event, and the
+        error propagates here.
         """
         if self._closed:
             raise RuntimeError("the event bus is closed")
         loop = asyncio.get_running_loop()
-        hooks = tuple(self._hooks)
-        return await loop.run_in_executor(self._executor, self._write, event, hooks, loop)
+        return await loop.run_in_executor(self._executor, self._write, event, loop)
 
-    def _write(
-        self, event: Event, hooks: tuple[CommitHook, ...], loop: asyncio.AbstractEventLoop
-    ) -> Event:
-        committed = self._store.append(event, hooks)
+    def _write(self, event: Event, loop: asyncio.AbstractEventLoop) -> Event:
+        committed = self._store.append(event)
         # Scheduled from the writer thread in commit order (call_soon_threadsafe is FIFO)
         # and before the publisher's future resolves: order holds across publishers.
         loop.call_soon_threadsafe(self._fan_out, committed)
@@ -200,7 +195,9 @@ class EventBus:
     async def run_in_writer(self, fn: Callable[..., T], *args: object) -> T:
         """Run ``fn(*args)`` on the writer thread, after every event published so far.
 
-        For other writes to the store's connection (e.g. marking an outbox row sent).
+        For other work on the store's connection (e.g. alerting's pipeline step, marking an
+        outbox row sent). An exception raised by ``fn`` reaches only this caller: events
+        published before or after are committed and fanned out as usual.
         """
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)

@@ -2,8 +2,6 @@
 
 CONTRACT (filled in by the store/bus work):
 
-    CommitHook = Callable[[Event, sqlite_utils.Database], None]
-
     class EventStore:
         def __init__(self, path: Path) -> None
             # creates parent dirs, WAL, synchronous=NORMAL, schema (events table, indexes on
@@ -11,10 +9,8 @@ CONTRACT (filled in by the store/bus work):
             # table, migrations run idempotently. Safe for one writer + several readers.
         @property path -> Path
         @property db -> sqlite_utils.Database   # other modules (alerting) add their own tables
-        def append(self, event: Event, hooks: Sequence[CommitHook] = ()) -> Event
-            # one transaction: insert the event, then call each hook(event_with_id, db);
-            # a hook that raises rolls the whole transaction back and the error propagates.
-            # Returns the event with its id.
+        def append(self, event: Event) -> Event
+            # one transaction that holds the event and nothing else; returns it with its id.
         def query(self, *, target: str | None = None, kinds: Sequence[str] = (),
                   severity: str | None = None,  # minimum severity: info < warning < critical
                   since: datetime | None = None, until: datetime | None = None,
@@ -38,6 +34,10 @@ Design notes:
 * Writes go through one connection guarded by a lock (``BEGIN IMMEDIATE`` .. ``COMMIT``);
   reads use a second connection, so a reader never sees an uncommitted event and never waits
   for a writer (WAL).
+* A transaction of `append` holds only the event: no consumer writes inside it, so nothing a
+  consumer does can roll an audit event back. Consumers (alerting) read the events by id
+  after the fact (``query(after_id=...)``) and commit their own progress in their own
+  `transaction()`.
 * sqlite-utils is imported only when `db` is first used: ``erpwatch history`` stays fast.
 """
 
@@ -46,7 +46,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,8 +57,6 @@ from watchdog.events import Event, Severity
 
 if TYPE_CHECKING:
     import sqlite_utils
-
-CommitHook = Callable[[Event, "sqlite_utils.Database"], None]
 
 SCHEMA_VERSION = 1
 SEVERITY_RANK: dict[str, int] = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
@@ -262,7 +260,7 @@ class EventStore:
     def db(self) -> sqlite_utils.Database:
         """sqlite-utils over the write connection (read-only connection in read-only mode).
 
-        Use it from a commit hook, inside `transaction()`, or from the bus's writer thread
+        Use it inside `transaction()` or from the bus's writer thread
         (`EventBus.run_in_writer`): the connection is shared with `append`.
         """
         if self._db is None:
@@ -328,8 +326,8 @@ class EventStore:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (``BEGIN IMMEDIATE``) on the write connection, locked.
 
-        Commits on success, rolls back and re-raises on any exception. Nested use (from a
-        commit hook) is not allowed: hooks already run inside `append`'s transaction.
+        Commits on success, rolls back and re-raises on any exception. Not nestable: a
+        second ``transaction()`` inside the first raises `StoreError`.
         """
         with self._write_lock:
             conn = self._writer()
@@ -344,15 +342,10 @@ class EventStore:
                 raise
             conn.commit()
 
-    def append(self, event: Event, hooks: Sequence[CommitHook] = ()) -> Event:
-        """Insert ``event`` and run ``hooks`` in one transaction; return the committed copy.
-
-        A hook that raises rolls everything back (the event too) and the error propagates.
-        Hooks must not commit; sqlite-utils writes inside them use savepoints.
-        """
+    def append(self, event: Event) -> Event:
+        """Insert ``event`` in a transaction of its own; return the committed copy."""
         ts = format_ts(event.ts)
         severity = Severity(event.severity)
-        db = self.db if hooks else None
         with self.transaction() as conn:
             cursor = conn.execute(
                 "INSERT INTO events (ts, target, kind, severity, severity_rank, message, details)"
@@ -368,19 +361,16 @@ class EventStore:
                 ),
             )
             assert cursor.lastrowid is not None
-            committed = Event(
-                target=event.target,
-                kind=event.kind,
-                message=event.message,
-                severity=severity,
-                details=event.details,
-                ts=parse_ts(ts),
-                id=cursor.lastrowid,
-            )
-            for hook in hooks:
-                assert db is not None
-                hook(committed, db)
-        return committed
+            event_id = cursor.lastrowid
+        return Event(
+            target=event.target,
+            kind=event.kind,
+            message=event.message,
+            severity=severity,
+            details=event.details,
+            ts=parse_ts(ts),
+            id=event_id,
+        )
 
     def _writer(self) -> sqlite3.Connection:
         if self._closed:

@@ -1,4 +1,5 @@
-"""End to end: bus → pipeline → SQLite outbox → a real SMTP server on 127.0.0.1."""
+"""End to end: event store (by alerting's cursor) → pipeline → SQLite outbox → a real SMTP
+server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -17,13 +18,12 @@ from typing import Any
 
 import pytest
 
-from alerting.outbox import Outbox, inbox_hook
 from alerting.service import AlertService
 from tests.alerting.conftest import PASSWORD, USER, SmtpServer
 from tests.helpers import await_until, wait_until
 from watchdog.bus import EventBus
 from watchdog.config import Settings, load_settings
-from watchdog.events import Event, Kind
+from watchdog.events import SYSTEM_TARGET, Event, Kind, Severity
 from watchdog.store import EventStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,6 +65,26 @@ def outbox_rows(path: Path) -> list[tuple[int, str, int, str | None]]:
         ).fetchall()
     conn.close()
     return [(int(a), str(b), int(c), d) for a, b, c, d in rows]
+
+
+def cursor_of(path: Path) -> int:
+    """Alerting's durable cursor, read by another connection (what a restart would see)."""
+    with sqlite3.connect(path) as conn:
+        (value,) = conn.execute("SELECT last_event_id FROM alert_cursor").fetchone()
+    conn.close()
+    return int(value)
+
+
+def tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    conn.close()
+    return {str(name) for (name,) in rows}
+
+
+def subjects(smtp: SmtpServer, target: str | None = None) -> list[str]:
+    found = [str(m["Subject"]) for m in smtp.messages]
+    return [s for s in found if f" {target}@" in s] if target is not None else found
 
 
 def kinds(store: EventStore, kind: Kind) -> list[Event]:
@@ -259,16 +279,156 @@ async def test_without_smtp_host_mail_is_written_as_eml_files(
     assert b"[erpwatch] DOWN backend@testhost" in files[0].read_bytes()
 
 
-async def test_event_committed_before_a_crash_is_alerted_after_restart(
+async def test_event_committed_while_alerting_was_down_is_alerted_after_restart(
     tmp_path: Path, smtp: SmtpServer, store: EventStore, bus: EventBus
 ) -> None:
-    """The inbox row is written in the event's transaction: nothing else is needed."""
-    outbox = Outbox(store)
-    await bus.run_in_writer(outbox.ensure_schema)
-    store.append(Event.of("backend", Kind.DOWN, "down before the crash"), [inbox_hook])
-    async with running(make_settings(tmp_path, smtp), store, bus):
+    """The cursor is durable: what was committed after it is read on the next start."""
+    settings = make_settings(tmp_path, smtp)
+    async with running(settings, store, bus):
+        pass  # the first start sets the cursor and persists it
+    store.append(Event.of("backend", Kind.DOWN, "down while alerting was not running"))
+    async with running(settings, store, bus):
         await await_until(lambda: smtp.messages)
-    assert "down" in smtp.messages[0]["Subject"]
+    assert subjects(smtp) == ["[erpwatch] DOWN backend@testhost: down"]
+
+
+async def test_first_start_begins_at_the_newest_event_and_persists_the_cursor(
+    tmp_path: Path, smtp: SmtpServer, store: EventStore, bus: EventBus
+) -> None:
+    ancient = store.append(Event.of("ancient", Kind.DOWN, "down long before alerting existed"))
+    db = tmp_path / "erpwatch.db"
+    async with running(make_settings(tmp_path, smtp), store, bus) as service:
+        assert cursor_of(db) == ancient.id  # committed by start(), before any event of the run
+        now = await bus.publish(Event.of("backend", Kind.DOWN, "down now"))
+        await await_until(lambda: smtp.messages, what="the mail about the new event")
+        await await_until(lambda: service.stats()["pending"] == 0)
+        await await_until(lambda: cursor_of(db) >= (now.id or 0))
+    assert subjects(smtp) == ["[erpwatch] DOWN backend@testhost: down"]
+
+
+LEGACY_INBOX = """CREATE TABLE alert_inbox (
+    event_id INTEGER PRIMARY KEY,
+    ts TEXT NOT NULL, target TEXT NOT NULL, kind TEXT NOT NULL, severity TEXT NOT NULL,
+    message TEXT NOT NULL, details TEXT NOT NULL
+)"""
+
+
+async def test_events_queued_in_a_legacy_inbox_are_mailed_then_the_table_is_dropped(
+    tmp_path: Path, smtp: SmtpServer, store: EventStore, bus: EventBus
+) -> None:
+    """Upgrade from the commit-hook version: what it had queued is not lost."""
+    store.append(Event.of("old", Kind.DOWN, "already mailed by the previous version"))
+    queued = store.append(Event.of("backend", Kind.DOWN, "still queued in alert_inbox"))
+    with store.transaction() as conn:
+        conn.execute(LEGACY_INBOX)
+        conn.execute(
+            "INSERT INTO alert_inbox VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (queued.id, "2024-05-01T12:00:00.000Z", "backend", "down", "critical", "x", "{}"),
+        )
+    db = tmp_path / "erpwatch.db"
+    async with running(make_settings(tmp_path, smtp), store, bus) as service:
+        assert "alert_inbox" not in tables(db)
+        await await_until(lambda: smtp.messages, what="the mail for the queued event")
+        await await_until(lambda: service.stats()["pending"] == 0)
+    assert subjects(smtp) == ["[erpwatch] DOWN backend@testhost: down"]
+    assert cursor_of(db) >= (queued.id or 0)
+
+
+def _rename(store: EventStore, old: str, new: str) -> None:
+    with store.transaction() as conn:
+        conn.execute(f"ALTER TABLE {old} RENAME TO {new}")
+
+
+async def test_broken_alerting_table_never_stops_or_rolls_back_an_audit_event(
+    tmp_path: Path, smtp: SmtpServer, store: EventStore, bus: EventBus,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """Every step fails while alert_state is gone; publishing does not, and once the table is
+    back the pending events are processed: one mail each, none lost, none twice."""
+    caplog.set_level(logging.DEBUG, logger="alerting.service")
+    db = tmp_path / "erpwatch.db"
+    async with running(make_settings(tmp_path, smtp), store, bus) as service:
+        before = cursor_of(db)
+        await bus.run_in_writer(_rename, store, "alert_state", "alert_state_away")
+        down = await bus.publish(Event.of("backend", Kind.DOWN, "down while alerting is broken"))
+        assert down.id is not None and store.get(down.id) == down
+        (fault,) = await await_until(
+            lambda: kinds(store, Kind.WATCHDOG_FAULT), what="the alerting fault, recorded"
+        )
+        await await_until(
+            lambda: sum("failed (" in r.getMessage() for r in caplog.records) >= 2,
+            what="the step to fail again",
+        )
+        limit = await bus.publish(Event.of("backend", Kind.RESTART_LIMIT_REACHED, "gave up"))
+        assert store.get(limit.id or 0) == limit  # still committed, still queryable
+        assert cursor_of(db) == before and smtp.messages == [] and outbox_rows(db) == []
+        await bus.run_in_writer(_rename, store, "alert_state_away", "alert_state")
+        await await_until(lambda: len(smtp.messages) >= 2, what="the mails once it works")
+        await await_until(lambda: service.stats()["pending"] == 0)
+        await await_until(lambda: cursor_of(db) >= (limit.id or 0))
+    assert subjects(smtp, "backend") == [
+        "[erpwatch] DOWN backend@testhost: down, restart limit reached"
+    ]
+    assert "[erpwatch] FAULT erpwatch@testhost: internal fault" in subjects(smtp)
+    assert fault.target == SYSTEM_TARGET and "no such table: alert_state" in fault.message
+    assert len(kinds(store, Kind.WATCHDOG_FAULT)) == 1  # one per failure episode
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "alert pipeline step failed" in errors[0].getMessage()
+    assert "works again" in caplog.text
+
+
+async def test_step_that_raises_commits_nothing_and_its_events_are_processed_later(
+    tmp_path: Path, smtp: SmtpServer, store: EventStore, bus: EventBus,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The stages ran (in memory) before the raise: the retry starts from the commit."""
+    broken = True
+    async with running(make_settings(tmp_path, smtp), store, bus) as service:
+        render = service.renderer.exec
+
+        def flaky(ctx: Any, notes: Any) -> Any:
+            if broken:
+                raise RuntimeError("template exploded")
+            return render(ctx, notes)
+
+        monkeypatch.setattr(service.renderer, "exec", flaky)
+        await bus.publish(Event.of("backend", Kind.DOWN, "down"))
+        await await_until(lambda: kinds(store, Kind.WATCHDOG_FAULT), what="the fault event")
+        assert smtp.messages == []
+        broken = False
+        await await_until(lambda: subjects(smtp, "backend"), what="the mail after the fix")
+        await await_until(lambda: service.stats()["pending"] == 0)
+    assert subjects(smtp, "backend") == ["[erpwatch] DOWN backend@testhost: down"]
+    held = kinds(store, Kind.ALERT_HELD)
+    assert not [e for e in held if e.target == "backend" and e.details.get("reason") == "dedup"]
+
+
+async def test_watchdog_fault_is_mailed_then_recovers_and_a_later_fault_mails_again(
+    tmp_path: Path, smtp: SmtpServer, store: EventStore, bus: EventBus
+) -> None:
+    settings = make_settings(tmp_path, smtp)
+    assert "watchdog-fault" in settings.alert_on  # the default ERPWATCH_ALERT_ON
+    fault = Event.of(
+        SYSTEM_TARGET,
+        Kind.WATCHDOG_FAULT,
+        "task resources raised RuntimeError: psutil broke; restarted in 1s",
+        task="resources",
+    )
+    assert fault.severity is Severity.CRITICAL
+    async with running(settings, store, bus):
+        await bus.publish(fault)
+        await await_until(lambda: len(smtp.messages) >= 2, what="fault mail and its recovery")
+        await bus.publish(Event.of(SYSTEM_TARGET, Kind.WATCHDOG_FAULT, "task sse raised"))
+        await await_until(lambda: len(smtp.messages) >= 3, what="the mail of the next fault")
+    first, recovered, again = smtp.messages[:3]
+    assert first["Subject"] == "[erpwatch] FAULT erpwatch@testhost: internal fault"
+    body = text_of(first, "plain")
+    assert "task resources raised RuntimeError: psutil broke" in body
+    assert "watchdog-fault" in body and "psutil broke" in text_of(first, "html")
+    assert recovered["Subject"] == "[erpwatch] RECOVERED erpwatch@testhost"
+    assert recovered["In-Reply-To"] == first["Message-ID"]
+    assert again["Subject"] == first["Subject"] and "In-Reply-To" not in again  # new incident
+    assert "task sse raised" in text_of(again, "plain")
 
 
 async def test_silence_holds_and_unsilence_releases(
@@ -335,13 +495,11 @@ def _kill(proc: subprocess.Popen[str]) -> None:
     proc.wait(timeout=10)
 
 
-def test_pending_mail_survives_sigkill_and_is_sent_once(tmp_path: Path) -> None:
-    server = SmtpServer()  # down while the first process runs
-    db = tmp_path / "erpwatch.db"
+def _env(tmp_path: Path, server: SmtpServer) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ERPWATCH_")}
     env.update(
         PYTHONPATH=str(REPO),
-        ERPWATCH_DB_PATH=str(db),
+        ERPWATCH_DB_PATH=str(tmp_path / "erpwatch.db"),
         ERPWATCH_LOG_PATH=str(tmp_path / "logs"),
         ERPWATCH_SMTP_HOST="127.0.0.1",
         ERPWATCH_SMTP_PORT=str(server.port),
@@ -349,6 +507,51 @@ def test_pending_mail_survives_sigkill_and_is_sent_once(tmp_path: Path) -> None:
         ERPWATCH_ALERT_TO="ops@example.com",
         ERPWATCH_ALERT_GROUP_WAIT="0.05",
     )
+    return env
+
+
+def test_event_committed_just_before_sigkill_is_mailed_once_after_restart(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL between the event's commit and the pipeline step that would take it."""
+    server = SmtpServer().start()
+    db = tmp_path / "erpwatch.db"
+    env = _env(tmp_path, server)
+    try:
+        dying = subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "alerting" / "alert_process.py"),
+             "--publish-and-die", "backend"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert dying.wait(timeout=30) == -signal.SIGKILL
+        with EventStore.open_readonly(db) as events:
+            (committed,) = events.query(kinds=[Kind.RESTART_LIMIT_REACHED], limit=None)
+        assert committed.id is not None and cursor_of(db) < committed.id  # not yet processed
+        assert outbox_rows(db) == []
+        second = _spawn(env)
+        try:
+            wait_until(lambda: [r[1] for r in outbox_rows(db)] == ["sent"], what="delivery")
+            wait_until(lambda: cursor_of(db) >= (committed.id or 0))
+        finally:
+            _kill(second)
+        third = _spawn(env)  # nothing left to do: no mail is made or sent again
+        try:
+            wait_until(lambda: len(server.messages) >= 1)
+        finally:
+            _kill(third)
+        assert [r[1] for r in outbox_rows(db)] == ["sent"]
+    finally:
+        server.stop()
+    assert [m["Subject"] for m in server.messages] == [
+        "[erpwatch] DOWN backend@killhost: restart limit reached"
+    ]
+
+
+def test_pending_mail_survives_sigkill_and_is_sent_once(tmp_path: Path) -> None:
+    server = SmtpServer()  # down while the first process runs
+    db = tmp_path / "erpwatch.db"
+    env = _env(tmp_path, server)
     first = _spawn(env, "--publish", "backend")
     try:
         wait_until(lambda: any(r[2] >= 1 for r in outbox_rows(db)), what="a failed attempt")

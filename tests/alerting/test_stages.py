@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -200,6 +201,22 @@ def test_alert_failed_on_a_healthy_target_closes_after_the_recovery_time() -> No
     h.run(ev(Kind.HEALTHY))
     assert [n.purpose for n in h.run(ev(Kind.ALERT_FAILED))] == ["firing"]
     assert [n.purpose for n in h.after(10)] == ["resolved"]
+
+
+def test_watchdog_fault_recovers_by_itself_and_the_next_fault_is_a_new_incident() -> None:
+    h = Harness(group_wait=0, recovery_after=60, alert_on=frozenset({"watchdog-fault"}))
+    started = ev(Kind.WATCHDOG_STARTED, target="erpwatch")  # erpwatch never gets "healthy"
+    fault = ev(Kind.WATCHDOG_FAULT, target="erpwatch")
+    fault = dataclasses.replace(fault, ts=started.ts + timedelta(hours=1))
+    h.run(started)
+    (first,) = h.after(3600, fault)
+    assert first.purpose == "firing" and first.kinds == ["watchdog-fault"]
+    assert first.incident is not None and first.incident.opened_at == fault.ts  # not the streak
+    assert h.after(30, ev(Kind.WATCHDOG_FAULT, target="erpwatch")) == []  # folded, timer reset
+    assert h.after(59) == []
+    assert [n.purpose for n in h.after(1)] == ["resolved"]
+    (second,) = h.after(1, ev(Kind.WATCHDOG_FAULT, target="erpwatch"))
+    assert second.purpose == "firing" and second.incident is not first.incident
 
 
 def test_state_round_trips_through_json_with_times_rebased() -> None:

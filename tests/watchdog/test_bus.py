@@ -2,17 +2,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.helpers import await_until
 from watchdog.bus import EventBus, Subscription, SubscriptionClosed
 from watchdog.events import Event, Kind
-from watchdog.store import EventStore
+from watchdog.store import EventStore, StoreError
 
 
 @pytest.fixture
@@ -49,17 +49,17 @@ async def test_ids_in_order_across_concurrent_publishers(bus: EventBus) -> None:
 
 
 async def test_publish_does_not_block_the_loop(bus: EventBus) -> None:
-    """A hook stalls the writer thread; the loop keeps running meanwhile."""
+    """Other work stalls the writer thread; the loop keeps running, the publish waits its turn."""
     release = threading.Event()
     entered = threading.Event()
 
-    def slow_hook(event: Event, db: Any) -> None:
+    def stall() -> None:
         entered.set()
         assert release.wait(10)
 
-    bus.add_commit_hook(slow_hook)
+    stalled = asyncio.create_task(bus.run_in_writer(stall))
+    await await_until(entered.is_set, timeout=5, what="the writer thread to stall")
     task = asyncio.create_task(bus.publish(event(1)))
-    await await_until(entered.is_set, timeout=5, what="hook to start")
     ticks = 0
     for _ in range(5):
         await asyncio.sleep(0)
@@ -68,23 +68,33 @@ async def test_publish_does_not_block_the_loop(bus: EventBus) -> None:
     release.set()
     committed = await asyncio.wait_for(task, 5)
     assert committed.id is not None
+    await asyncio.wait_for(stalled, 5)
 
 
-async def test_failing_hook_rolls_back_and_nobody_sees_the_event(bus: EventBus) -> None:
+async def test_failing_writer_job_never_touches_the_events_around_it(bus: EventBus) -> None:
+    """A consumer's write that fails (alerting's step, say) reaches only its caller."""
     sub = bus.subscribe("reader")
 
-    def hook(event: Event, db: Any) -> None:
-        if event.details.get("n") == 2:
-            raise RuntimeError("outbox full")
+    def broken_consumer_write() -> None:
+        with bus.store.transaction() as conn:
+            conn.execute("INSERT INTO no_such_table VALUES (1)")
 
-    bus.add_commit_hook(hook)
     first = await bus.publish(event(1))
-    with pytest.raises(RuntimeError, match="outbox full"):
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        await bus.run_in_writer(broken_consumer_write)
+    second = await bus.publish(event(2))
+    assert [await asyncio.wait_for(sub.get(), 5) for _ in range(2)] == [first, second]
+    assert bus.store.query(limit=None, newest_first=False) == [first, second]
+
+
+async def test_failed_append_is_not_fanned_out(bus: EventBus) -> None:
+    sub = bus.subscribe("reader")
+    first = await bus.publish(event(1))
+    bus.store.close()
+    with pytest.raises(StoreError, match="closed"):
         await bus.publish(event(2))
-    third = await bus.publish(event(3))
-    assert [await asyncio.wait_for(sub.get(), 5) for _ in range(2)] == [first, third]
+    assert await asyncio.wait_for(sub.get(), 5) == first
     assert sub.qsize() == 0
-    assert bus.store.count() == 2
 
 
 async def test_slow_subscriber_drops_oldest_and_never_blocks(

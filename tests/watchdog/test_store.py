@@ -118,38 +118,31 @@ def test_not_a_database_is_a_store_error(tmp_path: Path) -> None:
         EventStore.open_readonly(path)
 
 
-def test_failing_hook_rolls_back_event_and_hook_writes(store: EventStore) -> None:
-    store.db.table("outbox").create({"event_id": int, "note": str})
-    calls: list[int] = []
-
-    def writes_outbox(event: Event, db: object) -> None:
-        assert event.id is not None
-        calls.append(event.id)
-        store.db.table("outbox").insert({"event_id": event.id, "note": "queued"})
-
-    def explodes(event: Event, db: object) -> None:
-        raise RuntimeError("hook failed")
-
-    with pytest.raises(RuntimeError, match="hook failed"):
-        store.append(ev("a", Kind.DOWN), hooks=[writes_outbox, explodes])
-    assert calls, "the first hook ran inside the transaction"
-    assert store.count() == 0
-    assert store.db.table("outbox").count == 0
-
-    ok = store.append(ev("a", Kind.DOWN), hooks=[writes_outbox])
-    assert store.count() == 1
-    assert [row["event_id"] for row in store.db.table("outbox").rows] == [ok.id]
+def test_failed_consumer_transaction_rolls_back_its_writes_never_an_event(
+    store: EventStore,
+) -> None:
+    """`append` commits the event alone; a consumer's own transaction cannot undo it."""
+    with store.transaction() as conn:
+        conn.execute("CREATE TABLE outbox (event_id INTEGER NOT NULL, note TEXT NOT NULL)")
+    committed = store.append(ev("a", Kind.DOWN))
+    assert committed.id is not None
+    with pytest.raises(RuntimeError, match="consumer failed"), store.transaction() as conn:
+        conn.execute("INSERT INTO outbox VALUES (?, 'queued')", (committed.id,))
+        raise RuntimeError("consumer failed")
+    assert store.get(committed.id) == committed and store.count() == 1
+    assert store.db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
+    with store.transaction() as conn:
+        conn.execute("INSERT INTO outbox VALUES (?, 'queued')", (committed.id,))
+    assert [row["event_id"] for row in store.db.table("outbox").rows] == [committed.id]
 
 
-def test_hook_sees_the_event_inside_the_transaction(store: EventStore) -> None:
-    seen: list[int] = []
-
-    def hook(event: Event, db: object) -> None:
-        rows = store.db.execute("SELECT id FROM events WHERE id = ?", [event.id]).fetchall()
-        seen.extend(r[0] for r in rows)
-
-    committed = store.append(ev("a", Kind.DOWN), hooks=[hook])
-    assert seen == [committed.id]
+def test_transaction_does_not_nest(store: EventStore) -> None:
+    with store.transaction() as conn:
+        conn.execute("CREATE TABLE t (x INTEGER)")
+        with pytest.raises(StoreError, match="already open"), store.transaction():
+            pass
+        conn.execute("INSERT INTO t VALUES (1)")
+    assert store.db.execute("SELECT x FROM t").fetchall() == [(1,)]
 
 
 def test_query_filters(filled: EventStore) -> None:
