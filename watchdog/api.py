@@ -4,7 +4,7 @@
 own event loop, fed by one bus subscription:
 
     server = StatusServer(settings, source=supervisor, store=store, bus=bus,
-                          alert_stats=alerts.stats)
+                          alert_stats=alerts.stats, health=problem)  # problem() -> str | None
     await server.start()      # returns once the socket is bound (server.port)
     ...
     await server.stop()       # ends the SSE streams first, then uvicorn
@@ -496,8 +496,10 @@ class StatusServer:
         heartbeat: float = HEARTBEAT_S,
         probe_sample_interval: float | None = 1.0,
         host_resources: Callable[[], Mapping[str, Any]] | None = None,
+        health: Callable[[], str | None] | None = None,
     ) -> None:
         check_bind(settings)
+        self._extra_health = health
         self._settings = settings
         self._source = source
         self._store = store
@@ -601,10 +603,17 @@ class StatusServer:
         self._tasks = []
 
     def _health_problem(self) -> str | None:
-        for task in self._tasks:
-            if task.done():
-                return f"{task.get_name()} has stopped"
-        return None
+        """This server's own tasks, then the ``health`` callback (erpwatch's other tasks)."""
+        problems = [f"{task.get_name()} has stopped" for task in self._tasks if task.done()]
+        if self._extra_health is not None:
+            try:
+                extra = self._extra_health()
+            except Exception as exc:
+                log.warning("health check failed: %r", exc)
+                extra = f"health check failed: {exc!r}"[:500]
+            if extra:
+                problems.append(extra)
+        return "; ".join(problems) or None
 
     async def _pump(self, subscription: Subscription) -> None:
         """Bus → metrics and SSE streams. A drop on the bus makes the streams re-read."""

@@ -5,6 +5,11 @@ setup_logging(settings, *, stream=None) -> list[logging.Handler]
     # DEBUG when DEBUG is set; LOG_FORMAT=json → one JSON object per line; every handler
     # redacts the SMTP password and the status token. Calling it again replaces them.
 RedactSecrets(secrets)                  # the logging.Filter doing the redaction
+SuppressRepeats(limit=5, window=60.0, clock=time.monotonic)
+    # the logging.Filter (on every handler setup_logging installs) that lets the same
+    # logger+level+message through at most `limit` times per `window`, then writes one
+    # "<message> (N identical lines suppressed)" when it comes back or its window ends.
+flush_repeats(force=False)              # write the summaries of ended windows (all if force)
 tail_lines(path, n) -> list[str]        # last n lines (filled from path.1 after a rotation)
 follow(paths, out, stop=..., poll_interval=...)   # tail -f that survives copytruncate
 register(subparsers)                    # `erpwatch logs TARGET [-n N] [-f] [--stdout|--stderr]`
@@ -13,13 +18,15 @@ register(subparsers)                    # `erpwatch logs TARGET [-n N] [-f] [--s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import logging.handlers
 import os
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,6 +78,142 @@ class RedactSecrets(logging.Filter):
 
 
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+_DECIDED = "_erpwatch_repeat"  # (filter token, keep): one decision per record and filter
+_SUMMARY = "_erpwatch_repeat_summary"
+_SUMMARY_MESSAGE_MAX = 500
+
+
+@dataclass
+class _Window:
+    start: float
+    name: str
+    levelno: int
+    message: str
+    passed: int = 1
+    suppressed: int = 0
+
+
+class SuppressRepeats(logging.Filter):
+    """Rate-limits identical lines: the same logger, level and formatted message passes at
+    most ``limit`` times per ``window`` seconds (counted from its first occurrence); the rest
+    are counted, and one ``<message> (N identical lines suppressed)`` line is written when the
+    message comes back after its window, when `flush` sees the window has ended, or when it
+    is evicted (at most ``max_keys`` distinct messages are tracked).
+
+    One instance may sit on several handlers: each record is decided once, and summaries go
+    to the handlers given to `attach` (else through the record's logger).
+    """
+
+    def __init__(
+        self,
+        *,
+        limit: int = 5,
+        window: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 1000,
+    ) -> None:
+        super().__init__()
+        if limit < 1 or window <= 0 or max_keys < 1:
+            raise ValueError("need limit >= 1, window > 0, max_keys >= 1")
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        self._max_keys = max_keys
+        self._token = object()
+        self._lock = threading.Lock()
+        # Insertion order is start order (a resumed key is re-inserted): expiry looks at
+        # the front only.
+        self._windows: dict[tuple[str, int, str], _Window] = {}
+        self._handlers: list[logging.Handler] = []
+
+    def attach(self, handlers: Iterable[logging.Handler]) -> None:
+        """Where the summary lines go (the handlers this filter sits on)."""
+        self._handlers = list(handlers)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, _SUMMARY, False):
+            return True
+        decided = record.__dict__.get(_DECIDED)
+        if decided is not None and decided[0] is self._token:
+            return bool(decided[1])
+        try:
+            key = (record.name, record.levelno, record.getMessage())
+        except Exception:
+            return True  # a broken format: let the handler report it as usual
+        with self._lock:
+            now = self._clock()
+            summaries = self._expire(now)
+            window = self._windows.get(key)
+            if window is None:
+                if len(self._windows) >= self._max_keys:
+                    oldest = next(iter(self._windows))
+                    summaries.append(self._windows.pop(oldest))
+                self._windows[key] = _Window(now, record.name, record.levelno, key[2])
+                keep = True
+            elif window.passed < self.limit:
+                window.passed += 1
+                keep = True
+            else:
+                window.suppressed += 1
+                keep = False
+        record.__dict__[_DECIDED] = (self._token, keep)
+        self._write(summaries)
+        return keep
+
+    def flush(self, *, force: bool = False) -> None:
+        """Write the summaries of windows that have ended (of every window when ``force``)."""
+        with self._lock:
+            summaries = self._expire(self._clock())
+            if force:
+                for window in self._windows.values():
+                    if window.suppressed:
+                        summaries.append(dataclasses.replace(window))
+                        window.suppressed = 0
+        self._write(summaries)
+
+    def _expire(self, now: float) -> list[_Window]:
+        ended: list[_Window] = []
+        while self._windows:
+            key, window = next(iter(self._windows.items()))
+            if now - window.start < self.window:
+                break
+            del self._windows[key]
+            ended.append(window)
+        return ended
+
+    def _write(self, windows: Iterable[_Window]) -> None:
+        for window in windows:
+            if not window.suppressed:
+                continue
+            message = window.message
+            if len(message) > _SUMMARY_MESSAGE_MAX:
+                message = message[:_SUMMARY_MESSAGE_MAX] + "…"
+            summary = logging.LogRecord(
+                window.name,
+                window.levelno,
+                __file__,
+                0,
+                "%s (%d identical lines suppressed)",
+                (message, window.suppressed),
+                None,
+            )
+            setattr(summary, _SUMMARY, True)
+            if not self._handlers:
+                logging.getLogger(window.name).handle(summary)
+            for handler in self._handlers:
+                if summary.levelno >= handler.level:
+                    handler.handle(summary)
+
+
+def flush_repeats(*, force: bool = False) -> None:
+    """`SuppressRepeats.flush` for the filters on the root logger's handlers."""
+    flushed: set[int] = set()
+    for handler in logging.getLogger().handlers:
+        for item in handler.filters:
+            if isinstance(item, SuppressRepeats) and id(item) not in flushed:
+                flushed.add(id(item))
+                item.flush(force=force)
 
 
 class JsonFormatter(logging.Formatter):
@@ -140,6 +283,7 @@ def setup_logging(settings: Settings, *, stream: IO[str] | None = None) -> list[
         if secret is not None
     ]
     redact = RedactSecrets(secrets)
+    repeats = SuppressRepeats()
     console = logging.StreamHandler(sys.stderr if stream is None else stream)
     file = _RotatingFileHandler(
         settings.log_path / LOG_FILE_NAME,
@@ -148,8 +292,10 @@ def setup_logging(settings: Settings, *, stream: IO[str] | None = None) -> list[
         encoding="utf-8",
     )
     handlers: list[logging.Handler] = [console, file]
+    repeats.attach(handlers)
     for handler in handlers:
         handler.setFormatter(formatter)
+        handler.addFilter(repeats)  # first: a suppressed line costs no redaction
         handler.addFilter(redact)
         setattr(handler, _MARK, True)
         root.addHandler(handler)

@@ -107,21 +107,41 @@ async def keepalive(
     *,
     alive: Callable[[], bool] | None = None,
     env: Mapping[str, str] | None = None,
+    recheck: float | None = None,
 ) -> None:
     """Ping systemd every `watchdog_interval` until cancelled; returns at once if disabled.
 
-    ``alive`` (optional) is asked before each ping; when it returns False the ping is skipped,
-    so a wedged supervisor (not just a wedged loop) also gets us restarted.
+    ``alive`` (optional) is asked before each ping; when it returns False (or raises) the ping
+    is withheld, so a wedged supervisor (not just a wedged loop) also gets us restarted. After
+    a withheld ping it is asked again every ``recheck`` seconds (default: a tenth of the
+    interval), so a short trouble does not cost a whole interval: a single withheld ping
+    already leaves systemd's whole timeout between two pings.
     """
     interval = watchdog_interval(env=env)
     if interval is None:
         return
+    retry = interval / 10 if recheck is None else min(max(recheck, 0.0), interval)
+    withheld = False
     while True:
-        if alive is None or alive():
+        ok = _ask(alive)
+        if ok:
+            if withheld:
+                logger.info("liveness check passes again; resuming the systemd watchdog ping")
             watchdog_ping(env=env)
-        else:
+        elif not withheld:
             logger.warning("liveness check failed; withholding the systemd watchdog ping")
-        await clock.sleep(interval)
+        withheld = not ok
+        await clock.sleep(retry if withheld else interval)
+
+
+def _ask(alive: Callable[[], bool] | None) -> bool:
+    if alive is None:
+        return True
+    try:
+        return bool(alive())
+    except Exception as exc:
+        logger.warning("liveness check raised %r; counting it as failed", exc)
+        return False
 
 
 def _one_line(text: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -492,3 +493,138 @@ async def test_server_leaves_signal_handling_alone(tmp_path: Path) -> None:
     finally:
         await close_env(e)
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+# --- erpwatch's own health (the assembled Watchdog) -------------------------------------------
+
+
+async def test_health_names_a_failed_worker_until_it_is_restarted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from watchdog.app import Watchdog
+    from watchdog.clock import FakeClock
+
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings(
+        command=f"{sys.executable} -c 'import time; time.sleep(120)'",
+        status_port=0,
+        log_path=tmp_path / "logs",
+        db_path=tmp_path / "events.db",
+        check_interval=60,
+    )
+    clock = FakeClock()  # the restart backoff waits until the test moves time
+    watchdog = Watchdog(settings, settings.targets_resolved(), clock=clock)
+    await watchdog.start()
+    try:
+        assert watchdog.status_url is not None
+        async with httpx.AsyncClient(base_url=watchdog.status_url, timeout=5) as client:
+            assert (await client.get("/health")).status_code == 200
+            broken = [True]
+
+            async def flaky() -> None:
+                if broken[0]:
+                    raise RuntimeError("flaky worker broke")
+                await asyncio.Event().wait()  # healthy: runs until cancelled
+
+            watchdog.tasks.spawn("flaky-worker", flaky)
+            response = await eventually(
+                lambda: _health_if(client, 503), what="/health 503 after the fault"
+            )
+            assert "flaky-worker" in response.json()["problem"]
+            faults = await eventually(
+                lambda: _faults(watchdog.store), what="a watchdog-fault event in the store"
+            )
+            (fault,) = faults
+            assert fault.target == "erpwatch" and str(fault.severity) == "critical"
+            assert fault.details["worker"] == "flaky-worker"
+            assert fault.details["error"] == "RuntimeError('flaky worker broke')"
+            assert "flaky worker broke" in fault.details["traceback"]
+            assert len(fault.details["traceback"].splitlines()) <= 20
+            assert "flaky-worker failed" in fault.message
+            broken[0] = False
+            clock.advance(0.1)  # the first backoff
+            await await_until(lambda: watchdog.tasks.running("flaky-worker"), what="restarted")
+            response = await client.get("/health")
+            assert response.status_code == 200, response.text
+            assert watchdog.tasks.faults()["flaky-worker"] == 1
+    finally:
+        await watchdog.stop()
+
+
+async def _health_if(client: httpx.AsyncClient, code: int) -> httpx.Response | None:
+    response = await client.get("/health")
+    return response if response.status_code == code else None
+
+
+async def _faults(store: EventStore) -> list[Event] | None:
+    events = await asyncio.to_thread(store.query, kinds=[str(Kind.WATCHDOG_FAULT)])
+    return events or None
+
+
+async def test_extra_health_callback_joins_the_servers_own(tmp_path: Path) -> None:
+    problem: list[str | None] = [None]
+
+    def extra() -> str | None:
+        if problem[0] == "raise":
+            raise RuntimeError("health function broke")
+        return problem[0]
+
+    store = EventStore(tmp_path / "events.db")
+    bus = EventBus(store)
+    server = StatusServer(
+        Settings(status_port=0, log_path=tmp_path / "logs"),
+        source=FakeSource(),
+        store=store,
+        bus=bus,
+        health=extra,
+    )
+    await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
+            assert (await client.get("/health")).status_code == 200
+            problem[0] = "failed, restarting: resources"
+            response = await client.get("/health")
+            assert response.status_code == 503
+            assert response.json()["problem"] == "failed, restarting: resources"
+            problem[0] = "raise"
+            response = await client.get("/health")
+            assert response.status_code == 503
+            assert "health function broke" in response.json()["problem"]
+            problem[0] = None
+            assert (await client.get("/health")).status_code == 200
+    finally:
+        await server.stop()
+        await bus.close()
+        store.close()
+
+
+async def test_serve_failing_after_the_targets_started_stops_them_and_records_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psutil
+
+    from watchdog import app, sdnotify
+
+    def broken_ready(*args: object, **kwargs: object) -> bool:
+        raise RuntimeError("ready failed")
+
+    monkeypatch.setattr(sdnotify, "ready", broken_ready)  # fails after the targets started
+    settings = Settings(
+        command=f"{sys.executable} -c 'import time; time.sleep(120)'",
+        status_enabled=False,
+        log_path=tmp_path / "logs",
+        db_path=tmp_path / "events.db",
+    )
+    watchdog = app.Watchdog(settings, settings.targets_resolved())
+    with pytest.raises(RuntimeError, match="ready failed"):
+        await asyncio.wait_for(app.serve(watchdog, asyncio.Event()), timeout=30)
+    pids = [pid for pids in watchdog.supervisor.running_pids().values() for pid in pids]
+    assert pids == [] and not [p for p in psutil.Process().children() if p.is_running()]
+    store = EventStore(tmp_path / "events.db")
+    try:
+        kinds = [(e.target, e.kind) for e in store.query(limit=None, newest_first=False)]
+    finally:
+        store.close()
+    assert ("backend", "started") in kinds and ("backend", "stopped") in kinds
+    assert kinds[-1] == ("erpwatch", "watchdog-stopped")

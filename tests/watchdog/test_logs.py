@@ -140,6 +140,158 @@ def test_setup_twice_replaces_its_handlers(tmp_path: Path) -> None:
     assert len(root.handlers) == before + 2
 
 
+# --- repeated lines ---------------------------------------------------------------------------
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def limited() -> Iterator[tuple[logging.Logger, io.StringIO, logs.SuppressRepeats, FakeTime]]:
+    """A private logger with one handler behind a SuppressRepeats(limit=3, window=60)."""
+    clock = FakeTime()
+    repeats = logs.SuppressRepeats(limit=3, window=60.0, clock=clock)
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    handler.addFilter(repeats)
+    repeats.attach([handler])
+    log = logging.getLogger("watchdog.test.repeats")
+    log.propagate, log.level = False, logging.DEBUG
+    log.addHandler(handler)
+    yield log, out, repeats, clock
+    log.removeHandler(handler)
+    log.propagate, log.level = True, logging.NOTSET
+
+
+def test_repeats_pass_limit_times_then_one_summary_when_they_resume(
+    limited: tuple[logging.Logger, io.StringIO, logs.SuppressRepeats, FakeTime],
+) -> None:
+    log, out, _, clock = limited
+    for _ in range(20):
+        log.error("spawn failed: %s", "EMFILE")
+        clock.now += 1.0  # 20 lines in 20 s: one window
+    assert out.getvalue().splitlines() == ["ERROR watchdog.test.repeats spawn failed: EMFILE"] * 3
+    clock.now += 40.0  # the window (60 s from the first line) has ended
+    log.error("spawn failed: %s", "EMFILE")
+    assert out.getvalue().splitlines()[3:] == [
+        "ERROR watchdog.test.repeats spawn failed: EMFILE (17 identical lines suppressed)",
+        "ERROR watchdog.test.repeats spawn failed: EMFILE",
+    ]
+
+
+def test_summary_when_the_window_ends_without_the_line_coming_back(
+    limited: tuple[logging.Logger, io.StringIO, logs.SuppressRepeats, FakeTime],
+) -> None:
+    log, out, repeats, clock = limited
+    for _ in range(5):
+        log.warning("probe refused")
+    repeats.flush()
+    assert "suppressed" not in out.getvalue()  # the window is still open
+    clock.now += 60.0
+    log.info("something else")
+    assert out.getvalue().splitlines()[3:] == [
+        "WARNING watchdog.test.repeats probe refused (2 identical lines suppressed)",
+        "INFO watchdog.test.repeats something else",
+    ]
+    for _ in range(4):
+        log.warning("probe refused")
+    clock.now += 60.0
+    repeats.flush()  # no new line at all: the periodic flush writes it
+    assert out.getvalue().splitlines()[-1] == (
+        "WARNING watchdog.test.repeats probe refused (1 identical lines suppressed)"
+    )
+    repeats.flush()
+    assert out.getvalue().count("suppressed") == 2  # each summary once
+
+
+def test_logger_level_and_message_are_counted_apart(
+    limited: tuple[logging.Logger, io.StringIO, logs.SuppressRepeats, FakeTime],
+) -> None:
+    log, out, _, _ = limited
+    other = log.getChild("other")
+    for _ in range(5):
+        log.error("same")
+        log.warning("same")
+        other.error("same")
+        log.error("same %d", 2)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4 * 3
+    assert lines.count("ERROR watchdog.test.repeats same") == 3
+    assert lines.count("ERROR watchdog.test.repeats.other same") == 3
+
+
+def test_force_flush_and_eviction_write_pending_counts() -> None:
+    clock = FakeTime()
+    repeats = logs.SuppressRepeats(limit=1, window=60.0, clock=clock, max_keys=2)
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(repeats)
+    repeats.attach([handler])
+
+    def emit(message: str) -> None:
+        handler.handle(logging.makeLogRecord({"name": "t", "msg": message, "levelno": 40}))
+
+    emit("a")
+    emit("a")
+    emit("b")
+    emit("c")  # a third distinct line evicts "a", the oldest
+    assert out.getvalue().splitlines() == ["a", "b", "a (1 identical lines suppressed)", "c"]
+    emit("c")
+    emit("c")
+    repeats.flush(force=True)  # e.g. at shutdown: window still open
+    assert out.getvalue().splitlines()[-1] == "c (2 identical lines suppressed)"
+
+
+def test_one_filter_on_two_handlers_decides_each_record_once() -> None:
+    clock = FakeTime()
+    repeats = logs.SuppressRepeats(limit=2, window=60.0, clock=clock)
+    outs = [io.StringIO(), io.StringIO()]
+    handlers = [logging.StreamHandler(out) for out in outs]
+    for handler in handlers:
+        handler.addFilter(repeats)
+    repeats.attach(handlers)
+    log = logging.getLogger("watchdog.test.two")
+    log.propagate = False
+    for handler in handlers:
+        log.addHandler(handler)
+    try:
+        for _ in range(6):
+            log.error("twice")
+        clock.now += 60.0
+        log.error("twice")
+    finally:
+        for handler in handlers:
+            log.removeHandler(handler)
+        log.propagate = True
+    expected = ["twice", "twice", "twice (4 identical lines suppressed)", "twice"]
+    assert [out.getvalue().splitlines() for out in outs] == [expected, expected]
+
+
+@pytest.mark.usefixtures("restore_root_logger")
+def test_setup_logging_limits_identical_lines_and_redacts_the_summary(tmp_path: Path) -> None:
+    console = io.StringIO()
+    settings = Settings(log_path=tmp_path, smtp_password="hunter2-pw")
+    logs.setup_logging(settings, stream=console)
+    log = logging.getLogger("watchdog.test")
+    for _ in range(1000):
+        log.error("accept failed: [Errno 24] Too many open files (pw %s)", "hunter2-pw")
+    logs.flush_repeats(force=True)
+    for written in (console.getvalue(), (tmp_path / "erpwatch.log").read_text()):
+        lines = written.splitlines()
+        assert len(lines) == logs.SuppressRepeats().limit + 1
+        assert lines[-1].endswith(
+            "accept failed: [Errno 24] Too many open files (pw ***) "
+            f"({1000 - logs.SuppressRepeats().limit} identical lines suppressed)"
+        )
+        assert "hunter2-pw" not in written
+
+
 # --- erpwatch logs ----------------------------------------------------------------------------
 
 

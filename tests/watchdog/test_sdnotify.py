@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,87 @@ async def test_keepalive_pings_each_interval(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert pings == ["WATCHDOG=1", "WATCHDOG=1"]
+
+
+def _drainer(sock: socket.socket, pings: list[str]) -> Callable[[], int]:
+    sock.setblocking(False)
+
+    def drain() -> int:
+        while True:
+            try:
+                pings.append(sock.recv(4096).decode())
+            except BlockingIOError:
+                return len(pings)
+
+    return drain
+
+
+async def test_keepalive_withholds_while_unhealthy_and_rechecks_soon(
+    listener: tuple[socket.socket, dict[str, str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="watchdog.sdnotify")
+    sock, env = listener
+    env = {**env, "WATCHDOG_USEC": "10000000"}  # ping every 5 s, recheck every 0.5 s
+    clock = FakeClock()
+    problem: list[str | None] = ["a task is dead"]
+    asked = 0
+
+    def alive() -> bool:
+        nonlocal asked
+        asked += 1
+        return problem[0] is None
+
+    pings: list[str] = []
+    drain = _drainer(sock, pings)
+    task = asyncio.create_task(sdnotify.keepalive(clock, alive=alive, env=env))
+    await await_until(lambda: asked == 1, what="first question")
+    clock.advance(0.4)
+    await asyncio.sleep(0)
+    assert asked == 1
+    clock.advance(0.1)
+    await await_until(lambda: asked == 2, what="recheck after a tenth of the interval")
+    assert drain() == 0
+    problem[0] = None
+    clock.advance(0.5)
+    await await_until(lambda: drain() == 1, what="ping as soon as healthy again")
+    clock.advance(4.9)
+    await asyncio.sleep(0)
+    assert asked == 3 and drain() == 1  # healthy: back to the full interval
+    clock.advance(0.1)
+    await await_until(lambda: drain() == 2, what="next ping one interval later")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    warnings = [r for r in caplog.records if "withholding" in r.getMessage()]
+    assert len(warnings) == 1  # logged when it starts, not at every recheck
+    assert any("resuming" in r.getMessage() for r in caplog.records)
+
+
+async def test_keepalive_counts_a_raising_check_as_failed(
+    listener: tuple[socket.socket, dict[str, str]],
+) -> None:
+    sock, env = listener
+    env = {**env, "WATCHDOG_USEC": "2000000"}
+    clock = FakeClock()
+    calls = 0
+
+    def alive() -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("health function broke")
+        return True
+
+    pings: list[str] = []
+    drain = _drainer(sock, pings)
+    task = asyncio.create_task(sdnotify.keepalive(clock, alive=alive, env=env, recheck=0.2))
+    await await_until(lambda: calls == 1, what="first question")
+    assert not task.done() and drain() == 0
+    clock.advance(0.2)
+    await await_until(lambda: drain() == 1, what="ping after the recheck")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
 
 async def test_keepalive_returns_when_watchdog_disabled() -> None:
