@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -9,7 +10,9 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import psutil
 import pytest
 
@@ -138,3 +141,67 @@ def test_crash_recorded_while_history_reads_concurrently(tmp_path: Path, runs: l
     assert crashed[0]["details"]["signal"] == "SIGKILL"  # type: ignore[index]
     run.proc.terminate()
     assert run.proc.wait(20) == 0
+
+
+def test_hup_usr1_usr2_pipe_never_stop_it_then_sigterm_stops_cleanly(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    port, status_port = free_port(), free_port()
+    run = Run(
+        tmp_path,
+        {
+            "ERPWATCH_COMMAND": f"{sys.executable} -m watchdog.demo.backend --port {port}",
+            "ERPWATCH_HEALTH_URL": f"http://127.0.0.1:{port}/health",
+            "ERPWATCH_STATUS_PORT": str(status_port),
+        },
+    )
+    runs.append(run)
+    wait_until(lambda: ("backend", "healthy") in run.kinds(), timeout=20, what="healthy")
+    (backend,) = psutil.Process(run.proc.pid).children()
+    log_file = tmp_path / "logs" / "erpwatch.log"
+
+    def logged(text: str) -> bool:
+        return log_file.exists() and text in log_file.read_text(errors="replace")
+
+    for signum, line in [
+        (signal.SIGHUP, "SIGHUP received: configuration reload is not supported yet; ignoring"),
+        (signal.SIGPIPE, None),
+        (signal.SIGUSR1, "SIGUSR1 received"),
+        (signal.SIGUSR2, "SIGUSR2 received"),
+        (signal.SIGHUP, None),  # a second one too
+    ]:
+        run.proc.send_signal(signum)
+        if line is not None:
+            wait_until(functools.partial(logged, line), timeout=10, what=f"{signum.name} logged")
+        assert run.proc.poll() is None, f"erpwatch died of {signum.name}"
+    wait_until(
+        lambda: log_file.read_text().count("SIGHUP received") == 2,
+        timeout=10,
+        what="the second SIGHUP logged",
+    )
+    assert run.proc.poll() is None
+
+    # The backend was left alone and is still supervised: same pid, probed just now.
+    base = f"http://127.0.0.1:{status_port}"
+
+    def fresh_status() -> dict[str, Any] | None:
+        document = httpx.get(f"{base}/status", params={"fresh": "1"}, timeout=5).json()
+        (target,) = document["targets"]
+        age = (target.get("last_probe") or {}).get("age_s")
+        return target if age is not None and age < 1.0 else None
+
+    target = wait_until(fresh_status, timeout=10, what="a fresh probe after the signals")
+    assert target is not None
+    assert target["pid"] == backend.pid and target["state"] == "healthy"
+    assert httpx.get(f"{base}/health", timeout=5).status_code == 200
+    assert alive(backend.pid)
+    kinds = run.kinds()
+    assert kinds.count(("backend", "started")) == 1
+    assert ("backend", "stopped") not in kinds and ("backend", "crashed") not in kinds
+
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.proc.wait(20) == 0
+    wait_until(lambda: not alive(backend.pid), timeout=5, what="the backend gone")
+    kinds = run.kinds()
+    assert ("backend", "stopped") in kinds
+    assert kinds[-1] == ("erpwatch", "watchdog-stopped")

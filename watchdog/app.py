@@ -1,21 +1,30 @@
 """The one place that wires erpwatch together, and the ``erpwatch run`` command.
 
-Start order: store → bus → alerting (its commit hook must see the first event) → status
-server → monitors. Stop order is the reverse, so every ``stopped`` event is recorded and
-every subscriber has seen it before the store closes.
+Start order: store → bus → alerting (its cursor is set before the first event) → status
+server → monitors → erpwatch's own workers. Stop order is the reverse, so every ``stopped``
+event is recorded and every subscriber has seen it before the store closes.
+
+erpwatch's own long-lived workers (log rotation, the resource sampler, the systemd keepalive,
+and the supervisor's monitors) run under one `TaskSupervisor`, ``Watchdog.tasks``: a worker
+that raises is logged once, recorded as a critical ``watchdog-fault`` event and restarted with
+backoff. `Watchdog.health_problem` names a dead worker or a stalled monitor; ``/health`` answers
+503 with it and the systemd watchdog ping is withheld while it is not None.
+
+Signals: SIGINT/SIGTERM stop; SIGHUP, SIGUSR1 and SIGUSR2 are logged and ignored (never fatal);
+SIGPIPE is ignored (a closed pipe is an OSError where it happens).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from alerting.service import AlertService
@@ -24,14 +33,23 @@ from watchdog.bus import EventBus
 from watchdog.clock import Clock, RealClock
 from watchdog.config import ConfigError, Settings, TargetConfig, load_settings
 from watchdog.events import SYSTEM_TARGET, Event, Kind
-from watchdog.logs import setup_logging
+from watchdog.logs import flush_repeats, setup_logging
 from watchdog.resources import ResourceMonitor, default_paths, host_snapshot
 from watchdog.store import EventStore
 from watchdog.supervisor import Supervisor
+from watchdog.tasks import TaskSupervisor
 
 log = logging.getLogger("erpwatch")
 
 EXIT_PREFLIGHT = 1
+LOG_ROTATION_INTERVAL = 5.0
+# Bounds of a watchdog-fault event's details.
+FAULT_ERROR_MAX = 500
+FAULT_TRACEBACK_LINES = 20
+FAULT_TRACEBACK_LINE_MAX = 300
+HEALTH_NAMES_MAX = 20  # names listed in a health problem; the rest are counted
+# erpwatch's own workers on `Watchdog.tasks`, stopped before the targets.
+WORKERS = ("log-rotation", "resources", "systemd-keepalive")
 
 
 def select_targets(
@@ -75,6 +93,8 @@ class Watchdog:
         self.clock = clock or RealClock()
         self.store = EventStore(settings.event_db_path)
         self.bus = EventBus(self.store)
+        # One supervisor of erpwatch's own tasks: the monitors run on it too.
+        self.tasks = TaskSupervisor(clock=self.clock, on_fault=self._report_fault)
         self.supervisor = Supervisor(
             self.targets,
             self.bus,
@@ -85,13 +105,13 @@ class Watchdog:
             log_max_bytes=settings.log_max_bytes,
             log_backups=settings.log_backups,
             resources=lambda name: self.resources.latest_target(name),
+            tasks=self.tasks,
         )
         self.resources = ResourceMonitor.for_targets(
             settings,
             self.bus,
             self.targets,
             targets=self.supervisor.running_pids,
-            restart=self.supervisor.restart,
             clock=self.clock,
         )
         self.alerts = AlertService(
@@ -102,14 +122,13 @@ class Watchdog:
             snapshot=self._host_resources,
         )
         self.status_server: Any = None
-        self._tasks: list[asyncio.Task[Any]] = []
 
     @property
     def status_url(self) -> str | None:
         return None if self.status_server is None else str(self.status_server.url)
 
     async def start(self) -> None:
-        # Alerting first: its commit hook must see the very first event.
+        # Alerting first: its durable cursor is set before the very first event.
         await self.alerts.start()
         if self.settings.status_enabled:
             from watchdog.api import StatusServer
@@ -122,6 +141,7 @@ class Watchdog:
                 alert_stats=self.alerts.stats,
                 probe_sample_interval=None,  # every probe is handed over below
                 host_resources=self._host_resources,  # the resource monitor's latest sample
+                health=self.health_problem,  # erpwatch's own workers and monitors
             )
             self.supervisor.add_probe_listener(self.status_server.metrics.observe_probe)
             await self.status_server.start()
@@ -139,35 +159,88 @@ class Watchdog:
         # Everything built so far lives as long as erpwatch: keep the cyclic GC from
         # re-scanning it in every full collection (a pause that delays probes at scale).
         gc.freeze()
-        self._tasks.append(asyncio.create_task(self._rotate_logs(), name="log-rotation"))
-        self._tasks.append(asyncio.create_task(self.resources.run(), name="resources"))
+        log_rotation, resources, keepalive = WORKERS
+        self.tasks.spawn(log_rotation, self._rotate_logs)
+        self.tasks.spawn(resources, self.resources.run)
         sdnotify.ready(f"supervising {len(self.targets)} target(s)")
-        interval = sdnotify.watchdog_interval()
-        if interval:
-            self._tasks.append(asyncio.create_task(self._ping_systemd(interval), name="sd-ping"))
+        # Returns at once outside systemd (no WATCHDOG_USEC): a normal end, not a fault.
+        self.tasks.spawn(keepalive, lambda: sdnotify.keepalive(self.clock, alive=self.alive))
 
     async def stop(self) -> None:
+        """Stop everything that runs, each step even when an earlier one failed; the
+        ``watchdog-stopped`` event is recorded after the targets have stopped."""
         sdnotify.stopping("stopping targets")
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.supervisor.stop()
-        with contextlib.suppress(RuntimeError):
-            await self.bus.publish(
-                Event.of(SYSTEM_TARGET, Kind.WATCHDOG_STOPPED, "erpwatch stopped")
-            )
+        for name in WORKERS:
+            await self._attempt(f"stopping {name}", self.tasks.cancel(name))
+        await self._attempt("stopping the targets", self.supervisor.stop())
+        await self._attempt("stopping erpwatch's tasks", self.tasks.stop())
+        await self._attempt(
+            "recording watchdog-stopped",
+            self.bus.publish(Event.of(SYSTEM_TARGET, Kind.WATCHDOG_STOPPED, "erpwatch stopped")),
+        )
         if self.status_server is not None:
-            await self.status_server.stop()
-        await self.alerts.stop()
-        await self.bus.close()
-        self.store.close()
+            await self._attempt("stopping the status server", self.status_server.stop())
+        await self._attempt("stopping alerting", self.alerts.stop())
+        await self._attempt("closing the event bus", self.bus.close())
+        try:
+            self.store.close()
+        except Exception:
+            log.exception("closing the event store failed")
+
+    @staticmethod
+    async def _attempt(what: str, step: Awaitable[Any]) -> None:
+        try:
+            await step
+        except Exception:
+            log.exception("%s failed; stopping the rest", what)
+
+    # -- erpwatch's own health ------------------------------------------------------------
+
+    def health_problem(self) -> str | None:
+        """None when erpwatch itself is sound, else what is wrong, naming the worker(s): a
+        worker waiting for its restart after a fault, a monitor that missed its ticks."""
+        problems: list[str] = []
+        dead = self.tasks.dead()
+        if dead:
+            problems.append("failed, restarting: " + _names(dead))
+        dead_monitors = {name.removeprefix("monitor:") for name in dead}
+        stalled = self.supervisor.stalled(self.clock.now())
+        names = [name for name in stalled if name not in dead_monitors]
+        if names:
+            problems.append("stalled: " + _names(names))
+        return "; ".join(problems) or None
+
+    def alive(self) -> bool:
+        """The systemd keepalive's question: ping only while nothing is wrong."""
+        return self.health_problem() is None
+
+    async def _report_fault(self, name: str, exc: BaseException) -> None:
+        """`TaskSupervisor` ``on_fault``: record a critical ``watchdog-fault`` event (the
+        traceback was logged already; a failure to record is logged, never raised)."""
+        error = repr(exc)[:FAULT_ERROR_MAX]
+        lines = "".join(traceback.format_exception(exc)).splitlines()[-FAULT_TRACEBACK_LINES:]
+        tail = "\n".join(line[:FAULT_TRACEBACK_LINE_MAX] for line in lines)
+        try:
+            await self.bus.publish(
+                Event.of(
+                    SYSTEM_TARGET,
+                    Kind.WATCHDOG_FAULT,
+                    f"{name} failed: {error}; restarting",
+                    worker=name,
+                    error=error,
+                    traceback=tail,
+                )
+            )
+        except Exception as publish_error:
+            log.warning("could not record the fault of %s: %r", name, publish_error)
 
     def _host_resources(self) -> dict[str, Any]:
         return self.resources.latest_host() or host_snapshot(default_paths(self.settings))
 
     async def _rotate_logs(self) -> None:
         while True:
-            await asyncio.sleep(5.0)
+            await self.clock.sleep(LOG_ROTATION_INTERVAL)
+            flush_repeats()  # summaries of suppressed repeats whose window has ended
             await asyncio.to_thread(self._rotate_all_logs)
 
     def _rotate_all_logs(self) -> None:
@@ -177,20 +250,26 @@ class Watchdog:
             except OSError:
                 log.exception("%s: log rotation failed", monitor.name)
 
-    async def _ping_systemd(self, interval: float) -> None:
-        while True:
-            sdnotify.watchdog_ping()
-            await asyncio.sleep(interval)
+
+def _names(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:HEALTH_NAMES_MAX])
+    more = len(names) - HEALTH_NAMES_MAX
+    return f"{shown} and {more} more" if more > 0 else shown
 
 
 async def serve(watchdog: Watchdog, stop: asyncio.Event) -> None:
-    """Run until ``stop`` is set; always stop the targets, even when start-up failed."""
+    """Run until ``stop`` is set; always stop the targets and record ``watchdog-stopped``,
+    also when start-up or the wait failed (the error is logged, then raised)."""
     try:
         await watchdog.start()
         await stop.wait()
+    except Exception as exc:
+        log.error("erpwatch failed: %r; stopping the targets", exc)
+        raise
     finally:
         log.info("stopping")
         await watchdog.stop()
+        flush_repeats(force=True)
 
 
 def use_pidfd_child_watcher() -> None:
@@ -207,10 +286,32 @@ def use_pidfd_child_watcher() -> None:
     asyncio.get_event_loop_policy().set_child_watcher(watcher)
 
 
-def install_stop_signals(stop: asyncio.Event) -> None:
+def on_sighup() -> None:
+    """SIGHUP (``systemctl reload``, a closed terminal) never stops erpwatch. Kept as one
+    function so that configuration reload can take its place."""
+    log.warning("SIGHUP received: configuration reload is not supported yet; ignoring")
+
+
+def _request_stop(stop: asyncio.Event, signum: int) -> None:
+    log.info("%s received; stopping", signal.Signals(signum).name)
+    stop.set()
+
+
+def _ignore(signum: int) -> None:
+    log.info("%s received; erpwatch does not use it; ignoring", signal.Signals(signum).name)
+
+
+def install_stop_signals(stop: asyncio.Event, *, hup: Callable[[], None] = on_sighup) -> None:
+    """SIGINT/SIGTERM set ``stop``; SIGHUP calls ``hup``; SIGUSR1/SIGUSR2 are logged;
+    SIGPIPE is ignored. Call from the main thread, in the running loop."""
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, _request_stop, stop, signum)
+    loop.add_signal_handler(signal.SIGHUP, hup)
+    for signum in (signal.SIGUSR1, signal.SIGUSR2):
+        loop.add_signal_handler(signum, _ignore, signum)
+    # Python ignores it already; say so here. Children get the default back (restore_signals).
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
 
 def run_service(settings: Settings, targets: Sequence[TargetConfig]) -> None:
