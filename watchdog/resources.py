@@ -11,7 +11,8 @@
 
 Host thresholds (CPU, RAM, disk of each partition holding LOG_PATH / the database) publish
 ``resource-warning`` / ``resource-ok`` with target ``erpwatch``; a target's RSS cap publishes
-them with the target's name and, when RESTART_ON_RSS is set, asks for a restart.
+them with the target's name; with RESTART_ON_RSS the target's core restarts it, reading the
+sample (`latest_target`) as an observation.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -226,7 +227,6 @@ class Publisher(Protocol):
 
 
 TargetPids = Callable[[], Mapping[str, Sequence[int]]]
-RestartCallback = Callable[[str, str], Awaitable[None]]
 
 
 def default_paths(settings: Settings) -> list[Path]:
@@ -254,22 +254,16 @@ class ResourceMonitor:
         *,
         targets: TargetPids,
         rss_limits: Mapping[str, float | None] | None = None,
-        restart: RestartCallback | None = None,
-        restart_on_rss: Collection[str] | None = None,
         paths: Sequence[Path] = (),
         clock: Clock | None = None,
     ) -> None:
         """``targets()`` maps each target name to the pids of its tree (descendants are found
-        too). ``restart(name, reason)`` is awaited when a target crosses its RSS cap and is in
-        ``restart_on_rss`` (default: every target when RESTART_ON_RSS is set)."""
+        too). Restarting a target over its cap is its supervision core's decision: it reads
+        `latest_target` as an observation."""
         self._settings = settings
         self._bus = bus
         self._targets = targets
         self._rss_limits = dict(rss_limits or {})
-        self._restart = restart
-        if restart_on_rss is None:
-            restart_on_rss = self._rss_limits if settings.restart_on_rss else ()
-        self._restart_on_rss = frozenset(restart_on_rss)
         self._clock = clock or RealClock()
         self._host_sampler = HostSampler(paths)
         self._tree_samplers: dict[str, TreeSampler] = {}
@@ -290,7 +284,6 @@ class ResourceMonitor:
         configs: Sequence[TargetConfig],
         *,
         targets: TargetPids,
-        restart: RestartCallback | None = None,
         clock: Clock | None = None,
     ) -> ResourceMonitor:
         """Limits and restart choices from each target's config; LOG_PATH's and the
@@ -300,8 +293,6 @@ class ResourceMonitor:
             bus,
             targets=targets,
             rss_limits={config.name: config.rss_limit_mb for config in configs},
-            restart=restart,
-            restart_on_rss=[config.name for config in configs if config.restart_on_rss],
             paths=default_paths(settings),
             clock=clock,
         )
@@ -344,8 +335,6 @@ class ResourceMonitor:
             if rss_event is None:
                 continue
             events.append(await self._bus.publish(rss_event))
-            if rss_event.kind == Kind.RESOURCE_WARNING and name in self._restart_on_rss:
-                await self._request_restart(name, rss_event.message)
         return events
 
     async def _sample(self, pids: Mapping[str, Sequence[int]]) -> _Sample:
@@ -432,15 +421,3 @@ class ResourceMonitor:
             processes=sample.get("processes"),
             pids=list(sample.get("pids", [])),
         )
-
-    async def _request_restart(self, name: str, reason: str) -> None:
-        if self._restart is None:
-            logger.warning("%s: RESTART_ON_RSS is set but no restart callback was given", name)
-            return
-        logger.warning("%s: restarting: %s", name, reason)
-        try:
-            await self._restart(name, reason)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("%s: restart after the RSS limit failed", name)

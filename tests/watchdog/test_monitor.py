@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -404,3 +405,114 @@ async def test_crash_leaves_no_orphan_even_one_that_left_the_group(
     await post(port, "/fault/crash")
     await harness.wait_kind("restarted")
     await await_until(lambda: not alive(grandchild), 5, what="orphan killed")
+
+
+# --- named faults: each left a target unsupervised before the supervision core ---------
+
+
+@pytest.mark.parametrize(
+    ("command", "code", "probed"),
+    [("sh -c 'exit 3'", 3, False), ("/bin/false", 1, False), ("sh -c 'exit 3'", 3, True)],
+    ids=["sh-exit-3", "bin-false", "sh-exit-3-probed"],
+)
+async def test_command_that_exits_at_once_is_crashed_limited_and_down(
+    harness: Harness, command: str, code: int, probed: bool
+) -> None:
+    extra = {"health_url": f"http://127.0.0.1:{free_port()}/health"} if probed else {}
+    await harness.start(
+        harness.configs(command=command, max_restarts=2, limit_retry=0, down_after=0.3, **extra)
+    )
+    await harness.wait_kind("restart-limit-reached")
+    await harness.wait_kind("down")
+    crashed = [e for e in harness.events if e.kind == "crashed"]
+    assert len(crashed) == 3  # the first start and both restarts
+    assert all(e.details["exit_code"] == code for e in crashed)
+    assert "healthy" not in harness.kinds()
+    assert monitor_of(harness).state is TargetState.FAILED
+
+
+async def test_unopenable_child_log_is_a_failed_start_then_recovers(
+    harness: Harness, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "logs" / "backend.err.log"
+    blocker.mkdir(parents=True)  # EISDIR when erpwatch opens it (root ignores chmod)
+    port = free_port()
+    await harness.start(
+        harness.configs(
+            command=backend_command(port),
+            health_url=f"http://127.0.0.1:{port}/health",
+            restart_backoff=0.05,
+            restart_backoff_max=0.1,
+            max_restarts=1000,
+        )
+    )
+    crashed = await harness.wait_kind("crashed")
+    assert "EISDIR" in crashed.message and "log files" in crashed.message
+    blocker.rmdir()
+    await harness.wait_kind("healthy")
+    assert harness.supervisor is not None
+    assert harness.supervisor.stalled(RealClock().now()) == []
+
+
+async def test_emfile_while_the_backend_crashes_is_survived(tmp_path: Path) -> None:
+    """In its own interpreter (it exhausts that process's descriptors on purpose)."""
+    script = Path(__file__).with_name("emfile_scenario.py")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        str(tmp_path / "logs"),
+        str(free_port()),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    assert result["failed_starts_seen"] >= 1
+    assert all("EMFILE" in m for m in result["emfile_messages"])
+    assert result["kinds"][:3] == ["started", "healthy", "crashed"]
+    assert result["kinds"][-2:] == ["restarted", "healthy"]
+    assert result["state"] == "healthy" and result["dead"] == [] and result["stalled"] == []
+    # Repeated identical failures are bounded by the restart policy, not a flood.
+    assert len(result["kinds"]) < 50
+
+
+async def test_hang_restarted_within_threshold_although_probe_timeout_is_longer(
+    harness: Harness, tmp_path: Path
+) -> None:
+    _port, fault = await start_faulty_backend(
+        harness, tmp_path, check_interval=0.2, timeout_threshold=1.0, probe_timeout=30.0
+    )
+    await harness.wait_kind("healthy")
+    fault.write_text("hang")
+    unhealthy = await harness.wait_kind("unhealthy")
+    restarted = await harness.wait_kind("restarted")
+    fault.write_text("")
+    # Decided by the core while the 30 s probe was still in flight, not by its timeout.
+    assert "no answer for" in unhealthy.message
+    assert "unhealthy too long" in restarted.message
+
+
+async def test_hung_uvicorn_ignoring_sigterm_is_killed_after_the_hang_grace(
+    harness: Harness, tmp_path: Path
+) -> None:
+    port, fault = free_port(), tmp_path / "fault"
+    command = f"{sys.executable} -m watchdog.demo.erp_app --port {port} --fault-file {fault}"
+    await harness.start(
+        harness.configs(
+            command=command,
+            health_url=f"http://127.0.0.1:{port}/health",
+            startup_grace=20.0,
+            stop_timeout=60.0,  # a restart waiting for this would miss the deadline below
+            hang_stop_timeout=0.5,
+        )
+    )
+    await harness.wait_kind("healthy", within=20)
+    fault.write_text("hang")  # blocks uvicorn's event loop: its SIGTERM handler never runs
+    restarted = await harness.wait_kind("restarted", within=30)
+    fault.write_text("")
+    previous = restarted.details["previous_stop"]
+    assert previous["signal"] == "SIGKILL"
+    assert "SIGTERM ignored, SIGKILL after" in previous["escalation"]
+    assert previous["after_s"] >= 0.5
+    await harness.wait_kind("healthy", count=2, within=30)

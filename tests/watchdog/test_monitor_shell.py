@@ -87,6 +87,9 @@ class FakeProcess:
     def tree_pids(self) -> list[int]:
         return [self.pid] if self.running and self.pid else []
 
+    def rotate_logs(self) -> None:
+        pass
+
 
 class FakeProber:
     """Answers OK at once, or hangs (never answers) while ``hang`` is set."""
@@ -123,7 +126,7 @@ class FakeBus:
 
 
 class Rig:
-    def __init__(self, **overrides: Any) -> None:
+    def __init__(self, resources: Any = None, **overrides: Any) -> None:
         self.clock = FakeClock(start=0.0)
         self.process = FakeProcess()
         self.process.clock = self.clock
@@ -135,6 +138,7 @@ class Rig:
             clock=self.clock,
             process=self.process,
             prober=self.prober,
+            resources=resources,
         )
         self.task: asyncio.Task[None] | None = None
 
@@ -301,3 +305,21 @@ async def test_shutdown_stops_the_child_and_ends_the_loop(rig: Rig) -> None:
     assert rig.task is not None and rig.task.done()
     assert rig.bus.kinds()[-1] == "stopped"
     assert rig.process.stops[-1][1] == rig.monitor.config.stop_timeout
+
+
+async def test_rss_sample_over_the_cap_restarts_the_current_child() -> None:
+    samples: dict[str, dict[str, Any]] = {}
+    rig = Rig(resources=samples.get, rss_limit_mb=100, restart_on_rss=True)
+    await rig.start()
+    pid = rig.process.pid
+    samples["backend"] = {"pids": [pid], "rss_mb": 50.0, "ts": "t1"}
+    await rig.advance(0.5)
+    assert rig.process.starts == 1
+    samples["backend"] = {"pids": [pid], "rss_mb": 150.0, "ts": "t2"}
+    await rig.advance(0.5)
+    assert rig.process.starts == 2
+    restarted = next(e for e in rig.bus.events if e.kind == "restarted")
+    assert "memory (RSS) 150 MB over the 100 MB limit" in restarted.message
+    await rig.advance(1.0)  # the same (stale) sample never restarts the new child
+    assert rig.process.starts == 2
+    await rig.close()
