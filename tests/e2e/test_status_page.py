@@ -36,11 +36,14 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
+# On CI (CI=true) a missing browser is a failure, never a silent skip.
+_MISSING = "needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"
+if not CHROMIUM.exists() and os.environ.get("CI", "").lower() == "true":
+    raise RuntimeError(f"CI=true but the status page's browser tests cannot run: {_MISSING}")
+
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt)"
-    ),
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=_MISSING),
 ]
 
 if CHROMIUM.exists():
