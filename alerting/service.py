@@ -15,7 +15,6 @@ one ``watchdog-fault`` event (mailed once the pipeline works again).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 from collections.abc import Callable, Mapping
@@ -34,11 +33,13 @@ from watchdog.config import Settings
 from watchdog.events import SYSTEM_TARGET, Event, Kind, utcnow
 from watchdog.resources import host_snapshot
 from watchdog.store import EventStore
+from watchdog.tasks import TaskSupervisor
 
 log = logging.getLogger(__name__)
 
 INBOX_BATCH = 500  # events read per pipeline step
 FAULT_TEXT_MAX = 500  # characters of an exception kept in a watchdog-fault event
+WORKERS = ("alerting-listen", "alerting-pipeline", "alerting-delivery")
 
 
 class AlertService:
@@ -55,6 +56,7 @@ class AlertService:
         poll: float = 1.0,
         wall: Callable[[], datetime] = utcnow,
         snapshot: Callable[[], Mapping[str, Any]] | None = None,
+        tasks: TaskSupervisor | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -92,7 +94,7 @@ class AlertService:
         self._queued = 0  # mails this process put into the outbox
         self._wake = asyncio.Event()
         self._sub: Subscription | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self.tasks = tasks or TaskSupervisor(clock=self.clock)
         self._deadline: float | None = None
         self._cursor = 0  # id of the last event taken into account (as committed)
 
@@ -125,19 +127,16 @@ class AlertService:
             log.warning("ERPWATCH_ALERT_TO is empty: alert mail goes to ERPWATCH_ALERT_FROM")
         if self._counts["pending"]:
             log.info("%d alert mail(s) still queued from before; sending", self._counts["pending"])
-        self._tasks = [
-            asyncio.create_task(self._listen(self._sub), name="alerting-listen"),
-            asyncio.create_task(self._pipeline(), name="alerting-pipeline"),
-            asyncio.create_task(self.delivery.run(), name="alerting-delivery"),
-        ]
+        sub = self._sub
+        # Under the task supervisor: a worker that raises is recorded (watchdog-fault) and
+        # restarted with backoff; its state is in SQLite, so a restart loses nothing.
+        self.tasks.spawn("alerting-listen", lambda: self._listen(sub))
+        self.tasks.spawn("alerting-pipeline", self._pipeline)
+        self.tasks.spawn("alerting-delivery", self.delivery.run)
 
     async def stop(self) -> None:
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for name in WORKERS:
+            await self.tasks.cancel(name)
         if self._sub is not None:
             self._sub.close()
             self._sub = None

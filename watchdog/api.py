@@ -40,6 +40,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from watchdog import __version__
 from watchdog.bus import EventBus, Subscription
+from watchdog.clock import RealClock
 from watchdog.config import ENV_PREFIX, ConfigError, Settings
 from watchdog.events import Event, Kind
 from watchdog.history import UsageError, parse_kinds, parse_time
@@ -51,6 +52,7 @@ from watchdog.sse import RESYNC, STOP, EventHub, Frame, format_sse
 from watchdog.states import TargetState
 from watchdog.status_cmd import format_duration, format_latency
 from watchdog.store import EventStore
+from watchdog.tasks import TaskSupervisor
 from watchdog.templating import environment
 
 log = logging.getLogger(__name__)
@@ -497,6 +499,7 @@ class StatusServer:
         probe_sample_interval: float | None = 1.0,
         host_resources: Callable[[], Mapping[str, Any]] | None = None,
         health: Callable[[], str | None] | None = None,
+        tasks: TaskSupervisor | None = None,
     ) -> None:
         check_bind(settings)
         self._extra_health = health
@@ -522,7 +525,10 @@ class StatusServer:
         self._server: _EmbeddedServer | None = None
         self._serve_task: asyncio.Task[None] | None = None
         self._subscription: Subscription | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self.tasks = tasks or TaskSupervisor(clock=RealClock())
+        self._shared_tasks = tasks is not None  # then its owner reports their faults
+        self._workers: list[str] = []
+        self._stopping = False
         self._port: int | None = None
 
     @property
@@ -546,15 +552,12 @@ class StatusServer:
         self._subscription = self._bus.subscribe("status-api")
         newest = await asyncio.to_thread(self._store.query, limit=1)
         self.hub.last_id = max(self.hub.last_id, newest[0].id or 0) if newest else 0
-        self._tasks = [
-            asyncio.create_task(self._pump(self._subscription), name="status-api-events")
-        ]
-        if self._probe_sample_interval is not None:  # None: probes are fed to self.metrics
-            self._tasks.append(
-                asyncio.create_task(
-                    self._sample_probes(self._probe_sample_interval), name="status-api-probes"
-                )
-            )
+        subscription, interval = self._subscription, self._probe_sample_interval
+        self._workers = ["status-api-events"]
+        self.tasks.spawn("status-api-events", lambda: self._pump(subscription))
+        if interval is not None:  # None: probes are fed to self.metrics
+            self._workers.append("status-api-probes")
+            self.tasks.spawn("status-api-probes", lambda: self._sample_probes(interval))
         sock = await _bind(self._settings.status_host, self._settings.status_port)
         self._port = int(sock.getsockname()[1])
         config = uvicorn.Config(
@@ -580,6 +583,7 @@ class StatusServer:
 
     async def stop(self) -> None:
         """End every SSE stream, then stop uvicorn (bounded by a short grace)."""
+        self._stopping = True
         self.hub.stop_all()
         if self._subscription is not None:
             self._subscription.close()
@@ -595,16 +599,22 @@ class StatusServer:
         await self._cancel_tasks()
 
     async def _cancel_tasks(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        for name in self._workers:
+            await self.tasks.cancel(name)
+        self._workers = []
+
+    def own_problem(self) -> str | None:
+        """This server's own workers: one that faulted, or uvicorn itself having stopped."""
+        dead = set() if self._shared_tasks else set(self.tasks.dead())
+        problems = [f"{name} failed, restarting" for name in self._workers if name in dead]
+        if self._serve_task is not None and self._serve_task.done() and not self._stopping:
+            problems.append("status-api-uvicorn has stopped")
+        return "; ".join(problems) or None
 
     def _health_problem(self) -> str | None:
-        """This server's own tasks, then the ``health`` callback (erpwatch's other tasks)."""
-        problems = [f"{task.get_name()} has stopped" for task in self._tasks if task.done()]
+        """This server's own workers, then the ``health`` callback (erpwatch's other tasks)."""
+        own = self.own_problem()
+        problems = [own] if own else []
         if self._extra_health is not None:
             try:
                 extra = self._extra_health()

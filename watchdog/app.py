@@ -120,6 +120,7 @@ class Watchdog:
             self.bus,
             clock=self.clock,
             snapshot=self._host_resources,
+            tasks=self.tasks,
         )
         self.status_server: Any = None
 
@@ -142,6 +143,7 @@ class Watchdog:
                 probe_sample_interval=None,  # every probe is handed over below
                 host_resources=self._host_resources,  # the resource monitor's latest sample
                 health=self.health_problem,  # erpwatch's own workers and monitors
+                tasks=self.tasks,
             )
             self.supervisor.add_probe_listener(self.status_server.metrics.observe_probe)
             await self.status_server.start()
@@ -208,6 +210,9 @@ class Watchdog:
         names = [name for name in stalled if name not in dead_monitors]
         if names:
             problems.append("stalled: " + _names(names))
+        server = self.status_server.own_problem() if self.status_server is not None else None
+        if server:
+            problems.append(server)
         return "; ".join(problems) or None
 
     def alive(self) -> bool:

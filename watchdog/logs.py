@@ -23,6 +23,7 @@ import json
 import logging
 import logging.handlers
 import os
+import signal
 import sys
 import threading
 import time
@@ -468,6 +469,10 @@ def run_logs(
     out.flush()
     if not args.follow:
         return 0
+    if stop is None and threading.current_thread() is threading.main_thread():
+        # Ctrl+C must end -f even when started with SIGINT ignored (a background job of a
+        # non-interactive shell inherits that).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         follow(paths, out, stop=threading.Event() if stop is None else stop, positions=positions)
     except KeyboardInterrupt:  # Ctrl+C is how -f ends: not an error

@@ -22,9 +22,11 @@ from alerting.service import AlertService
 from tests.alerting.conftest import PASSWORD, USER, SmtpServer
 from tests.helpers import await_until, wait_until
 from watchdog.bus import EventBus
+from watchdog.clock import RealClock
 from watchdog.config import Settings, load_settings
 from watchdog.events import SYSTEM_TARGET, Event, Kind, Severity
 from watchdog.store import EventStore
+from watchdog.tasks import TaskSupervisor
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -578,3 +580,43 @@ def test_pending_mail_survives_sigkill_and_is_sent_once(tmp_path: Path) -> None:
         "[erpwatch] DOWN backend@killhost: restart limit reached",
         "[erpwatch] DOWN other@killhost: restart limit reached",
     ]
+
+
+async def test_a_delivery_worker_that_raises_is_restarted_and_the_mail_still_goes(
+    tmp_path: Path, smtp: SmtpServer, store: EventStore, bus: EventBus
+) -> None:
+    faults: list[str] = []
+
+    async def on_fault(name: str, exc: BaseException) -> None:
+        faults.append(name)
+
+    tasks = TaskSupervisor(clock=RealClock(), on_fault=on_fault, backoff=0.01)
+    service = AlertService(
+        make_settings(tmp_path, smtp),
+        store,
+        bus,
+        hostname="testhost",
+        retry_initial=0.05,
+        poll=0.05,
+        tasks=tasks,
+    )
+    real_run = service.delivery.run
+    calls = 0
+
+    async def run_that_breaks_once(*args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("delivery bug")
+        await real_run(*args)
+
+    service.delivery.run = run_that_breaks_once  # type: ignore[method-assign,assignment]
+    await service.start()
+    try:
+        await bus.publish(Event.of("backend", Kind.DOWN, "down for 60s"))
+        await await_until(lambda: smtp.messages, what="the mail, after the restart")
+        assert faults == ["alerting-delivery"]
+        assert tasks.dead() == []
+    finally:
+        await service.stop()
+        await tasks.stop()
