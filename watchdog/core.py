@@ -219,6 +219,7 @@ class State:
     next_probe_at: float = 0.0
     unhealthy_since: float | None = None  # first failed (or unanswered) probe in a row
     last_failure_timed_out: bool = False
+    last_failure: str = ""  # the reason of the last failed (or unanswered) probe
     healthy_since: float | None = None
     bad_since: float | None = None  # the trouble (crash, unhealthy, limit) began then
     down_reported: bool = False
@@ -428,6 +429,7 @@ class Core:
             state,
             unhealthy_since=since,
             last_failure_timed_out=obs.timed_out,
+            last_failure=obs.reason,
             healthy_since=None,
             bad_since=state.bad_since if state.bad_since is not None else since,
         )
@@ -529,6 +531,7 @@ class Core:
                     state,
                     unhealthy_since=since,
                     last_failure_timed_out=True,
+                    last_failure=reason,
                     healthy_since=None,
                     bad_since=state.bad_since if state.bad_since is not None else since,
                 )
@@ -538,7 +541,7 @@ class Core:
                     out.append(Emit(Kind.UNHEALTHY, f"unhealthy: {reason}", details))
                 state = self._check_overdue(state, reason, now, out)
             elif state.unhealthy_since is not None:
-                state = self._check_overdue(state, "still failing", now, out)
+                state = self._check_overdue(state, state.last_failure or "failing", now, out)
             if (
                 self._live(state)
                 and p.has_probe
@@ -575,8 +578,10 @@ class Core:
         if since is None or now - since < self.params.timeout_threshold:
             return state
         why = f"unhealthy too long: {reason}"
+        p = self.params
+        # A hung server (a blocked event loop) never acts on SIGTERM: do not wait long for it.
         hung = state.last_failure_timed_out
-        grace = self.params.hang_stop_timeout if hung else self.params.stop_timeout
+        grace = min(p.hang_stop_timeout, p.stop_timeout) if hung else p.stop_timeout
         return self._restart(state, why, now, out, grace=grace)
 
     def _restart(
@@ -680,6 +685,7 @@ class Core:
             crash_loop_reported=loop_reported,
             unhealthy_since=None,
             last_failure_timed_out=False,
+            last_failure="",
             bad_since=None,
             down_reported=False,
         )

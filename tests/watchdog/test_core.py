@@ -379,3 +379,14 @@ def test_state_is_immutable_between_calls() -> None:
     before = d.state
     d.spawn(100)
     assert before.pid is None and isinstance(before, State)
+
+
+def test_hang_grace_never_exceeds_the_normal_stop_grace() -> None:
+    d = Driver(replace(FAST, stop_timeout=1.0, hang_stop_timeout=3.0))
+    d.healthy()
+    # The failed probe was sent at 0.0; the next one (sent at 2.0) is still in flight at 3.0.
+    d.probe("failed", at=2.0, reason="timeout after 0.8s", timed_out=True)
+    effects = d.feed(Tick(), at=3.0)
+    stop = next(e for e in effects if isinstance(e, Stop))
+    assert stop.grace == 1.0
+    assert d.state.restart_reason == "unhealthy too long: timeout after 0.8s"
