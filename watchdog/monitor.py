@@ -15,7 +15,7 @@ import contextlib
 import logging
 import random
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -137,6 +137,8 @@ class TargetMonitor:
         crash_loop_count: int = 3,
         resources: Callable[[str], Mapping[str, Any] | None] | None = None,
         rng: random.Random | None = None,
+        on_spawned: Callable[[str, int], Awaitable[None]] | None = None,
+        on_stopped: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -147,6 +149,8 @@ class TargetMonitor:
         self._prober = prober if config.health_url else None
         self._resources = resources
         self._rng = rng or random.Random()
+        self._on_spawned = on_spawned  # e.g. the ledger of children (leftovers after a crash)
+        self._on_stopped = on_stopped
         self.max_tick = min(config.check_interval, MAX_TICK)
         self.last_probe: ProbeResult | None = None
         self.probe_listeners: list[Callable[[str, ProbeResult], object]] = []
@@ -288,7 +292,16 @@ class TargetMonitor:
             return SpawnFailed(str(exc) or type(exc).__name__)
         # Set up before anything else awaits: an exit at once is never missed.
         self._exit_wait = asyncio.ensure_future(self.process.wait())
+        await self._notify(self._on_spawned, self.name, pid)
         return Spawned(pid, jitter=self._rng.random())
+
+    async def _notify(self, hook: Callable[..., Awaitable[None]] | None, *args: Any) -> None:
+        if hook is None:
+            return
+        try:
+            await hook(*args)
+        except Exception as exc:  # bookkeeping only: never in the way of supervision
+            log.warning("%s: %s failed: %s", self.name, getattr(hook, "__name__", hook), exc)
 
     async def _stop(self, grace: float, reason: str) -> Observation:
         self._cancel_probe()
@@ -303,6 +316,8 @@ class TargetMonitor:
             self._busy_until = None
         if self._exit_wait is not None and self._exit_wait.done():
             self._exit_wait = None  # the exit we caused: nothing to report
+        if self._state is not None and self._state.phase is TargetState.STOPPED:
+            await self._notify(self._on_stopped, self.name)
         return Stopped(escalated=report.escalated, after=report.after)
 
     def _send_probe(self) -> None:

@@ -8,7 +8,7 @@ import logging
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -55,6 +55,13 @@ def start_order(configs: Sequence[TargetConfig]) -> list[TargetConfig]:
     return ordered
 
 
+class ChildLedgerHooks(Protocol):
+    """Bookkeeping of started children (see `watchdog.leftovers`)."""
+
+    async def spawned(self, target: str, pid: int) -> None: ...
+    async def stopped(self, target: str) -> None: ...
+
+
 ProcessFactory = Callable[[TargetConfig], ManagedProcessLike]
 ProberFactory = Callable[[TargetConfig], ProberLike | None]
 
@@ -81,6 +88,7 @@ class Supervisor:
         tasks: TaskSupervisor | None = None,
         process_factory: ProcessFactory | None = None,
         prober_factory: ProberFactory | None = None,
+        ledger: ChildLedgerHooks | None = None,
     ) -> None:
         self._configs = start_order(configs)
         self._clock = clock
@@ -114,6 +122,8 @@ class Supervisor:
                 prober=make_prober(config),
                 crash_loop_count=crash_loop_count,
                 resources=resources,
+                on_spawned=None if ledger is None else ledger.spawned,
+                on_stopped=None if ledger is None else ledger.stopped,
             )
             for config in self._configs
         }
