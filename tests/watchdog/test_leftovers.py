@@ -55,7 +55,8 @@ def tree(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
                 return int(line.split()[1])
         return None
 
-    daemon = wait_until(daemon_pid, what="the daemon's pid")
+    daemon = wait_until(daemon_pid, what="the daemon pid")
+    assert daemon is not None
     yield proc, daemon
     for pid in (proc.pid, daemon):  # only what this fixture started
         if alive(pid):
