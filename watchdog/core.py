@@ -142,10 +142,31 @@ class ResourceSample:
 
 @dataclass(frozen=True, slots=True)
 class RestartRequest:
-    """Restart now; ``counted`` restarts count against MAX_RESTARTS and back off."""
+    """Restart now; ``counted`` restarts count against MAX_RESTARTS and back off.
+
+    An operator's restart (``counted=False``) is never limited, never backs off, and also
+    starts a target that is held or past its restart limit."""
 
     reason: str
     counted: bool = True
+    actor: str = "erpwatch"
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """An operator stops the target: keep it stopped (no restart, no alert, not "down")
+    until `Release`. ``since`` is a wall-clock text for people (status, page)."""
+
+    actor: str
+    reason: str = ""
+    since: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """An operator starts the target: ends a hold, or a stop after the restart limit."""
+
+    actor: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +185,8 @@ Observation = (
     | Stopped
     | ResourceSample
     | RestartRequest
+    | Hold
+    | Release
     | Shutdown
 )
 
@@ -233,11 +256,14 @@ class State:
     restart_counted: bool = True
     retry_at: float | None = None  # slow retry after the restart limit
     last_stop: Mapping[str, Any] | None = None  # how the last stop went, for the next event
+    held: Mapping[str, str] | None = None  # an operator's stop: actor, reason, since
+    start_by: str = ""  # the next spawn is an operator's start (its actor)
+    shutting_down: bool = False
 
     @property
     def settled(self) -> bool:
         """Shut down and nothing left to do (the shell's loop may end)."""
-        return self.phase is S.STOPPED and not self.stopping and not self.spawning
+        return self.shutting_down and not self.stopping and not self.spawning
 
 
 class Core:
@@ -248,8 +274,16 @@ class Core:
 
     # --- entry points --------------------------------------------------------------
 
-    def start(self, now: float) -> tuple[State, list[Effect]]:
-        """The first start of the target."""
+    def start(
+        self, now: float, held: Mapping[str, str] | None = None
+    ) -> tuple[State, list[Effect]]:
+        """The first start of the target, or, when an operator's hold survived an erpwatch
+        restart, no start at all: it stays stopped until released."""
+        if held:
+            state = State(phase=S.STOPPED, held=dict(held), next_probe_at=now)
+            by = held.get("actor", "operator")
+            message = f"held stopped by {by} since {held.get('since', '?')}; not started"
+            return state, [Emit(Kind.STOPPED, message, {"held": dict(held)})]
         state = State(phase=S.STARTING, spawning=True, next_probe_at=now)
         return state, [Spawn(restart=False)]
 
@@ -320,19 +354,31 @@ class Core:
                     return state
                 why = f"memory (RSS) {rss:.0f} MB over the {limit:g} MB limit"
                 return self._restart(state, why, now, out, grace=self.params.stop_timeout)
-            case RestartRequest(reason=reason, counted=counted):
+            case RestartRequest(reason=reason, counted=counted, actor=actor):
+                if state.shutting_down:
+                    return state
+                if not counted and (state.held or state.phase is S.FAILED):
+                    return self._release(state, actor, now, out)
                 if state.phase is S.STOPPED:
                     return state
+                if not counted:
+                    reason = f"by {actor}: {reason}" if reason else f"by {actor}"
                 return self._restart(
                     state, reason, now, out, grace=self.params.stop_timeout, counted=counted
                 )
+            case Hold():
+                return self._hold(state, obs, out)
+            case Release(actor=actor):
+                if state.shutting_down:
+                    return state
+                return self._release(state, actor, now, out)
             case Shutdown(reason=reason):
                 return self._shutdown(state, reason, out)
         raise AssertionError(f"unhandled observation {obs!r}")  # pragma: no cover
 
     def _spawned(self, state: State, obs: Spawned, now: float, out: list[Effect]) -> State:
-        reason, last_stop = state.restart_reason, state.last_stop
-        restart = reason != ""
+        reason, last_stop, start_by = state.restart_reason, state.last_stop, state.start_by
+        restart = reason != "" and not start_by
         state = dataclasses.replace(
             state,
             phase=S.STARTING if state.phase is not S.STOPPED else S.STOPPED,
@@ -345,16 +391,22 @@ class Core:
             next_probe_at=now,
             unhealthy_since=None,
             restart_reason="",
+            start_by="",
             last_stop=None,
         )
         if state.phase is S.STOPPED:
-            # erpwatch began stopping while this spawn was under way: stop it again.
-            return self._begin_stop(state, self.params.stop_timeout, "erpwatch is stopping", out)
+            # A stop (erpwatch's or an operator's) came while this spawn was under way.
+            return self._begin_stop(state, self.params.stop_timeout, "stopping", out)
         details: dict[str, Any] = {"pid": obs.pid}
         if last_stop:
             details["previous_stop"] = dict(last_stop)
         if restart:
+            if reason.startswith("by "):
+                details["actor"] = reason[3:].split(":", 1)[0]
             out.append(Emit(Kind.RESTARTED, f"restarted ({reason})", details))
+        elif start_by:
+            details["actor"] = start_by
+            out.append(Emit(Kind.STARTED, f"started by {start_by}", details))
         else:
             out.append(Emit(Kind.STARTED, "started", details))
         return state
@@ -471,19 +523,77 @@ class Core:
         )
         if state.phase is S.STOPPED:
             message = "stopped"
+            details: dict[str, Any] = {"stop": how}
+            if state.held and not state.shutting_down:
+                message += _held_text(state.held)
+                details["held"] = dict(state.held)
             if obs.escalated:
                 message += f" (SIGTERM ignored, SIGKILL after {obs.after:.1f}s)"
-            out.append(Emit(Kind.STOPPED, message, {"stop": how}))
+            out.append(Emit(Kind.STOPPED, message, details))
         return state
 
-    def _shutdown(self, state: State, reason: str, out: list[Effect]) -> State:
-        if state.phase is S.STOPPED:
-            return state
+    def _hold(self, state: State, obs: Hold, out: list[Effect]) -> State:
+        if state.shutting_down or state.held:
+            return state  # held already: the first hold's who/why/since stay
+        held = {"actor": obs.actor, "reason": obs.reason, "since": obs.since}
         state = dataclasses.replace(
-            state, phase=S.STOPPED, restart_at=None, retry_at=None, probe_sent_at=None
+            state,
+            phase=S.STOPPED,
+            held=held,
+            restart_at=None,
+            retry_at=None,
+            probe_sent_at=None,
+            unhealthy_since=None,
+            bad_since=None,
+            down_reported=False,
+            start_by="",
         )
         if state.stopping or state.spawning:
             return state  # `Stopped` / `Spawned` finish the job
+        if state.pid is not None:
+            why = f"stopped by {obs.actor}" + (f": {obs.reason}" if obs.reason else "")
+            return self._begin_stop(state, self.params.stop_timeout, why, out)
+        out.append(Emit(Kind.STOPPED, "stopped" + _held_text(held), {"held": held}))
+        return state
+
+    def _release(self, state: State, actor: str, now: float, out: list[Effect]) -> State:
+        """Start a held (or given-up) target now, with a fresh restart window."""
+        if state.phase.running or state.spawning or state.stopping:
+            return state  # already running (or about to): nothing to do
+        if state.phase is S.RESTARTING:
+            return dataclasses.replace(state, restart_at=now, start_by=actor)
+        state = dataclasses.replace(
+            state,
+            phase=S.RESTARTING,
+            held=None,
+            restarts=(),
+            successive=0,
+            retry_at=None,
+            restart_at=now,
+            restart_reason=f"started by {actor}",
+            restart_counted=False,
+            start_by=actor,
+            bad_since=None,
+            down_reported=False,
+        )
+        return state
+
+    def _shutdown(self, state: State, reason: str, out: list[Effect]) -> State:
+        if state.shutting_down:
+            return state
+        was_stopped = state.phase is S.STOPPED and state.pid is None
+        state = dataclasses.replace(
+            state,
+            phase=S.STOPPED,
+            restart_at=None,
+            retry_at=None,
+            probe_sent_at=None,
+            shutting_down=True,
+        )
+        if state.stopping or state.spawning:
+            return state  # `Stopped` / `Spawned` finish the job
+        if was_stopped:
+            return state  # held (its stop was recorded then)
         if state.pid is not None:
             return self._begin_stop(state, self.params.stop_timeout, reason, out)
         out.append(Emit(Kind.STOPPED, "stopped"))
@@ -702,3 +812,8 @@ class Core:
 
     def _settle(self) -> float:
         return min(LIVENESS_SETTLE, self.params.check_interval)
+
+
+def _held_text(held: Mapping[str, str]) -> str:
+    reason = held.get("reason")
+    return f" by {held.get('actor', 'operator')}" + (f": {reason}" if reason else "")

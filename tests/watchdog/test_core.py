@@ -7,6 +7,8 @@ from typing import Any
 
 from watchdog.core import (
     Core,
+    Hold,
+    Release,
     Effect,
     Emit,
     Exited,
@@ -368,10 +370,13 @@ def test_liveness_only_target_healthy_after_settling() -> None:
 def test_uncounted_restart_has_no_backoff_and_no_limit() -> None:
     d = Driver(replace(FAST, max_restarts=0))
     d.healthy(100)
-    d.feed(RestartRequest("operator", counted=False), at=1.0)
+    d.feed(RestartRequest("deploy", counted=False, actor="operator (alice)"), at=1.0)
     effects = d.feed(Stopped())
-    assert Spawn(restart=True, reason="operator") in effects
+    assert Spawn(restart=True, reason="by operator (alice): deploy") in effects
     assert d.state.restarts == ()
+    restarted = d.spawn(101)
+    event = next(e for e in restarted if isinstance(e, Emit))
+    assert event.kind is Kind.RESTARTED and event.details["actor"] == "operator (alice)"
 
 
 def test_state_is_immutable_between_calls() -> None:
@@ -390,3 +395,89 @@ def test_hang_grace_never_exceeds_the_normal_stop_grace() -> None:
     stop = next(e for e in effects if isinstance(e, Stop))
     assert stop.grace == 1.0
     assert d.state.restart_reason == "unhealthy too long: timeout after 0.8s"
+
+
+# --- operator requests ------------------------------------------------------------------
+
+
+def test_hold_stops_and_keeps_it_stopped_without_alerts_or_down() -> None:
+    d = Driver()
+    d.healthy(100)
+    effects = d.feed(Hold("operator (bob)", "upgrade", "2026-12-01T10:00:00Z"), at=1.0)
+    assert Stop(FAST.stop_timeout, "stopped by operator (bob): upgrade") in effects
+    stopped = d.feed(Stopped(after=0.2))
+    assert d.kinds(stopped) == ["stopped"]
+    event = next(e for e in stopped if isinstance(e, Emit))
+    assert event.message == "stopped by operator (bob): upgrade"
+    assert event.details["held"]["since"] == "2026-12-01T10:00:00Z"
+    assert d.state.phase is S.STOPPED and not d.state.settled
+    assert d.core.next_due(d.state) is None  # no restart, no down, no retry
+    assert d.kinds(d.feed(Tick(), at=1000.0)) == []
+    assert d.kinds(d.feed(Hold("someone else"))) == []  # the first hold stays
+    assert d.state.held is not None and d.state.held["actor"] == "operator (bob)"
+
+
+def test_release_starts_a_held_target_as_started_by_the_operator() -> None:
+    d = Driver()
+    d.healthy(100)
+    d.feed(Hold("operator"), at=1.0)
+    d.feed(Stopped())
+    effects = d.feed(Release("operator (bob)"), at=5.0)
+    assert Spawn(restart=True, reason="started by operator (bob)") in effects
+    started = d.spawn(101)
+    assert d.kinds(started) == ["started"]
+    event = next(e for e in started if isinstance(e, Emit))
+    assert event.message == "started by operator (bob)"
+    assert d.state.held is None and d.state.restarts == ()
+
+
+def test_release_past_the_limit_starts_with_a_fresh_window() -> None:
+    d = Driver(replace(FAST, max_restarts=1, limit_retry=0))
+    d.healthy(100)
+    d.feed(Exited(100, "exit code 1"), at=1.0)
+    d.spawn(101)
+    d.feed(Exited(101, "exit code 1"), at=1.1)
+    assert d.state.phase is S.FAILED
+    effects = d.feed(Release("operator"), at=2.0)
+    assert any(isinstance(e, Spawn) for e in effects)
+    d.spawn(102)
+    d.feed(Exited(102, "exit code 1"), at=2.1)
+    assert d.state.phase is S.RESTARTING  # the window started afresh: one restart allowed
+
+
+def test_operator_restart_of_a_held_target_starts_it() -> None:
+    d = Driver()
+    d.healthy(100)
+    d.feed(Hold("operator"))
+    d.feed(Stopped())
+    effects = d.feed(RestartRequest("", counted=False, actor="operator"))
+    assert any(isinstance(e, Spawn) for e in effects)
+
+
+def test_release_of_a_running_target_does_nothing() -> None:
+    d = Driver()
+    d.healthy(100)
+    effects = d.feed(Release("operator"), at=1.0)
+    assert not any(isinstance(e, Spawn | Stop | Emit) for e in effects)
+    assert d.state.pid == 100
+
+
+def test_a_hold_kept_in_the_store_survives_an_erpwatch_restart() -> None:
+    core = Core(FAST)
+    held = {"actor": "operator", "reason": "upgrade", "since": "2026-12-01T10:00:00Z"}
+    state, effects = core.start(0.0, held=held)
+    assert not any(isinstance(e, Spawn) for e in effects)
+    assert state.phase is S.STOPPED and state.held == held
+    emit = next(e for e in effects if isinstance(e, Emit))
+    assert emit.kind is Kind.STOPPED and "held" in emit.message
+    state, effects = core.decide(state, Shutdown(), 1.0)
+    assert state.settled and effects == []
+
+
+def test_shutdown_of_a_held_target_emits_nothing_more() -> None:
+    d = Driver()
+    d.healthy(100)
+    d.feed(Hold("operator"))
+    d.feed(Stopped())
+    assert d.kinds(d.feed(Shutdown())) == []
+    assert d.state.settled
