@@ -7,15 +7,15 @@ from typing import Any
 
 from watchdog.core import (
     Core,
-    Hold,
-    Release,
     Effect,
     Emit,
     Exited,
+    Hold,
     Observation,
     Params,
     Probe,
     Probed,
+    Release,
     ResourceSample,
     RestartRequest,
     Shutdown,
