@@ -35,10 +35,14 @@ from watchdog.store import EventStore
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """CREATE TABLE IF NOT EXISTS children (
-    target TEXT PRIMARY KEY, pid INTEGER NOT NULL, create_time REAL NOT NULL,
-    pgid INTEGER, argv TEXT NOT NULL, erpwatch_pid INTEGER NOT NULL
-)"""
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS children (
+        target TEXT PRIMARY KEY, pid INTEGER NOT NULL, create_time REAL NOT NULL,
+        pgid INTEGER, argv TEXT NOT NULL, erpwatch_pid INTEGER NOT NULL
+    )""",
+    # An operator's stop: the target stays stopped, also across an erpwatch restart.
+    "CREATE TABLE IF NOT EXISTS holds (target TEXT PRIMARY KEY, held TEXT NOT NULL)",
+)
 MARKER = "ERPWATCH_TARGET"
 _POLL = 0.02
 _CREATE_TIME_SLACK = 0.05  # psutil's create_time is derived from jiffies: allow rounding
@@ -79,7 +83,26 @@ class ChildLedger:
 
     def ensure_schema(self) -> None:
         with self.store.transaction() as conn:
-            conn.execute(SCHEMA)
+            for statement in SCHEMA:
+                conn.execute(statement)
+
+    def set_hold(self, target: str, held: Mapping[str, str] | None) -> None:
+        with self.store.transaction() as conn:
+            if held is None:
+                conn.execute("DELETE FROM holds WHERE target = ?", (target,))
+            else:
+                conn.execute(
+                    "INSERT OR REPLACE INTO holds (target, held) VALUES (?, ?)",
+                    (target, json.dumps(dict(held))),
+                )
+
+    def holds(self) -> dict[str, dict[str, str]]:
+        with self.store.transaction() as conn:
+            try:
+                rows = conn.execute("SELECT target, held FROM holds").fetchall()
+            except sqlite3.OperationalError:
+                return {}
+        return {str(target): dict(json.loads(held)) for target, held in rows}
 
     def record(self, target: str, pid: int, argv: Sequence[str]) -> None:
         """Remember a child just started (its start time makes pid reuse detectable)."""
@@ -140,6 +163,13 @@ class LedgerHooks:
 
     async def stopped(self, target: str) -> None:
         await self._run(self._ledger.forget, target)
+
+    async def held(self, target: str, held: Mapping[str, str] | None) -> None:
+        await self._run(self._ledger.set_hold, target, held)
+
+    async def load_holds(self) -> dict[str, dict[str, str]]:
+        holds: dict[str, dict[str, str]] = await self._run(self._ledger.holds)
+        return holds
 
 
 def verified(record: ChildRecord) -> psutil.Process | None:

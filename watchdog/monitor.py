@@ -28,10 +28,12 @@ from watchdog.core import (
     Effect,
     Emit,
     Exited,
+    Hold,
     Observation,
     Params,
     Probe,
     Probed,
+    Release,
     ResourceSample,
     RestartRequest,
     Shutdown,
@@ -125,6 +127,28 @@ class TargetStatus:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How an operator's request ended."""
+
+    ok: bool
+    message: str
+    pid: int | None = None
+
+
+@dataclass
+class _Operation:
+    request: Observation
+    done: asyncio.Future[Outcome]
+    armed: bool = False  # its request has been fed to the core
+
+
+def _held_suffix(state: State) -> str:
+    held = state.held or {}
+    reason = held.get("reason")
+    return f" (held by {held.get('actor', 'operator')}" + (f": {reason})" if reason else ")")
+
+
 class TargetMonitor:
     def __init__(
         self,
@@ -139,6 +163,7 @@ class TargetMonitor:
         rng: random.Random | None = None,
         on_spawned: Callable[[str, int], Awaitable[None]] | None = None,
         on_stopped: Callable[[str], Awaitable[None]] | None = None,
+        on_hold: Callable[[str, Mapping[str, str] | None], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -151,6 +176,7 @@ class TargetMonitor:
         self._rng = rng or random.Random()
         self._on_spawned = on_spawned  # e.g. the ledger of children (leftovers after a crash)
         self._on_stopped = on_stopped
+        self._on_hold = on_hold  # persist an operator's hold (None: released)
         self.max_tick = min(config.check_interval, MAX_TICK)
         self.last_probe: ProbeResult | None = None
         self.probe_listeners: list[Callable[[str, ProbeResult], object]] = []
@@ -167,6 +193,8 @@ class TargetMonitor:
         self._busy_until: float | None = None  # a stop in progress may take this long
         self._last_sample_ts: object = None
         self._acted = True  # the last round produced effects
+        self._operations: list[_Operation] = []
+        self.held_at_start: Mapping[str, str] | None = None  # a hold kept in the store
 
     @property
     def state(self) -> TargetState:
@@ -182,7 +210,8 @@ class TargetMonitor:
         """Start the target and supervise it until `stop()`; resumes if called again."""
         if self._state is None:
             try:
-                self._state, effects = self.core.start(self._clock.now())
+                self._state, effects = self.core.start(self._clock.now(), self.held_at_start)
+                await self._notify(self._on_hold, self.name, self._state.held)
                 for obs in await self._carry_out(effects):
                     await self._feed(obs)
             finally:
@@ -190,6 +219,10 @@ class TargetMonitor:
         while not self._state.settled:
             await self._wait()
             await self.step()
+        for op in self._operations:  # requests still open when erpwatch stopped
+            if not op.done.done():
+                op.done.set_result(Outcome(False, "erpwatch is stopping"))
+        self._operations.clear()
 
     def stop(self) -> None:
         """Ask `run()` to stop the child (whole tree) and return."""
@@ -202,6 +235,60 @@ class TargetMonitor:
     def request(self, obs: Observation) -> None:
         self._requests.append(obs)
         self._wake.set()
+
+    async def operate(self, obs: RestartRequest | Hold | Release) -> Outcome:
+        """An operator's request, carried out: resolves once done (restart: a new process
+        started; stop: the whole tree gone; start: started), or refused / failed."""
+        if self._state is not None and self._state.shutting_down:
+            return Outcome(False, "erpwatch is stopping")
+        operation = _Operation(obs, asyncio.get_running_loop().create_future())
+        self._operations.append(operation)
+        self.request(obs)
+        return await asyncio.shield(operation.done)
+
+    def _settle_operations(self, obs: Observation) -> None:
+        """Resolve the operator requests this observation completes."""
+        state = self._state
+        assert state is not None
+        for op in list(self._operations):
+            outcome: Outcome | None = None
+            if op.request is obs:
+                op.armed = True
+                outcome = self._at_once(op, state)
+            elif not op.armed:
+                continue
+            elif state.shutting_down:
+                outcome = Outcome(False, "erpwatch is stopping")
+            elif isinstance(op.request, Hold):
+                if state.held and not state.stopping and state.pid is None:
+                    outcome = Outcome(True, "stopped, whole tree gone" + _held_suffix(state))
+                elif isinstance(obs, Stopped) and obs.error:
+                    outcome = Outcome(False, f"could not stop: {obs.error} (retrying)")
+            elif isinstance(obs, Spawned):
+                verb = "restarted" if isinstance(op.request, RestartRequest) else "started"
+                outcome = Outcome(True, f"{verb}, pid {obs.pid}", obs.pid)
+            elif isinstance(obs, SpawnFailed):
+                outcome = Outcome(False, f"could not start: {obs.error}")
+            elif isinstance(obs, Stopped) and obs.error:
+                outcome = Outcome(False, f"could not stop the old process: {obs.error}")
+            if outcome is not None:
+                self._operations.remove(op)
+                if not op.done.done():
+                    op.done.set_result(outcome)
+
+    @staticmethod
+    def _at_once(op: _Operation, state: State) -> Outcome | None:
+        """A request that needed nothing (already so) or could not be taken."""
+        if state.shutting_down:
+            return Outcome(False, "erpwatch is stopping")
+        busy = state.stopping or state.spawning or state.restart_at is not None
+        if isinstance(op.request, Hold):
+            if state.held and not busy and state.pid is None:
+                return Outcome(True, "stopped" + _held_suffix(state))
+            return None
+        if isinstance(op.request, Release) and not busy and state.phase.running:
+            return Outcome(True, f"already running, pid {state.pid}", state.pid)
+        return None
 
     async def _wait(self) -> None:
         if self._requests or self._ready(self._exit_wait) or self._ready(self._probe_task):
@@ -259,8 +346,12 @@ class TargetMonitor:
         while pending:
             obs = pending.popleft()
             assert self._state is not None
+            held_before = self._state.held
             self._state, effects = self.core.decide(self._state, obs, self._clock.now())
             self._acted = self._acted or bool(effects)
+            if self._state.held != held_before:
+                await self._notify(self._on_hold, self.name, self._state.held)
+            self._settle_operations(obs)
             pending.extend(await self._carry_out(effects))
 
     async def _carry_out(self, effects: list[Effect]) -> list[Observation]:

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import ssl
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -14,6 +15,8 @@ import httpx
 
 from watchdog.clock import Clock
 from watchdog.config import TargetConfig
+from watchdog.core import Hold, Release, RestartRequest
+from watchdog.events import utcnow
 from watchdog.monitor import (
     ManagedProcessLike,
     ProberLike,
@@ -60,6 +63,23 @@ class ChildLedgerHooks(Protocol):
 
     async def spawned(self, target: str, pid: int) -> None: ...
     async def stopped(self, target: str) -> None: ...
+    async def held(self, target: str, held: Mapping[str, str] | None) -> None: ...
+    async def load_holds(self) -> dict[str, dict[str, str]]: ...
+
+
+class UnknownTarget(LookupError):
+    """An operator named a target that is not configured."""
+
+
+@dataclass(frozen=True, slots=True)
+class OperationResult:
+    target: str
+    ok: bool
+    message: str
+    pid: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "ok": self.ok, "message": self.message, "pid": self.pid}
 
 
 ProcessFactory = Callable[[TargetConfig], ManagedProcessLike]
@@ -67,6 +87,8 @@ ProberFactory = Callable[[TargetConfig], ProberLike | None]
 
 # How long `stop()` waits for a monitor to stop its target before doing it directly.
 _SHUTDOWN_PATIENCE = 5.0
+# An operator's request may take the stop grace plus this (spawn, reaping).
+_OPERATE_SLACK = 15.0
 
 
 class Supervisor:
@@ -124,11 +146,13 @@ class Supervisor:
                 resources=resources,
                 on_spawned=None if ledger is None else ledger.spawned,
                 on_stopped=None if ledger is None else ledger.stopped,
+                on_hold=None if ledger is None else ledger.held,
             )
             for config in self._configs
         }
         self._started: set[str] = set()
         self._starting: asyncio.Task[None] | None = None
+        self._ledger = ledger
 
     def _make_prober(self, config: TargetConfig) -> ProberLike | None:
         if not config.health_url:
@@ -149,7 +173,16 @@ class Supervisor:
         """Start every target; one with ``after`` waits until those are healthy first.
 
         Returns once all targets without dependencies run; dependants start in the background.
+        A target an operator stopped (a hold kept in the store) stays stopped.
         """
+        if self._ledger is not None:
+            try:
+                holds = {k.lower(): v for k, v in (await self._ledger.load_holds()).items()}
+            except Exception as exc:
+                log.error("cannot read the operators' holds from the store: %s", exc)
+                holds = {}
+            for name, monitor in self.monitors.items():
+                monitor.held_at_start = holds.get(name.lower())
         self._starting = asyncio.create_task(self._start_in_order(), name="start-order")
         independent = [c.name for c in self._configs if not c.after]
         await asyncio.gather(*(self._await_launch(name) for name in independent))
@@ -205,6 +238,57 @@ class Supervisor:
                 await self.tasks.cancel(worker)
                 await monitor.abandon()
         await asyncio.gather(*(client.aclose() for client in self._clients.values()))
+
+    async def operate(
+        self, command: str, names: Sequence[str], *, reason: str = "", actor: str = "operator"
+    ) -> list[OperationResult]:
+        """restart / stop / start the named targets (all, in start order; stop in reverse).
+
+        Unknown names are refused before anything is done. Each waits until carried out."""
+        if command not in ("restart", "stop", "start"):
+            raise ValueError(f"unknown command {command!r}")
+        chosen = self._resolve(names)
+        if command == "stop":
+            chosen.reverse()
+        results = []
+        for monitor in chosen:
+            name = monitor.name
+            if name not in self._started:
+                waiting = ", ".join(monitor.config.after) or "its start"
+                results.append(
+                    OperationResult(name, False, f"not started yet (waits for {waiting})")
+                )
+                continue
+            obs: RestartRequest | Hold | Release
+            if command == "restart":
+                obs = RestartRequest(reason, counted=False, actor=actor)
+            elif command == "stop":
+                obs = Hold(actor, reason, utcnow().isoformat(timespec="seconds"))
+            else:
+                obs = Release(actor)
+            patience = monitor.config.stop_timeout + _OPERATE_SLACK
+            try:
+                outcome = await asyncio.wait_for(monitor.operate(obs), patience)
+            except TimeoutError:
+                results.append(
+                    OperationResult(name, False, f"not done after {patience:.0f}s (still trying)")
+                )
+                continue
+            results.append(OperationResult(name, outcome.ok, outcome.message, outcome.pid))
+        return results
+
+    def _resolve(self, names: Sequence[str]) -> list[TargetMonitor]:
+        if not names:
+            return list(self.monitors.values())
+        by_name = {name.lower(): monitor for name, monitor in self.monitors.items()}
+        unknown = [n for n in names if n.lower() not in by_name]
+        if unknown:
+            known = ", ".join(self.monitors) or "none"
+            raise UnknownTarget(
+                f"unknown target {', '.join(map(repr, unknown))} (configured: {known})"
+            )
+        wanted = {n.lower() for n in names}
+        return [m for m in self.monitors.values() if m.name.lower() in wanted]
 
     async def restart(self, name: str, reason: str) -> None:
         """Restart one target now (counted by its restart policy)."""

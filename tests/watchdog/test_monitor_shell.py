@@ -11,6 +11,7 @@ import pytest
 
 from watchdog.clock import FakeClock
 from watchdog.config import TargetConfig, load_settings
+from watchdog.core import Hold, Release, RestartRequest
 from watchdog.events import Event
 from watchdog.monitor import TargetMonitor
 from watchdog.probe import ProbeResult, ProbeStatus
@@ -322,4 +323,73 @@ async def test_rss_sample_over_the_cap_restarts_the_current_child() -> None:
     assert "memory (RSS) 150 MB over the 100 MB limit" in restarted.message
     await rig.advance(1.0)  # the same (stale) sample never restarts the new child
     assert rig.process.starts == 2
+    await rig.close()
+
+
+# --- operator requests -------------------------------------------------------------------
+
+
+async def _operate(rig: Rig, obs: Any) -> Any:
+    task = asyncio.create_task(rig.monitor.operate(obs))
+    for _ in range(40):
+        await rig.advance(0.05)
+        if task.done():
+            break
+    assert task.done(), "the request was never carried out"
+    return task.result()
+
+
+async def test_operator_stop_holds_then_start_releases(rig: Rig) -> None:
+    holds: list[Any] = []
+
+    async def on_hold(name: str, held: Any) -> None:
+        holds.append(held)
+
+    rig.monitor._on_hold = on_hold
+    await rig.start()
+    outcome = await _operate(rig, Hold("operator (ops)", "upgrade", "2026-12-01T10:00:00Z"))
+    assert outcome.ok and outcome.message.startswith("stopped, whole tree gone")
+    assert rig.monitor.state is TargetState.STOPPED and not rig.process.running
+    assert holds[-1]["actor"] == "operator (ops)"
+    rig.process.start_errors = []
+    await rig.advance(2.0)
+    assert rig.process.starts == 1  # held: never restarted
+    outcome = await _operate(rig, Release("operator (ops)"))
+    assert outcome.ok and outcome.message == f"started, pid {rig.process.pid}"
+    assert holds[-1] is None
+    assert rig.bus.kinds()[-2:] == ["started", "healthy"]
+    assert rig.bus.events[-2].message == "started by operator (ops)"
+
+
+async def test_operator_restart_is_immediate_uncounted_and_names_the_actor(rig: Rig) -> None:
+    await rig.start()
+    old = rig.process.pid
+    outcome = await _operate(rig, RestartRequest("deploy", counted=False, actor="operator (ops)"))
+    assert outcome.ok and outcome.pid != old
+    restarted = next(e for e in rig.bus.events if e.kind == "restarted")
+    assert restarted.message == "restarted (by operator (ops): deploy)"
+    assert restarted.details["actor"] == "operator (ops)"
+    assert rig.monitor.core_state is not None and rig.monitor.core_state.restarts == ()
+
+
+async def test_start_of_a_running_target_says_so(rig: Rig) -> None:
+    await rig.start()
+    outcome = await _operate(rig, Release("operator"))
+    assert outcome.ok and outcome.message == f"already running, pid {rig.process.pid}"
+
+
+async def test_a_failing_start_is_reported_as_failed(rig: Rig) -> None:
+    await rig.start()
+    await _operate(rig, Hold("operator"))
+    rig.process.start_errors = [ProcessStartError("cannot start backend: 'x': ENOENT")]
+    outcome = await _operate(rig, Release("operator"))
+    assert not outcome.ok and "ENOENT" in outcome.message
+
+
+async def test_a_hold_kept_in_the_store_is_not_started() -> None:
+    rig = Rig()
+    rig.monitor.held_at_start = {"actor": "operator", "reason": "", "since": "x"}
+    await rig.start()
+    assert rig.process.starts == 0 and rig.monitor.state is TargetState.STOPPED
+    assert rig.bus.kinds() == ["stopped"]
     await rig.close()
