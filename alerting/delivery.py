@@ -1,15 +1,36 @@
 """Delivery: drains the outbox over one connection per batch, with retry and dead letters.
 
-Exactly-once is not possible over SMTP; we get "at most one duplicate": a mail is marked
-``sent`` in its own commit right after the server accepted it. If erpwatch dies in the
-window between the server's ``250`` and that commit (a few milliseconds), the mail is sent
-again after the restart. Every other crash point leaves it ``pending`` and sends it once.
+**Exactly once, with one window.** A mail is marked ``sent`` in its own commit as soon as the
+server answered ``250`` to its DATA, before the next mail of the batch goes out; it is never
+marked before that and never sent again after it. The one duplicate window: the server
+accepted the mail and erpwatch died (SIGKILL, power loss) before that commit, a few
+milliseconds; the mail is still ``pending`` after the restart and is sent once more (same
+Message-ID). If the commit itself fails (a database error) while erpwatch lives on, the mail
+is remembered as accepted and only the commit is retried: this process never sends it again.
+(SMTP itself adds RFC 1047's window, which no client can close: a connection lost after the
+final ``.`` but before the reply looks like any loss during DATA, so the mail is retried.)
 
-Transient failures (connection refused, timeouts, 4xx) retry with exponential backoff
-(``retry_initial`` doubling up to ``retry_max``); permanent ones (auth refused, 5xx) move the
-mail to ``dead`` with the reason, log an error and publish an ``alert-failed`` event. An
-``alert-failed`` about a mail that was itself caused by an ``alert-failed`` is marked
-``recursive`` and never alerts again.
+**Failures belong to a mail, never to the worker.** Whatever the SMTP layer raises
+(`transport.DELIVERY_ERRORS`: refused, reset, EOF mid-DATA, timeout, TLS, a malformed or
+unexpected reply, 4xx, 5xx) is classified by `transport.classify` and recorded on the mail's
+outbox row (``attempts`` + 1, ``last_error`` without secrets); nothing of it leaves `drain`.
+
+* Transient: the mail stays ``pending`` and is retried after ``retry_initial`` doubling per
+  attempt up to ``retry_max`` (from the row's ``attempts``, so the backoff also continues
+  across a restart; the due times themselves are kept in memory).
+* Permanent (authentication refused, 5xx, an address that cannot be sent): the mail moves to
+  ``dead`` with the reason, an error is logged and an ``alert-failed`` event is published. An
+  ``alert-failed`` about a mail that was itself caused by an ``alert-failed`` is marked
+  ``recursive`` and never alerts again.
+
+**A batch on one connection.** If connecting fails, every mail of the batch had its attempt
+and fails with it. Once connected, a failure that leaves the connection usable (4xx/5xx to
+one mail) fails only that mail and the batch goes on. A failure that breaks the connection
+(lost, timeout, garbage, ``421``) fails only the mail being sent: the mails accepted before it
+are already marked ``sent``, the ones after it were not tried, keep their attempt count and
+are sent on a fresh connection in the same `drain` (as they are when the connection is seen
+closed between two mails, which costs the next one nothing). Each mail is tried at most once per
+`drain`, so a drain always ends.
 """
 
 from __future__ import annotations
@@ -21,18 +42,20 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-import aiosmtplib
-
 from alerting.outbox import Outbox, OutboxRow
-from alerting.transport import DeliveryError, EmlTransport, SmtpTransport, classify
+from alerting.transport import (
+    DELIVERY_ERRORS,
+    DeliveryError,
+    EmlTransport,
+    SessionContext,
+    SmtpTransport,
+    classify,
+)
 from watchdog.bus import EventBus
 from watchdog.clock import Clock
 from watchdog.events import Event, Kind, utcnow
 
 log = logging.getLogger(__name__)
-
-# What a send can raise besides bugs: SMTP replies, network/TLS/timeouts, a bad address.
-_DELIVERY_ERRORS = (aiosmtplib.SMTPException, OSError, ValueError)
 
 
 async def wait_event(event: asyncio.Event, seconds: float) -> None:
@@ -77,6 +100,7 @@ class Delivery:
         self.batch = batch
         self.wall = wall
         self.retry_at: dict[int, float] = {}  # outbox id -> monotonic time of the next try
+        self._unrecorded: dict[int, OutboxRow] = {}  # accepted by the server, not yet marked
         self.sent = 0
         self.dead = 0
         self.failures = 0
@@ -100,51 +124,66 @@ class Delivery:
             await wait_event(self._wake, max(timeout, 0.001))
 
     async def drain(self) -> int:
-        """Send every due pending mail; returns how many were accepted."""
+        """Send every due pending mail; returns how many were accepted. Delivery failures
+        are recorded on their rows, never raised; what raises is a bug or the database."""
+        await self._record_unrecorded()
         accepted = 0
+        tried: set[int] = set()  # each mail at most once per drain, so a drain always ends
         while True:
             now = self.clock.now()
-            waiting = [i for i, at in self.retry_at.items() if at > now]
-            rows = await self.bus.run_in_writer(self.outbox.due, self.batch, waiting)
+            self.retry_at = {i: at for i, at in self.retry_at.items() if at > now}
+            skip = tried | self.retry_at.keys() | self._unrecorded.keys()
+            rows = await self.bus.run_in_writer(self.outbox.due, self.batch, skip)
             if not rows:
                 return accepted
-            sent_now = await self._send_batch(rows)
-            accepted += sent_now
-            if sent_now < len(rows):
-                return accepted  # something failed; its retry is scheduled
+            accepted += await self._send_batch(rows, tried)
 
-    async def _send_batch(self, rows: Sequence[OutboxRow]) -> int:
-        remaining = list(rows)
+    async def _send_batch(self, rows: Sequence[OutboxRow], tried: set[int]) -> int:
+        """Send ``rows`` in order over one connection until they are done or it breaks.
+
+        Adds every mail that had an attempt to ``tried``; a mail after the one that broke
+        the connection is left untouched (pending, attempts unchanged)."""
+        secrets = self.transport.secrets()
         sent = 0
-        try:
-            async with self.transport.session() as session:
-                while remaining:
-                    row = remaining[0]
-                    try:
-                        await session.send(row.mail.data, self.sender, row.mail.recipients)
-                    except _DELIVERY_ERRORS as exc:
-                        error = classify(exc, self.transport.secrets())
-                        if error.whole_batch:
-                            raise error from None
-                        remaining.pop(0)
-                        await self._failed([row], error)
-                        continue
-                    remaining.pop(0)
-                    await self._accepted(row)
-                    sent += 1
-        except _DELIVERY_ERRORS as exc:
-            if remaining:
-                await self._failed(remaining, classify(exc, self.transport.secrets()))
-            else:
-                log.warning(
-                    "closing the mail session failed after delivery: %s",
-                    classify(exc, self.transport.secrets()),
-                )
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                context: SessionContext = self.transport.session()
+                session = await stack.enter_async_context(context)
+            except DELIVERY_ERRORS as exc:
+                raise_if_cancelling()  # a cancel a library turned into an error still ends us
+                tried.update(row.id for row in rows)
+                await self._failed(rows, classify(exc, secrets))
+                return 0
+            for index, row in enumerate(rows):
+                if index and not session.alive:
+                    break  # closed after the last mail: the rest go on a fresh connection
+                tried.add(row.id)
+                try:
+                    await session.send(row.mail.data, self.sender, row.mail.recipients)
+                except DELIVERY_ERRORS as exc:
+                    raise_if_cancelling()
+                    error = classify(exc, secrets)
+                    await self._failed([row], error)
+                    if error.whole_batch:
+                        break  # the connection is gone; the rest go on a fresh one
+                    continue
+                # Accepted (250 after DATA): recorded before the next mail is sent.
+                await self._accepted(row)
+                sent += 1
         return sent
 
     async def _accepted(self, row: OutboxRow) -> None:
+        self._unrecorded[row.id] = row  # if the commit fails, it is retried, not the mail
+        await self._record_sent(row)
+
+    async def _record_unrecorded(self) -> None:
+        for row in list(self._unrecorded.values()):
+            await self._record_sent(row)
+
+    async def _record_sent(self, row: OutboxRow) -> None:
         wall, mail = self.wall(), row.mail
         await self.bus.run_in_writer(self.outbox.mark_sent, row, wall, self.transport.describe())
+        del self._unrecorded[row.id]
         self.retry_at.pop(row.id, None)
         self.sent += 1
         self.last_delivery = wall.isoformat()
@@ -162,6 +201,10 @@ class Delivery:
             )
         )
 
+    def backoff(self, attempts: int) -> float:
+        """Seconds before the next try of a mail that has failed ``attempts`` times (>= 1)."""
+        return min(self.retry_initial * 2.0 ** min(max(attempts - 1, 0), 30), self.retry_max)
+
     async def _failed(self, rows: Sequence[OutboxRow], error: DeliveryError) -> None:
         self.failures += 1
         wall = self.wall()
@@ -169,13 +212,13 @@ class Delivery:
             await self.bus.run_in_writer(self.outbox.mark_retry, rows, error.reason, wall)
             now = self.clock.now()
             for row in rows:
-                delay = min(self.retry_initial * 2 ** min(row.attempts, 30), self.retry_max)
-                self.retry_at[row.id] = now + delay
+                self.retry_at[row.id] = now + self.backoff(row.attempts + 1)
             log.warning(
-                "alert mail delivery via %s failed (%s); %d mail(s) stay queued and are retried",
+                "alert mail delivery via %s failed (%s); %d mail(s) queued, next try in %.3gs",
                 self.transport.describe(),
                 error.reason,
                 len(rows),
+                min(self.retry_at[row.id] for row in rows) - now,
             )
             return
         await self.bus.run_in_writer(self.outbox.mark_dead, rows, error.reason, wall)

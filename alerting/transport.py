@@ -1,13 +1,27 @@
 """Mail transports: SMTP (aiosmtplib, one connection per batch) or ``.eml`` files.
 
-`classify` sorts failures into transient (retry with backoff) and permanent (dead letter).
-The password is only ever handed to aiosmtplib; `describe` and every message built here
-leave it out.
+`classify` sorts what a delivery can raise (`DELIVERY_ERRORS`) into:
+
+* **transient** — retried with backoff: connection refused or reset, EOF (also mid-DATA),
+  timeouts, TLS errors (handshake and certificate), an unexpected or malformed reply, any
+  4xx (a 4xx to AUTH included);
+* **permanent** — dead letter: authentication refused (5xx), any other 5xx, an address that
+  cannot be sent, an extension the mail needs and the server lacks (`SMTPNotSupported`).
+
+``whole_batch`` says whether the connection is still usable after the failure: a 4xx/5xx to
+one mail's MAIL/RCPT/DATA leaves it in a clean state (aiosmtplib sent RSET), while a lost
+connection, a timeout, a malformed or unexpected reply and ``421`` (the server is closing the
+channel) do not; the session then closes the connection without QUIT.
+
+The password is only ever handed to aiosmtplib; `describe`, `secrets` redaction and every
+message built here leave it out (also its base64 forms, which a server may echo back), and a
+reason is bounded to `REASON_MAX` characters.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import os
 import ssl
@@ -21,6 +35,18 @@ import aiosmtplib
 from watchdog.config import Settings
 
 DEFAULT_PORTS = {"none": 25, "starttls": 587, "tls": 465}
+REASON_MAX = 500  # characters of a failure reason kept (outbox row, log, alert-failed event)
+
+# What a delivery can raise besides bugs: SMTP replies and protocol errors, network, TLS and
+# timeouts (`OSError`), an EOF, an address or message that cannot be sent (`ValueError`).
+DELIVERY_ERRORS: tuple[type[Exception], ...] = (
+    aiosmtplib.SMTPException,
+    OSError,
+    EOFError,
+    ValueError,
+)
+
+_CLOSING = 421  # "service not available, closing transmission channel"
 
 
 class DeliveryError(Exception):
@@ -33,32 +59,56 @@ class DeliveryError(Exception):
         self.whole_batch = whole_batch  # the connection is unusable, not just this message
 
 
-def classify(exc: BaseException, secrets: Sequence[str] = ()) -> DeliveryError:
-    """Transient: connection refused/reset, timeouts, 4xx. Permanent: auth refused, 5xx,
-    TLS verification or a server without STARTTLS (configuration errors)."""
-    reason = f"{type(exc).__name__}: {exc}"
+def redact(text: str, secrets: Sequence[str] = ()) -> str:
+    """``text`` without any of ``secrets``, bounded to `REASON_MAX` characters."""
     for secret in secrets:
         if secret:
-            reason = reason.replace(secret, "***")
+            text = text.replace(secret, "***")
+    if len(text) > REASON_MAX:
+        text = text[: REASON_MAX - 1] + "…"
+    return text
+
+
+def _connection_broken(code: int) -> bool:
+    """A reply code after which the connection cannot carry another mail."""
+    return code == _CLOSING or not 400 <= code < 600
+
+
+def classify(exc: BaseException, secrets: Sequence[str] = ()) -> DeliveryError:
+    """Sort a delivery failure (see the module docstring); the reason is redacted."""
     if isinstance(exc, DeliveryError):
         return exc
+    reason = redact(f"{type(exc).__name__}: {exc}", secrets)
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        if 400 <= exc.code < 500:
+            return DeliveryError(
+                f"authentication failed temporarily ({reason})", permanent=False, whole_batch=True
+            )
         return DeliveryError(f"authentication refused ({reason})", permanent=True, whole_batch=True)
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         codes = [r.code for r in exc.recipients]
         permanent = bool(codes) and all(code >= 500 for code in codes)
-        return DeliveryError(reason, permanent=permanent, whole_batch=False)
+        broken = any(_connection_broken(code) for code in codes)
+        return DeliveryError(reason, permanent=permanent and not broken, whole_batch=broken)
     if isinstance(exc, aiosmtplib.SMTPResponseException):
-        permanent = exc.code >= 500
-        return DeliveryError(reason, permanent=permanent, whole_batch=False)
-    if isinstance(exc, aiosmtplib.SMTPNotSupported | ssl.SSLCertVerificationError):
+        if _connection_broken(exc.code):  # 421, malformed (-1) or out-of-place (2xx/3xx) reply
+            return DeliveryError(reason, permanent=False, whole_batch=True)
+        return DeliveryError(reason, permanent=exc.code >= 500, whole_batch=False)
+    if isinstance(exc, aiosmtplib.SMTPNotSupported):
         return DeliveryError(reason, permanent=True, whole_batch=True)
-    if isinstance(exc, aiosmtplib.SMTPException | OSError | asyncio.TimeoutError):
-        return DeliveryError(reason, permanent=False, whole_batch=True)
+    if isinstance(exc, aiosmtplib.SMTPException | OSError | EOFError | asyncio.TimeoutError):
+        return DeliveryError(reason, permanent=False, whole_batch=True)  # lost, TLS, timeout
+    if isinstance(exc, ValueError):  # aiosmtplib refuses an address or message before sending
+        return DeliveryError(reason, permanent=True, whole_batch=False)
     return DeliveryError(reason, permanent=False, whole_batch=True)
 
 
 class Session(Protocol):
+    @property
+    def alive(self) -> bool:
+        """False once the connection is known to be gone (no mail can go on it)."""
+        ...
+
     async def send(self, data: bytes, sender: str, recipients: Sequence[str]) -> str: ...
 
 
@@ -80,15 +130,21 @@ class SessionContext(Protocol):
 
 
 class _SmtpSession:
+    """One SMTP connection: connect (EHLO, STARTTLS, AUTH) on enter, QUIT on a clean exit."""
+
     def __init__(self, transport: SmtpTransport) -> None:
         self._transport = transport
         self._client: aiosmtplib.SMTP | None = None
 
     async def __aenter__(self) -> _SmtpSession:
         client = self._transport.client()
-        await client.connect()
+        await client.connect()  # on any failure aiosmtplib closes what it opened
         self._client = client
         return self
+
+    @property
+    def alive(self) -> bool:
+        return self._client is not None and self._client.is_connected
 
     async def __aexit__(
         self,
@@ -99,14 +155,25 @@ class _SmtpSession:
         client, self._client = self._client, None
         if client is None or not client.is_connected:
             return
+        if exc is not None:
+            client.close()  # leaving on an error (or a cancel): no QUIT on a doubtful stream
+            return
         try:
             await client.quit()
-        except (TimeoutError, aiosmtplib.SMTPException, OSError):
+        except DELIVERY_ERRORS:
             client.close()  # the mails are already accepted; a failed QUIT changes nothing
 
     async def send(self, data: bytes, sender: str, recipients: Sequence[str]) -> str:
-        assert self._client is not None
-        errors, response = await self._client.sendmail(sender, list(recipients), data)
+        """Send one mail; returns the server's reply to DATA once it accepted it (2xx)."""
+        client = self._client
+        if client is None or not client.is_connected:
+            raise aiosmtplib.SMTPServerDisconnected("connection lost before this mail")
+        try:
+            errors, response = await client.sendmail(sender, list(recipients), data)
+        except DELIVERY_ERRORS as exc:
+            if classify(exc).whole_batch:
+                client.close()  # unusable: the next mail of the batch must not use it
+            raise
         if errors:
             refused = ", ".join(f"{r}: {resp.code} {resp.message}" for r, resp in errors.items())
             return f"{response} (refused: {refused})"
@@ -128,7 +195,16 @@ class SmtpTransport:
         return f"smtp {self.host}:{self.port}"
 
     def secrets(self) -> list[str]:
-        return [self._password.get_secret_value()] if self._password else []
+        """The password and the base64 forms AUTH PLAIN/LOGIN put on the wire (to redact)."""
+        if self._password is None or not self._password.get_secret_value():
+            return []
+        password = self._password.get_secret_value()
+        plain = f"\0{self.username or ''}\0{password}".encode()
+        return [
+            password,
+            base64.b64encode(plain).decode(),
+            base64.b64encode(password.encode()).decode(),
+        ]
 
     def client(self) -> aiosmtplib.SMTP:
         context = None
@@ -155,6 +231,10 @@ class _EmlSession:
 
     async def __aenter__(self) -> _EmlSession:
         return self
+
+    @property
+    def alive(self) -> bool:
+        return True
 
     async def __aexit__(
         self,
