@@ -168,6 +168,7 @@ class TargetMonitor:
         self.config = config
         self.name = config.name
         self.process = process
+        self._crash_loop_count = crash_loop_count
         self.core = Core(Params.from_config(config, crash_loop_count=crash_loop_count))
         self._bus = bus
         self._clock = clock
@@ -525,6 +526,24 @@ class TargetMonitor:
             log.debug("%s: reading the process tree failed: %s", self.name, exc)
 
     # --- for the supervisor ---------------------------------------------------------
+
+    @property
+    def prober(self) -> ProberLike | None:
+        return self._prober
+
+    def reconfigure(self, config: TargetConfig, prober: ProberLike | None) -> None:
+        """New supervision settings for the same process (a reload): the core's state is
+        kept, its parameters change from the next decision on."""
+        self.config = config
+        self.core = Core(Params.from_config(config, crash_loop_count=self._crash_loop_count))
+        if prober is not self._prober:
+            self._cancel_probe()
+            self._prober = prober if config.health_url else None
+        self.max_tick = min(config.check_interval, MAX_TICK)
+        stop_timeout = getattr(self.process, "stop_timeout", None)
+        if stop_timeout is not None:
+            self.process.stop_timeout = config.stop_timeout  # type: ignore[attr-defined]
+        self._wake.set()
 
     def stalled(self, now: float) -> bool:
         """The loop has not gone round for STALL_TICKS ticks (a stop may take its grace)."""

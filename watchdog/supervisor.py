@@ -7,7 +7,7 @@ import dataclasses
 import logging
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -65,6 +65,34 @@ class ChildLedgerHooks(Protocol):
     async def stopped(self, target: str) -> None: ...
     async def held(self, target: str, held: Mapping[str, str] | None) -> None: ...
     async def load_holds(self) -> dict[str, dict[str, str]]: ...
+
+
+# A change of these restarts the target's process; any other change applies in place.
+_PROCESS_FIELDS = ("argv", "workdir", "env")
+
+
+def _process_changed(old: TargetConfig, new: TargetConfig) -> bool:
+    return any(getattr(old, f, None) != getattr(new, f, None) for f in _PROCESS_FIELDS)
+
+
+@dataclass
+class ReloadReport:
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    restarted: list[str] = field(default_factory=list)  # their process changed
+    updated: list[str] = field(default_factory=list)  # supervision settings, same process
+    unchanged: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return dataclasses.asdict(self)
+
+    def describe(self) -> str:
+        parts = [
+            f"{label}: {', '.join(names)}"
+            for label, names in self.to_dict().items()
+            if names and label != "unchanged"
+        ]
+        return "; ".join(parts) or "no target changed"
 
 
 class UnknownTarget(LookupError):
@@ -134,25 +162,32 @@ class Supervisor:
             )
 
         self._resources = resources
-        make_prober = prober_factory or self._make_prober
+        self._bus = bus
+        self._crash_loop_count = crash_loop_count
+        self._process_factory = process_factory or make_process
+        self._prober_factory = prober_factory or self._make_prober
+        self._ledger = ledger
         self.monitors: dict[str, TargetMonitor] = {
-            config.name: TargetMonitor(
-                config,
-                bus,
-                clock=clock,
-                process=(process_factory or make_process)(config),
-                prober=make_prober(config),
-                crash_loop_count=crash_loop_count,
-                resources=resources,
-                on_spawned=None if ledger is None else ledger.spawned,
-                on_stopped=None if ledger is None else ledger.stopped,
-                on_hold=None if ledger is None else ledger.held,
-            )
-            for config in self._configs
+            config.name: self._new_monitor(config) for config in self._configs
         }
         self._started: set[str] = set()
         self._starting: asyncio.Task[None] | None = None
-        self._ledger = ledger
+        self._late_starts: list[asyncio.Task[None]] = []
+
+    def _new_monitor(self, config: TargetConfig) -> TargetMonitor:
+        ledger = self._ledger
+        return TargetMonitor(
+            config,
+            self._bus,
+            clock=self._clock,
+            process=self._process_factory(config),
+            prober=self._prober_factory(config),
+            crash_loop_count=self._crash_loop_count,
+            resources=self._resources,
+            on_spawned=None if ledger is None else ledger.spawned,
+            on_stopped=None if ledger is None else ledger.stopped,
+            on_hold=None if ledger is None else ledger.held,
+        )
 
     def _make_prober(self, config: TargetConfig) -> ProberLike | None:
         if not config.health_url:
@@ -189,14 +224,20 @@ class Supervisor:
 
     async def _start_in_order(self) -> None:
         for config in self._configs:
-            for dep in config.after:
+            await self._start_one(config)
+
+    async def _start_one(self, config: TargetConfig) -> None:
+        for dep in config.after:
+            try:
                 waited = self._monitor(dep)
-                if not waited.healthy.is_set():
-                    log.info("%s: waiting for %s to be healthy", config.name, waited.name)
-                    await waited.healthy.wait()
-            monitor = self.monitors[config.name]
-            self._started.add(config.name)
-            self.tasks.spawn(f"monitor:{config.name}", monitor.run)
+            except KeyError:
+                continue  # not supervised (any more): nothing to wait for
+            if not waited.healthy.is_set():
+                log.info("%s: waiting for %s to be healthy", config.name, waited.name)
+                await waited.healthy.wait()
+        monitor = self.monitors[config.name]
+        self._started.add(config.name)
+        self.tasks.spawn(f"monitor:{config.name}", monitor.run)
 
     async def _await_launch(self, name: str) -> None:
         monitor = self.monitors[name]
@@ -214,30 +255,89 @@ class Supervisor:
         raise KeyError(name)
 
     async def stop(self) -> None:
-        """Stop targets in reverse start order, each fully (group, grace, SIGKILL).
-
-        A monitor that cannot do it (dead, stalled) gets ``_SHUTDOWN_PATIENCE`` beyond its
-        stop grace; then the tree is stopped directly: no target outlives erpwatch."""
-        if self._starting is not None:
-            self._starting.cancel()
-            await asyncio.gather(self._starting, return_exceptions=True)
+        """Stop targets in reverse start order, each fully (group, grace, SIGKILL)."""
+        for task in (self._starting, *self._late_starts):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         for config in reversed(self._configs):
-            if config.name not in self._started:
-                continue
-            monitor = self.monitors[config.name]
-            monitor.stop()
-            worker = f"monitor:{config.name}"
-            patience = config.stop_timeout + _SHUTDOWN_PATIENCE
-            try:
-                await asyncio.wait_for(self.tasks.join(worker), patience)
-            except TimeoutError:
-                log.error(
-                    "%s: its monitor did not stop in %.0fs; stopping directly",
-                    *(config.name, patience),
-                )
-                await self.tasks.cancel(worker)
-                await monitor.abandon()
+            await self._stop_one(config.name)
         await asyncio.gather(*(client.aclose() for client in self._clients.values()))
+
+    async def _stop_one(self, name: str) -> None:
+        """Stop one target fully. A monitor that cannot do it (dead, stalled) gets
+        ``_SHUTDOWN_PATIENCE`` beyond its stop grace; then the tree is stopped directly: no
+        target outlives erpwatch."""
+        if name not in self._started:
+            return
+        monitor = self.monitors[name]
+        monitor.stop()
+        worker = f"monitor:{name}"
+        patience = monitor.config.stop_timeout + _SHUTDOWN_PATIENCE
+        try:
+            await asyncio.wait_for(self.tasks.join(worker), patience)
+        except TimeoutError:
+            log.error("%s: its monitor did not stop in %.0fs; stopping directly", name, patience)
+            await self.tasks.cancel(worker)
+            await monitor.abandon()
+        self._started.discard(name)
+
+    async def reload(self, configs: Sequence[TargetConfig]) -> ReloadReport:
+        """Apply a new set of target configs while running: start added targets (after
+        their AFTER dependencies are healthy), stop removed ones, restart those whose process
+        changed (command, working directory, environment), apply changed supervision
+        settings (intervals, thresholds, limits, health URL) in place, leave the rest alone.
+
+        Raises ValueError (a cycle in AFTER) before changing anything."""
+        ordered = start_order(configs)
+        new = {c.name: c for c in ordered}
+        old = {c.name: c for c in self._configs}
+        report = ReloadReport()
+        for name in [n for n in reversed(list(old)) if n not in new]:
+            await self._stop_one(name)
+            monitor = self.monitors.pop(name)
+            client = self._clients.pop(name, None)
+            if client is not None:
+                await client.aclose()
+            del monitor
+            report.removed.append(name)
+        self._configs = ordered
+        for config in ordered:
+            name = config.name
+            previous = old.get(name)
+            if previous is None:
+                self.monitors[name] = self._new_monitor(config)
+                self._late_starts.append(asyncio.create_task(self._start_one(config)))
+                report.added.append(name)
+            elif previous == config:
+                report.unchanged.append(name)
+            elif _process_changed(previous, config):
+                held = self.monitors[name].core_state
+                hold = None if held is None else held.held
+                await self._stop_one(name)
+                client = self._clients.pop(name, None)
+                if client is not None:
+                    await client.aclose()
+                monitor = self._new_monitor(config)
+                monitor.held_at_start = hold
+                self.monitors[name] = monitor
+                self._late_starts.append(asyncio.create_task(self._start_one(config)))
+                report.restarted.append(name)
+            else:
+                monitor = self.monitors[name]
+                prober = monitor.prober
+                if previous.health_url != config.health_url or (
+                    previous.probe_timeout,
+                    previous.degraded_latency,
+                ) != (config.probe_timeout, config.degraded_latency):
+                    client = self._clients.pop(name, None)
+                    if client is not None:
+                        await client.aclose()
+                    prober = self._prober_factory(config)
+                monitor.reconfigure(config, prober)
+                report.updated.append(name)
+        self._late_starts = [t for t in self._late_starts if not t.done()]
+        return report
 
     async def operate(
         self, command: str, names: Sequence[str], *, reason: str = "", actor: str = "operator"
