@@ -1,0 +1,94 @@
+"""Supervisor.reload and operate with real children: keep, add, remove, change, hold."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import await_until
+from tests.watchdog.test_monitor import Harness, alive
+from watchdog.states import TargetState
+from watchdog.supervisor import Supervisor, UnknownTarget
+
+SLEEP = f"{sys.executable} -c 'import time; time.sleep(120)'"
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    h = Harness(tmp_path)
+    yield h
+    await h.close()
+
+
+def targets(h: Harness, **commands: str) -> Any:
+    return h.configs(targets={name: {"command": cmd} for name, cmd in commands.items()})
+
+
+async def running(sup: Supervisor, *names: str) -> None:
+    await await_until(
+        lambda: all(sup.monitors[n].state is TargetState.HEALTHY for n in names),
+        what=f"{names} healthy",
+    )
+
+
+async def test_reload_keeps_unchanged_adds_removes_and_restarts_changed(harness: Harness) -> None:
+    sup = await harness.start(targets(harness, keep=SLEEP, change=SLEEP, drop=SLEEP))
+    await running(sup, "keep", "change", "drop")
+    pids = {name: sup.monitors[name].process.pid for name in ("keep", "change", "drop")}
+    new = targets(harness, keep=SLEEP, change=SLEEP + " # v2", add=SLEEP)
+    report = await sup.reload(new)
+    assert report.unchanged == ["keep"]
+    assert report.restarted == ["change"]
+    assert report.removed == ["drop"]
+    assert report.added == ["add"]
+    await running(sup, "keep", "change", "add")
+    assert sup.monitors["keep"].process.pid == pids["keep"]  # left alone: same process
+    assert sup.monitors["change"].process.pid != pids["change"]
+    assert pids["drop"] is not None and not alive(pids["drop"])
+    assert pids["change"] is not None and not alive(pids["change"])
+    assert "drop" not in sup.monitors
+
+
+async def test_reload_applies_supervision_settings_in_place(harness: Harness) -> None:
+    sup = await harness.start(targets(harness, app=SLEEP))
+    await running(sup, "app")
+    pid = sup.monitors["app"].process.pid
+    new = harness.configs(targets={"app": {"command": SLEEP, "max_restarts": 9}})
+    report = await sup.reload(new)
+    assert report.updated == ["app"]
+    assert sup.monitors["app"].process.pid == pid
+    assert sup.monitors["app"].core.params.max_restarts == 9
+
+
+async def test_reload_with_a_cycle_changes_nothing(harness: Harness) -> None:
+    sup = await harness.start(targets(harness, a=SLEEP))
+    await running(sup, "a")
+    pid = sup.monitors["a"].process.pid
+    bad = harness.configs(
+        targets={"a": {"command": SLEEP, "after": "b"}, "b": {"command": SLEEP, "after": "a"}}
+    )
+    with pytest.raises(ValueError, match="cycle"):
+        await sup.reload(bad)
+    assert list(sup.monitors) == ["a"] and sup.monitors["a"].process.pid == pid
+
+
+async def test_operate_stop_start_restart_and_refuse_unknown(harness: Harness) -> None:
+    sup = await harness.start(targets(harness, app=SLEEP))
+    await running(sup, "app")
+    first = sup.monitors["app"].process.pid
+    (stopped,) = await sup.operate("stop", ["app"], reason="upgrade", actor="operator (t)")
+    assert stopped.ok and "whole tree gone" in stopped.message
+    assert first is not None and not alive(first)
+    assert sup.monitors["app"].state is TargetState.STOPPED
+    (started,) = await sup.operate("start", ["APP"], actor="operator (t)")
+    assert started.ok and started.pid is not None and alive(started.pid)
+    (restarted,) = await sup.operate("restart", [], reason="deploy", actor="operator (t)")
+    assert restarted.ok and restarted.pid != started.pid
+    with pytest.raises(UnknownTarget, match="unknown target 'nosuch'"):
+        await sup.operate("restart", ["nosuch"])
+    kinds = harness.kinds("app")
+    assert "crashed" not in kinds and "restart-limit-reached" not in kinds
