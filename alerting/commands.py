@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import socket
 import sqlite3
-from datetime import UTC, datetime
+import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,12 @@ from alerting.render import Renderer
 from alerting.stages import Notification
 from alerting.transport import SmtpTransport, classify, transport_for
 from watchdog.config import Settings, load_settings
+from watchdog.events import SYSTEM_TARGET
 from watchdog.resources import host_snapshot
 
 EXIT_FAILED = 1
+EXIT_USAGE = 2
+MAX_SILENCE = timedelta(days=365)
 
 
 def register(subparsers: Any) -> None:
@@ -30,9 +35,14 @@ def register(subparsers: Any) -> None:
         "is still down when the silence ends, the alert goes out then.",
     )
     silence.add_argument("target", nargs="?", help="target name")
-    silence.add_argument("--for", dest="duration", help="how long, e.g. 30m, 2h, 1h30m, 1d")
+    silence.add_argument(
+        "--for", dest="duration", help="how long, e.g. 30m, 2h, 1h30m, 1d (at most 365d)"
+    )
     silence.add_argument("--reason", default="", help="why (shown in held-alert records)")
     silence.add_argument("--list", action="store_true", help="list active silences")
+    silence.add_argument(
+        "--force", action="store_true", help="silence TARGET even when no target has that name"
+    )
     silence.set_defaults(handler=silence_command)
 
     unsilence = subparsers.add_parser("unsilence", help="end a target's silence now")
@@ -52,32 +62,88 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def parse_silence(text: str) -> timedelta:
+    """``--for``: a positive duration of at most `MAX_SILENCE`; `ValueError` with one line."""
+    try:
+        as_number = float(text)
+    except ValueError:
+        as_number = None
+    if as_number is not None and not math.isfinite(as_number):
+        raise ValueError(f"duration {text!r} is not a finite number of seconds")
+    too_long = ValueError(
+        f"duration {text!r} is too long: at most {MAX_SILENCE.days} days "
+        "(`erpwatch unsilence` ends a silence early)"
+    )
+    try:
+        duration = silences.parse_duration(text)
+    except OverflowError:
+        raise too_long from None
+    if duration > MAX_SILENCE:
+        raise too_long
+    return duration
+
+
+def _unknown_target(settings: Settings, target: str) -> str | None:
+    """Why ``target`` is no configured target (a typo would leave the real one unsilenced).
+    With no target configured at all there is nothing to compare with: a note, no refusal."""
+    configured = {config.name.lower(): config.name for config in settings.targets_resolved()}
+    if not configured:
+        print(
+            f"erpwatch silence: note: no target is configured here, so {target!r} is not "
+            "checked (is this erpwatch's configuration? ERPWATCH_DB_PATH is "
+            f"{settings.event_db_path})",
+            file=sys.stderr,
+        )
+        return None
+    names = {**configured, SYSTEM_TARGET: SYSTEM_TARGET}  # erpwatch's own alerts too
+    if target.lower() in names:
+        return None
+    known = ", ".join(sorted(names.values()))
+    return f"unknown target {target!r} (configured: {known}); --force silences it anyway"
+
+
+def _usage(message: str) -> int:
+    print(f"erpwatch silence: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def silence_command(args: argparse.Namespace) -> int:
     settings = load_settings()
     now = datetime.now(UTC)
-    conn = _connect(settings.event_db_path)
+    item: silences.Silence | None = None
+    if not args.list:
+        if not args.target or not args.duration:
+            return _usage("give TARGET and --for DURATION (or --list)")
+        try:
+            duration = parse_silence(args.duration)
+        except ValueError as exc:
+            return _usage(str(exc))
+        problem = None if args.force else _unknown_target(settings, args.target)
+        if problem is not None:
+            return _usage(problem)
+        item = silences.Silence(args.target, now + duration, args.reason)
+    path = settings.event_db_path
     try:
-        if args.list:
+        conn = _connect(path)
+    except (OSError, sqlite3.Error) as exc:
+        print(f"erpwatch silence: cannot open the event database {path}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        if item is None:
             silences.ensure_schema(conn)
             active = silences.load(conn, now)
             if not active:
                 print("no active silences")
-            for item in active:
-                left = int((item.until - now).total_seconds())
-                print(f"{item.describe()}  [{left}s left]")
+            for active_item in active:
+                left = int((active_item.until - now).total_seconds())
+                print(f"{active_item.describe()}  [{left}s left]")
             return 0
-        if not args.target or not args.duration:
-            print("erpwatch silence: give TARGET and --for DURATION (or --list)")
-            return 2
-        try:
-            duration = silences.parse_duration(args.duration)
-        except ValueError as exc:
-            print(f"erpwatch silence: {exc}")
-            return 2
-        item = silences.Silence(args.target, now + duration, args.reason)
         silences.add(conn, item, now)
         print(f"silenced: {item.describe()}")
         return 0
+    except sqlite3.Error as exc:
+        print(f"erpwatch silence: cannot use the event database {path}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         conn.close()
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import functools
 import json
 import os
+import resource
 import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +51,26 @@ def history(tmp_path: Path, *args: str) -> list[dict[str, object]]:
 
 
 class Run:
-    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        env: dict[str, str],
+        *,
+        preexec_fn: Callable[[], None] | None = None,
+        prelude: str | None = None,
+    ) -> None:
         base = {k: v for k, v in os.environ.items() if not k.startswith("ERPWATCH_")}
         self.tmp_path = tmp_path
+        # ``prelude``: Python run in the erpwatch process before `erpwatch run` itself.
+        argv = ["-m", "watchdog.cli", "run"]
+        if prelude is not None:
+            argv = [
+                "-c",
+                f"{prelude}\nfrom watchdog.cli import main\nraise SystemExit(main(['run']))",
+            ]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "watchdog.cli", "run"],
+            [sys.executable, *argv],
+            preexec_fn=preexec_fn,
             env={
                 **base,
                 "ERPWATCH_LOG_PATH": str(tmp_path / "logs"),
@@ -205,3 +222,126 @@ def test_hup_usr1_usr2_pipe_never_stop_it_then_sigterm_stops_cleanly(
     kinds = run.kinds()
     assert ("backend", "stopped") in kinds
     assert kinds[-1] == ("erpwatch", "watchdog-stopped")
+
+
+# --- the boundaries of `erpwatch run` -----------------------------------------------------
+
+
+def _health(base: str, **headers: str) -> int | None:
+    try:
+        return httpx.get(f"{base}/health", headers=headers, timeout=5).status_code
+    except httpx.TransportError:
+        return None
+
+
+def test_nothing_configured_says_so_in_one_line(tmp_path: Path, runs: list[Run]) -> None:
+    run = Run(tmp_path, {})
+    runs.append(run)
+    out, _ = run.proc.communicate(timeout=30)
+    assert run.proc.returncode == 2
+    assert out.strip() == (
+        "erpwatch: configuration error: no target configured: set ERPWATCH_COMMAND "
+        "(and ERPWATCH_HEALTH_URL) or ERPWATCH_TARGETS__<NAME>__COMMAND"
+    )
+
+
+def test_idle_connection_flood_is_bounded_and_erpwatch_keeps_running(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    status_port = free_port()
+    run = Run(
+        tmp_path,
+        {
+            "ERPWATCH_COMMAND": f"{sys.executable} -c 'import time; time.sleep(120)'",
+            "ERPWATCH_STATUS_PORT": str(status_port),
+            "ERPWATCH_STATUS_MAX_CONNECTIONS": "5",
+        },
+    )
+    runs.append(run)
+    base = f"http://127.0.0.1:{status_port}"
+    wait_until(lambda: _health(base) == 200, timeout=20, what="the status server")
+    erpwatch = psutil.Process(run.proc.pid)
+
+    def accepted() -> int:
+        return sum(
+            1
+            for c in erpwatch.net_connections(kind="tcp")
+            if c.laddr and c.laddr.port == status_port and c.status == psutil.CONN_ESTABLISHED
+        )
+
+    flood = [socket.create_connection(("127.0.0.1", status_port), timeout=5) for _ in range(40)]
+    try:
+        assert _health(base) == 200  # the oldest idle connection made room
+        assert accepted() <= 5
+        # The DNS-rebinding defence, on the real server: a foreign Host gets 421.
+        assert _health(base, Host="rebind.attacker.example") == 421
+        assert _health(base, Host=f"localhost:{status_port}") == 200
+        assert run.proc.poll() is None
+    finally:
+        for sock in flood:
+            sock.close()
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.proc.wait(20) == 0
+
+
+def _low_open_file_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 2048))
+
+
+def test_start_raises_the_open_file_limit_and_warns_about_unknown_variables(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    (tmp_path / ".env").write_text("ERPWATCH_CHEK_INTERVAL=5\n")
+    run = Run(
+        tmp_path,
+        {"ERPWATCH_COMMAND": f"{sys.executable} -c 'import time; time.sleep(120)'"},
+        preexec_fn=_low_open_file_limit,
+    )
+    runs.append(run)
+    log_file = tmp_path / "logs" / "erpwatch.log"
+    warning = (
+        "ERPWATCH_CHEK_INTERVAL is not a known variable; did you mean ERPWATCH_CHECK_INTERVAL?"
+    )
+    wait_until(
+        lambda: log_file.exists() and "started" in log_file.read_text(), timeout=20, what="start"
+    )
+    text = log_file.read_text()
+    assert "open-file limit raised from 256 to 2048 (hard limit 2048)" in text
+    assert warning in text
+    assert psutil.Process(run.proc.pid).rlimit(psutil.RLIMIT_NOFILE) == (2048, 2048)
+    run.proc.send_signal(signal.SIGTERM)
+    out, _ = run.proc.communicate(timeout=20)
+    assert run.proc.returncode == 0  # a warning, never fatal
+    assert warning in out  # on stderr too (the console log)
+
+
+@pytest.mark.parametrize("problem", ["port", "database"])
+def test_a_problem_arising_after_the_checks_is_one_line_not_a_traceback(
+    tmp_path: Path, runs: list[Run], problem: str
+) -> None:
+    """The status port taken (or the database spoilt) between the checks and the start."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    junk = tmp_path / "junk.db"
+    junk.write_text("not a database\n" * 100)
+    env = {"ERPWATCH_COMMAND": f"{sys.executable} -c 'import time; time.sleep(120)'"}
+    if problem == "port":
+        env["ERPWATCH_STATUS_PORT"] = str(holder.getsockname()[1])
+    else:
+        env["ERPWATCH_DB_PATH"] = str(junk)
+    run = Run(tmp_path, env, prelude="import watchdog.preflight as p; p.fast_checks = lambda s: []")
+    runs.append(run)
+    try:
+        out, _ = run.proc.communicate(timeout=30)
+    finally:
+        holder.close()
+    assert run.proc.returncode == 1, out
+    assert "Traceback" not in out
+    [line] = [line for line in out.splitlines() if line.startswith("erpwatch: not starting: ")]
+    if problem == "port":
+        port = env["ERPWATCH_STATUS_PORT"]
+        assert f"status server cannot listen on 127.0.0.1:{port}: Address already in use" in line
+        assert f"(held by pid {os.getpid()} " in line
+    else:
+        assert f"cannot use {junk} as the event database: file is not a database" in line

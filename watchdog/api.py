@@ -13,6 +13,19 @@ The server never touches erpwatch's signal handling (uvicorn's `capture_signals`
 here) and never its logging (``log_config=None``). It refuses a non-loopback address without
 ``ERPWATCH_STATUS_TOKEN``. With a token every endpoint but ``/health`` wants
 ``Authorization: Bearer <token>`` or ``?token=`` (EventSource cannot send headers).
+
+Boundary, outermost first:
+
+* connections: at most ``ERPWATCH_STATUS_MAX_CONNECTIONS`` open at once (`_BoundedH11`, a
+  uvicorn h11 protocol). One more closes the oldest idle connection (no request in progress:
+  an idle flood or a slowloris cannot lock ``/health`` out), or, when every one is busy, is
+  answered 503 and closed. A connection that sends no request within `IDLE_TIMEOUT_S` is
+  closed. (uvicorn's own ``limit_concurrency`` only answers requests 503: idle sockets would
+  still pile up, holding descriptors, and lock every client out.)
+* Host header (`_HostGuard`, DNS-rebinding defence, ``/health`` included): `allowed_hosts`
+  are the loopback names, ``STATUS_HOST``, the host of ``STATUS_PAGE_URL`` and
+  ``STATUS_ALLOWED_HOSTS`` (``*`` = any), with or without a port; others get 421.
+* the token (`_TokenGuard`), then the routes.
 """
 
 from __future__ import annotations
@@ -20,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -34,16 +46,23 @@ from typing import Any, Protocol
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from watchdog import __version__
 from watchdog.bus import EventBus, Subscription
 from watchdog.clock import RealClock
-from watchdog.config import ENV_PREFIX, ConfigError, Settings
+from watchdog.config import ConfigError, Settings, is_loopback, status_bind_problem
 from watchdog.events import Event, Kind
-from watchdog.history import UsageError, parse_kinds, parse_time
+from watchdog.history import UsageError, parse_kinds, parse_limit, parse_time
 from watchdog.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from watchdog.metrics import Metrics
 from watchdog.monitor import TargetStatus
@@ -63,6 +82,9 @@ CATCH_UP_PAGE = 500
 HISTORY_MAX = 10_000
 RECENT_EVENTS = 30
 SHUTDOWN_GRACE_S = 2
+IDLE_TIMEOUT_S = 5.0  # a connection without a request is closed after this (uvicorn: 5 s)
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+EVENT_ID_MAX = 2**63 - 1  # SQLite's INTEGER
 _SECRET_WORDS = ("password", "secret", "token", "credential")
 
 STATE_LABELS: Mapping[TargetState, str] = {
@@ -85,24 +107,140 @@ class StatusSource(Protocol):
 # --- bind policy -------------------------------------------------------------------------
 
 
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def check_bind(settings: Settings) -> None:
     """Refuse to serve on a non-loopback address without a token."""
-    token = settings.status_token.get_secret_value() if settings.status_token else ""
-    if not token and not is_loopback(settings.status_host):
-        raise ConfigError(
-            f"{ENV_PREFIX}STATUS_HOST={settings.status_host!r} is not a loopback address: set "
-            f"{ENV_PREFIX}STATUS_TOKEN to serve the status API there, or use 127.0.0.1 "
-            f"(or {ENV_PREFIX}STATUS_ENABLED=false)"
+    problem = status_bind_problem(settings)
+    if problem is not None:
+        raise ConfigError(problem)
+
+
+class StatusBindError(OSError):
+    """The status server cannot listen where configured (the port is taken, ...)."""
+
+
+# --- the Host header allow-list -----------------------------------------------------------
+
+
+def host_of(value: str) -> str | None:
+    """The host of a Host header value (lower-case, no port, no brackets, no trailing dot),
+    or None when it is malformed."""
+    value = value.strip().lower()
+    port = ""
+    if value.startswith("["):
+        host, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return None
+        port = rest[1:]
+    elif value.count(":") > 1:
+        return None  # a bare IPv6 address is no valid Host header
+    else:
+        host, _, port = value.partition(":")
+    if port and not port.isdigit():
+        return None
+    return host.rstrip(".") or None
+
+
+def allowed_hosts(settings: Settings) -> frozenset[str]:
+    """The names the status server answers to; ``*`` in it means any."""
+    names = set(LOOPBACK_NAMES)
+    configured = [settings.status_host, *settings.status_allowed_hosts]
+    if settings.status_page_url is not None and settings.status_page_url.host:
+        configured.append(settings.status_page_url.host)
+    for name in configured:
+        if name.strip() == "*":
+            names.add("*")
+            continue
+        host = host_of(name if name.startswith("[") or name.count(":") < 2 else f"[{name}]")
+        if host and host not in ("0.0.0.0", "::"):
+            names.add(host)
+    return frozenset(names)
+
+
+class _HostGuard:
+    """Pure ASGI middleware: a request whose Host header is none of erpwatch's names gets 421
+    (a DNS-rebinding page in a browser sends its own name). No Host header (HTTP/1.0) passes:
+    no browser sends such a request."""
+
+    def __init__(self, app: ASGIApp, allowed: frozenset[str]) -> None:
+        self.app = app
+        self.allowed = allowed
+
+    def allows(self, value: bytes) -> bool:
+        if "*" in self.allowed:
+            return True
+        return host_of(value.decode("latin-1")) in self.allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            header = next((v for k, v in scope["headers"] if k == b"host"), None)
+            if header is not None and not self.allows(header):
+                response = PlainTextResponse(
+                    "misdirected request: erpwatch does not answer to this Host "
+                    "(see ERPWATCH_STATUS_ALLOWED_HOSTS)\n",
+                    status_code=421,
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+# --- the connection limit -------------------------------------------------------------------
+
+_BUSY_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 31\r\nconnection: close\r\n\r\nerpwatch: too many connections\n"
+)
+
+
+class _BoundedH11(H11Protocol):
+    """uvicorn's h11 protocol with a bounded connection table (see the module docstring).
+    `bounded_protocol` makes the subclass carrying the limits."""
+
+    max_connections = 100
+    idle_timeout = IDLE_TIMEOUT_S
+    opened_at = 0.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.opened_at = self.loop.time()
+        live = [c for c in self.connections if not c.transport.is_closing()]
+        if len(live) > self.max_connections and not self._close_oldest_idle(live):
+            log.warning("status server: %d connections, all busy; refusing more", len(live) - 1)
+            transport.write(_BUSY_RESPONSE)
+            transport.close()
+            return
+        # A connection that never sends a request is closed like an idle keep-alive one.
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.idle_timeout, self.timeout_keep_alive_handler
         )
+
+    def is_idle(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def _close_oldest_idle(self, live: Sequence[object]) -> bool:
+        idle = [c for c in live if c is not self and isinstance(c, _BoundedH11) and c.is_idle()]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda c: c.opened_at)
+        log.warning(
+            "status server at its limit of %d connections: closing the oldest idle one",
+            self.max_connections,
+        )
+        oldest.transport.close()
+        return True
+
+
+def bounded_protocol(
+    max_connections: int, idle_timeout: float = IDLE_TIMEOUT_S
+) -> type[H11Protocol]:
+    """The uvicorn ``http`` protocol class: at most ``max_connections`` open connections."""
+
+    class BoundedH11(_BoundedH11):
+        pass
+
+    BoundedH11.max_connections = max_connections
+    BoundedH11.idle_timeout = idle_timeout
+    return BoundedH11
 
 
 # --- the status document --------------------------------------------------------------------
@@ -257,7 +395,7 @@ class _App:
         try:
             since = parse_time(params["since"]) if params.get("since") else None
             until = parse_time(params["until"]) if params.get("until") else None
-            limit = _parse_limit(params.get("limit"))
+            limit = min(parse_limit(params.get("limit") or "50") or HISTORY_MAX, HISTORY_MAX)
             severity = params.get("severity") or None
             if severity is not None and severity not in ("info", "warning", "critical"):
                 raise UsageError(f"severity must be info, warning or critical, not {severity!r}")
@@ -283,6 +421,8 @@ class _App:
             try:
                 resume = max(0, int(header))
             except ValueError:
+                resume = -1
+            if not 0 <= resume <= EVENT_ID_MAX:
                 return JSONResponse({"error": "Last-Event-ID must be an event id"}, 400)
         return StreamingResponse(
             self._stream(resume),
@@ -348,18 +488,6 @@ class _App:
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
 
-def _parse_limit(text: str | None) -> int:
-    if not text:
-        return 50
-    try:
-        limit = int(text)
-    except ValueError:
-        raise UsageError(f"limit must be a number, not {text!r}") from None
-    if limit < 0:
-        raise UsageError(f"limit must be 0 (all, capped at {HISTORY_MAX}) or more")
-    return min(limit or HISTORY_MAX, HISTORY_MAX)
-
-
 class _TokenGuard:
     """Pure ASGI middleware (streams pass through untouched): bearer token or ``?token=``."""
 
@@ -420,6 +548,7 @@ def create_app(
         ]
     )
     app.add_middleware(_TokenGuard, token=token)
+    app.add_middleware(_HostGuard, allowed=allowed_hosts(settings))  # outermost
     return app
 
 
@@ -478,7 +607,7 @@ async def _bind(host: str, port: int) -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        raise OSError(
+        raise StatusBindError(
             exc.errno, f"status server cannot listen on {host}:{port}: {exc.strerror}"
         ) from exc
     return sock
@@ -500,8 +629,10 @@ class StatusServer:
         host_resources: Callable[[], Mapping[str, Any]] | None = None,
         health: Callable[[], str | None] | None = None,
         tasks: TaskSupervisor | None = None,
+        idle_timeout: float = IDLE_TIMEOUT_S,
     ) -> None:
         check_bind(settings)
+        self._idle_timeout = idle_timeout
         self._extra_health = health
         self._settings = settings
         self._source = source
@@ -568,6 +699,7 @@ class StatusServer:
             lifespan="off",
             timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
             server_header=False,
+            http=bounded_protocol(self._settings.status_max_connections, self._idle_timeout),
         )
         server = _EmbeddedServer(config)
         self._server = server

@@ -18,24 +18,35 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
+import resource
 import signal
+import sqlite3
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from alerting.service import AlertService
 from watchdog import __version__, preflight, sdnotify
 from watchdog.bus import EventBus
 from watchdog.clock import Clock, RealClock
-from watchdog.config import ConfigError, Settings, TargetConfig, load_settings
+from watchdog.config import (
+    ConfigError,
+    Settings,
+    TargetConfig,
+    load_settings,
+    status_bind_problem,
+    unknown_variables,
+)
 from watchdog.events import SYSTEM_TARGET, Event, Kind
 from watchdog.logs import flush_repeats, setup_logging
 from watchdog.resources import ResourceMonitor, default_paths, host_snapshot
-from watchdog.store import EventStore
+from watchdog.store import EventStore, StoreError
 from watchdog.supervisor import Supervisor
 from watchdog.tasks import TaskSupervisor
 
@@ -56,6 +67,11 @@ def select_targets(
     configs: Sequence[TargetConfig], only: Sequence[str] = (), exclude: Sequence[str] = ()
 ) -> list[TargetConfig]:
     """Apply ``--only``/``--except``; naming an unknown target is a configuration error."""
+    if not configs:
+        raise ConfigError(
+            "no target configured: set ERPWATCH_COMMAND (and ERPWATCH_HEALTH_URL) or "
+            "ERPWATCH_TARGETS__<NAME>__COMMAND"
+        )
     names = {config.name.lower() for config in configs}
     for name in (*only, *exclude):
         if name.lower() not in names:
@@ -319,31 +335,101 @@ def install_stop_signals(stop: asyncio.Event, *, hup: Callable[[], None] = on_si
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
 
-def run_service(settings: Settings, targets: Sequence[TargetConfig]) -> None:
-    """Log, supervise ``targets`` until SIGINT/SIGTERM, stop them, return."""
+class StartupError(Exception):
+    """erpwatch cannot start (the event database, the status port): one line for people."""
+
+
+def raise_open_file_limit() -> tuple[int, int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit: every target, probe, log file and
+    status connection costs descriptors, and EMFILE must not be what stops the watching.
+    Returns (soft before, soft now, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard
+    if hard == resource.RLIM_INFINITY:  # Linux refuses an infinite soft limit: use nr_open
+        try:
+            wanted = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            wanted = soft
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard
+
+
+def run_service(
+    settings: Settings, targets: Sequence[TargetConfig], *, warnings: Sequence[str] = ()
+) -> None:
+    """Log, supervise ``targets`` until SIGINT/SIGTERM, stop them, return. ``warnings``
+    (unknown variables) are logged first. `StartupError` when the event database cannot be
+    opened or the status server cannot listen."""
+    before, now, hard = raise_open_file_limit()  # before anything opens a descriptor
     setup_logging(settings)
+    hard_text = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+    if now != before:
+        log.info("open-file limit raised from %d to %d (hard limit %s)", before, now, hard_text)
+    else:
+        log.info("open-file limit %d (hard limit %s)", now, hard_text)
+    for warning in warnings:
+        log.warning("%s", warning)
 
     async def main() -> None:
+        from watchdog.api import StatusBindError
+
         use_pidfd_child_watcher()
         stop = asyncio.Event()
         install_stop_signals(stop)
-        await serve(Watchdog(settings, targets), stop)
+        try:
+            watchdog = Watchdog(settings, targets)
+        except StoreError as exc:
+            raise StartupError(str(exc)) from None
+        except sqlite3.Error as exc:  # e.g. the path is a directory
+            path = settings.event_db_path
+            raise StartupError(f"cannot use {path} as the event database: {exc}") from None
+        try:
+            await serve(watchdog, stop)
+        except StatusBindError as exc:
+            raise StartupError(_bind_failure(settings, exc)) from None
 
     asyncio.run(main())
+
+
+def _bind_failure(settings: Settings, exc: OSError) -> str:
+    host, port = preflight.status_address(settings)
+    holder = preflight.find_port_holder(host, port) if port else None
+    text = exc.strerror or str(exc)
+    return text + (f" (held by {holder.describe()})" if holder is not None else "")
+
+
+def _print_warnings(warnings: Sequence[str]) -> None:
+    for warning in warnings:
+        print(f"erpwatch: warning: {warning}", file=sys.stderr)
 
 
 def run_command(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {"debug": True} if args.debug else {}
     settings = load_settings(**overrides)
-    targets = select_targets(settings.targets_resolved(), args.only, args.exclude)
+    warnings = unknown_variables()
+    try:
+        targets = select_targets(settings.targets_resolved(), args.only, args.exclude)
+        problem = status_bind_problem(settings)
+        if problem is not None:
+            raise ConfigError(problem)
+    except ConfigError:
+        _print_warnings(warnings)  # a typo may well be why (ERPWATCH_COMAND)
+        raise
     chosen = {target.name for target in targets}
     checks = [r for r in preflight.fast_checks(settings) if r.target in (None, *chosen)]
     if not preflight.passed(checks):
+        _print_warnings(warnings)
         failed = [r for r in checks if not r.ok and not r.superseded]
         print(preflight.format_results(failed), file=sys.stderr)
         print("erpwatch: not starting (see `erpwatch check`)", file=sys.stderr)
         return EXIT_PREFLIGHT
-    run_service(settings, targets)
+    try:
+        run_service(settings, targets, warnings=warnings)
+    except StartupError as exc:
+        print(f"erpwatch: not starting: {exc}", file=sys.stderr)
+        return EXIT_PREFLIGHT
     return 0
 
 

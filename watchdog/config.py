@@ -2,17 +2,30 @@
 
 Global values are defaults; ``ERPWATCH_TARGETS__<NAME>__<FIELD>`` overrides them per target.
 `Settings.targets_resolved()` turns both into one `TargetConfig` per supervised process.
+
+Boundaries: every duration is a finite number of seconds, at most `MAX_DURATION_S` (30 days;
+``inf``/``1e309``/``nan`` are refused, naming the variable). `unknown_variables` names every
+``ERPWATCH_*`` variable that is not a setting (a typo would otherwise be ignored silently),
+with the closest known name. Extra environment for a child: ``ERPWATCH_ENV__<VAR>`` (single
+target) and ``ERPWATCH_TARGETS__<NAME>__ENV__<VAR>``; ``<VAR>`` keeps the case it is written
+in (pydantic-settings lower-cases dict keys: `Settings` restores them from the raw names).
 """
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import math
+import os
 import shlex
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AnyHttpUrl,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -20,12 +33,38 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "ERPWATCH_"
+MAX_DURATION_S = 30 * 86400.0  # no duration setting is longer: 30 days
+# Set by erpwatch in each child's environment (`watchdog.leftovers.MARKER`), not a setting.
+_OWN_MARKERS = frozenset({"ERPWATCH_TARGET"})
 
-Seconds = Annotated[float, Field(ge=0)]
-PositiveSeconds = Annotated[float, Field(gt=0)]
+
+def _finite_duration(value: Any) -> Any:
+    """Before float parsing: a number must be finite and at most `MAX_DURATION_S` (a hung
+    backend probed with PROBE_TIMEOUT=inf would look healthy forever). What is not a number
+    is left to pydantic, which then says "a number of seconds"."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    except OverflowError:  # an int too large for a float
+        number = math.inf
+    if not math.isfinite(number) or number > MAX_DURATION_S:
+        raise PydanticCustomError(
+            "duration_range",
+            "a finite number of seconds, at most {max} (30 days)",
+            {"max": int(MAX_DURATION_S)},
+        )
+    return value
+
+
+Seconds = Annotated[float, Field(ge=0), BeforeValidator(_finite_duration)]
+PositiveSeconds = Annotated[float, Field(gt=0), BeforeValidator(_finite_duration)]
 Percent = Annotated[float, Field(gt=0, le=100)]
 
 
@@ -42,6 +81,15 @@ def _split_csv(value: Any) -> Any:
 CsvList = Annotated[list[str], NoDecode]
 
 
+def _check_child_env(env: dict[str, str]) -> dict[str, str]:
+    for name, value in env.items():
+        if not name or "=" in name or "\0" in name:
+            raise ValueError(f"{name!r} is not an environment variable name")
+        if "\0" in value:
+            raise ValueError(f"the value of {name} contains a NUL byte")
+    return env
+
+
 class TargetOverrides(BaseModel):
     """Per-target values from ``ERPWATCH_TARGETS__<NAME>__*``; unset fields use the globals."""
 
@@ -51,6 +99,7 @@ class TargetOverrides(BaseModel):
     health_url: AnyHttpUrl | None = None
     workdir: Path | None = None
     after: CsvList = []
+    env: dict[str, str] = {}
     max_restarts: Annotated[int, Field(ge=0)] | None = None
     check_interval: PositiveSeconds | None = None
     timeout_threshold: Seconds | None = None
@@ -65,10 +114,11 @@ class TargetOverrides(BaseModel):
     healthy_reset: Seconds | None = None
     limit_retry: Seconds | None = None
     down_after: Seconds | None = None
-    rss_limit_mb: Annotated[float, Field(gt=0)] | None = None
+    rss_limit_mb: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     restart_on_rss: bool | None = None
 
     _split_after = field_validator("after", mode="before")(_split_csv)
+    _check_env = field_validator("env")(_check_child_env)
 
 
 class TargetConfig(BaseModel):
@@ -97,12 +147,14 @@ class TargetConfig(BaseModel):
     down_after: float
     rss_limit_mb: float | None
     restart_on_rss: bool
+    # Extra environment of the child, over erpwatch's own: (name, value) sorted by name.
+    env: tuple[tuple[str, str], ...] = ()
 
 
 _PER_TARGET_FIELDS = tuple(
     name
     for name in TargetOverrides.model_fields
-    if name not in {"command", "health_url", "workdir", "after"}
+    if name not in {"command", "health_url", "workdir", "after", "env"}
 )
 
 
@@ -124,6 +176,7 @@ class Settings(BaseSettings):
     health_url: AnyHttpUrl | None = None
     target_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = "backend"
     workdir: Path | None = None
+    env: dict[str, str] = {}  # ERPWATCH_ENV__<VAR>: the single target's extra environment
     targets: dict[str, TargetOverrides] = {}
 
     # --- supervision (the seed's parameters keep their names and defaults) -----------
@@ -156,7 +209,7 @@ class Settings(BaseSettings):
     ram_threshold: Percent = 90.0
     disk_threshold: Percent = 90.0
     resource_hysteresis: Annotated[float, Field(ge=0, lt=50)] = 5.0
-    rss_limit_mb: Annotated[float, Field(gt=0)] | None = None
+    rss_limit_mb: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     restart_on_rss: bool = False
 
     # --- alerting --------------------------------------------------------------------
@@ -193,8 +246,13 @@ class Settings(BaseSettings):
     status_port: Annotated[int, Field(ge=0, le=65535)] = 8765
     status_token: SecretStr | None = None
     status_cache_ttl: Seconds = 2.0
+    status_max_connections: Annotated[int, Field(ge=1, le=10_000)] = 100
+    status_allowed_hosts: CsvList = []
 
-    _split_lists = field_validator("alert_to", "alert_on", mode="before")(_split_csv)
+    _split_lists = field_validator("alert_to", "alert_on", "status_allowed_hosts", mode="before")(
+        _split_csv
+    )
+    _check_env = field_validator("env")(_check_child_env)
 
     @field_validator("command")
     @classmethod
@@ -202,6 +260,34 @@ class Settings(BaseSettings):
         if value is not None:
             _split_command(value)
         return value
+
+    @model_validator(mode="after")
+    def _restore_env_case(self) -> Settings:
+        """pydantic-settings lower-cases the ``<VAR>`` of ``ERPWATCH_ENV__<VAR>``: give each
+        key back the spelling of its raw name (the environment's before ``.env``'s)."""
+        single: dict[str, str] = {}
+        per_target: dict[tuple[str, str], str] = {}
+        for raw in _raw_names(_env_files(self.model_config.get("env_file"))):
+            parts = raw.split("__")
+            head = parts[0].upper()
+            if head == f"{ENV_PREFIX}ENV" and len(parts) == 2 and parts[1]:
+                single.setdefault(parts[1].lower(), parts[1])
+            elif (
+                head == f"{ENV_PREFIX}TARGETS"
+                and len(parts) == 4
+                and parts[2].upper() == "ENV"
+                and parts[3]
+            ):
+                per_target.setdefault((parts[1].lower(), parts[3].lower()), parts[3])
+        if single:
+            self.env = {single.get(key, key): value for key, value in self.env.items()}
+        if per_target:
+            for name, target in self.targets.items():
+                target.env = {
+                    per_target.get((name.lower(), key), key): value
+                    for key, value in target.env.items()
+                }
+        return self
 
     @model_validator(mode="after")
     def _check_targets(self) -> Settings:
@@ -223,13 +309,17 @@ class Settings(BaseSettings):
         targets = dict(self.targets)
         if self.command:
             single = TargetOverrides(
-                command=self.command, health_url=self.health_url, workdir=self.workdir
+                command=self.command,
+                health_url=self.health_url,
+                workdir=self.workdir,
+                env=self.env,
             )
             extra = targets.pop(self.target_name.lower(), None)
             if extra is not None:
-                single = single.model_copy(
-                    update={key: getattr(extra, key) for key in extra.model_fields_set}
-                )
+                update = {key: getattr(extra, key) for key in extra.model_fields_set}
+                if "env" in update:  # TARGETS__<NAME>__ENV__<VAR> adds to ENV__<VAR>
+                    update["env"] = {**self.env, **extra.env}
+                single = single.model_copy(update=update)
             resolved.append(self._target(self.target_name, single))
         for name, overrides in sorted(targets.items()):
             if not overrides.command:
@@ -254,6 +344,7 @@ class Settings(BaseSettings):
             health_url=str(overrides.health_url) if overrides.health_url else None,
             workdir=overrides.workdir,
             after=tuple(dep.lower() for dep in overrides.after),
+            env=tuple(sorted(overrides.env.items())),
             **values,
         )
 
@@ -282,6 +373,9 @@ _EXPECTED = {
     "string_pattern_mismatch": "letters, digits, '.', '_' or '-' (at most 64)",
     "extra_forbidden": "no such setting",
     "value_error": "a valid value: {error}",
+    "finite_number": "a finite number",
+    "duration_range": "a finite number of seconds, at most {max} (30 days)",
+    "string_type": "a single value, not nested (a name cannot contain '__')",
 }
 
 
@@ -305,6 +399,11 @@ def describe_validation_error(exc: ValidationError) -> str:
             except (KeyError, IndexError):
                 expected = template
         name = _variable_name(tuple(loc)) if loc else f"{ENV_PREFIX}TARGETS"
+        if err["type"] == "extra_forbidden":
+            closest = _closest(name)
+            hint = f"; did you mean {closest}?" if closest else ""
+            lines.append(f"{name}: not a known variable{hint}")
+            continue
         got = err.get("input")
         shown = "" if isinstance(got, dict) or got is None else f" (got {str(got)[:60]!r})"
         if not loc:
@@ -312,6 +411,112 @@ def describe_validation_error(exc: ValidationError) -> str:
         else:
             lines.append(f"{name}: expected {expected}{shown}")
     return "; ".join(lines)
+
+
+# --- the raw variable names: case of ENV__<VAR>, unknown names ------------------------------
+
+
+def _env_files(configured: Any) -> list[Path]:
+    """The ``.env`` file(s) pydantic-settings reads (``model_config["env_file"]``)."""
+    if configured is None:
+        return []
+    items = [configured] if isinstance(configured, str | os.PathLike) else list(configured)
+    return [Path(item) for item in items]
+
+
+def _raw_names(env_files: Iterable[Path], environ: Mapping[str, str] | None = None) -> list[str]:
+    """Every ``ERPWATCH_*`` name as written: the environment's first, then each file's."""
+    environ = os.environ if environ is None else environ
+    names = [name for name in environ if name.upper().startswith(ENV_PREFIX)]
+    for path in env_files:
+        if path.is_file():
+            from dotenv import dotenv_values  # python-dotenv: pydantic-settings' own parser
+
+            names += [
+                name
+                for name in dotenv_values(path, encoding="utf-8")
+                if name.upper().startswith(ENV_PREFIX)
+            ]
+    return names
+
+
+def _flat_names() -> list[str]:
+    return [f"{ENV_PREFIX}{field.upper()}" for field in Settings.model_fields]
+
+
+def _is_known(name: str) -> bool:
+    parts = name.upper().split("__")
+    if len(parts) == 1:
+        return name.upper() in _flat_names() or name.upper() in _OWN_MARKERS
+    if parts[0] == f"{ENV_PREFIX}ENV":
+        return len(parts) == 2
+    if parts[0] == f"{ENV_PREFIX}TARGETS" and len(parts) >= 3 and parts[1]:
+        field = parts[2].lower()
+        if field == "env":
+            return len(parts) in (3, 4)  # ENV as JSON, or ENV__<VAR>
+        return len(parts) == 3 and field in TargetOverrides.model_fields
+    return False
+
+
+def _closest(name: str) -> str | None:
+    """The known name closest to ``name`` (difflib), compared without the prefix."""
+    upper = name.upper()
+    parts = upper.split("__")
+    candidates = _flat_names()
+    if len(parts) >= 2:
+        candidates.append(f"{ENV_PREFIX}ENV__" + "__".join(parts[1:]))
+    if len(parts) >= 3:
+        rest = "__".join(parts[3:])
+        for field in TargetOverrides.model_fields:
+            form = f"{ENV_PREFIX}TARGETS__{parts[1]}__{field.upper()}"
+            candidates.append(f"{form}__{rest}" if field == "env" and rest else form)
+    short = {candidate[len(ENV_PREFIX) :]: candidate for candidate in candidates}
+    match = difflib.get_close_matches(upper[len(ENV_PREFIX) :], list(short), n=1)
+    return short[match[0]] if match else None
+
+
+def unknown_variables(
+    environ: Mapping[str, str] | None = None, env_files: Iterable[Path] | None = None
+) -> list[str]:
+    """One warning per ``ERPWATCH_*`` name (environment or ``.env``) that is no setting:
+    pydantic-settings ignores it, so a typo would go unnoticed. Never an error."""
+    if env_files is None:
+        env_files = _env_files(Settings.model_config.get("env_file"))
+    warnings: list[str] = []
+    seen: set[str] = set()
+    for name in _raw_names(env_files, environ):
+        if name.upper() in seen or _is_known(name):
+            continue
+        seen.add(name.upper())
+        closest = _closest(name)
+        hint = f"; did you mean {closest}?" if closest else " (ignored)"
+        warnings.append(f"{name} is not a known variable{hint}")
+    return warnings
+
+
+# --- the status server's bind policy ------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def status_bind_problem(settings: Settings) -> str | None:
+    """Why the status server must not listen where configured (a non-loopback address
+    without a token), or None."""
+    token = settings.status_token.get_secret_value() if settings.status_token else ""
+    if not settings.status_enabled or token or is_loopback(settings.status_host):
+        return None
+    return (
+        f"{ENV_PREFIX}STATUS_HOST={settings.status_host!r} is not a loopback address: set "
+        f"{ENV_PREFIX}STATUS_TOKEN to serve the status API there, or use 127.0.0.1 "
+        f"(or {ENV_PREFIX}STATUS_ENABLED=false)"
+    )
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -10,6 +10,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import os
 import re
 import sys
@@ -30,10 +31,15 @@ TABLE_COLUMNS = ("ts", "target", "kind", "severity", "message")
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+# Stored times are fixed-width ISO text (store.format_ts): only 4-digit years keep text order
+# equal to time order, and no event is older than the epoch.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LIMIT_MAX = 1_000_000_000  # beyond this a limit is a typo ("0 = all" says all)
 
 _EPILOG = """\
 times: ISO 8601 (2024-05-01, 2024-05-01T12:00, 2024-05-01T12:00:00+02:00; no offset = UTC)
 or an age: 30s, 30m, 2h, 7d, 1w meaning that long ago. --since is inclusive, --until exclusive.
+Times lie between 1970-01-01 and 9999-12-31; --limit is 0 (all) to 1000000000.
 
 The database is ERPWATCH_DB_PATH, else ERPWATCH_LOG_PATH/erpwatch.db, unless --db is given.
 It is opened read-only, so this works while `erpwatch run` writes.
@@ -48,22 +54,57 @@ class UsageError(ValueError):
 
 
 def parse_time(text: str, now: datetime | None = None) -> datetime:
-    """An absolute ISO 8601 time (no offset = UTC) or an age like ``30m`` before ``now``."""
+    """An absolute ISO 8601 time (no offset = UTC) or an age like ``30m`` before ``now``;
+    `UsageError` also for a time outside 1970..9999 (``1000000d``, ``0500-01-01``)."""
+    out_of_range = UsageError(
+        f"time {text.strip()!r} is out of range: times and ages must stay between "
+        "1970-01-01 and 9999-12-31"
+    )
     match = _RELATIVE.match(text)
     if match:
         amount, unit = float(match.group(1)), match.group(2).lower()
         base = now if now is not None else datetime.now(UTC)
-        return base - timedelta(seconds=amount * _UNIT_SECONDS[unit])
+        try:
+            parsed = base - timedelta(seconds=amount * _UNIT_SECONDS[unit])
+        except (OverflowError, ValueError):
+            raise out_of_range from None
+    else:
+        try:
+            parsed = datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise UsageError(
+                f"cannot read time {text!r}: expected ISO 8601 (2024-05-01T12:00Z) "
+                "or an age such as 30s, 30m, 2h, 7d"
+            ) from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        try:
+            parsed = parsed.astimezone(UTC)
+        except OverflowError:
+            raise out_of_range from None
+    if parsed < EARLIEST:
+        raise out_of_range
+    return parsed
+
+
+def parse_limit(text: str | int, name: str = "limit") -> int:
+    """A count of events: a whole number from 0 (all) to `LIMIT_MAX`; ``1e3`` is read too."""
+    value = str(text).strip()
     try:
-        parsed = datetime.fromisoformat(text.strip())
+        number = int(value)
     except ValueError:
-        raise UsageError(
-            f"cannot read time {text!r}: expected ISO 8601 (2024-05-01T12:00Z) "
-            "or an age such as 30s, 30m, 2h, 7d"
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+        try:
+            as_float = float(value)
+        except ValueError:
+            as_float = math.nan
+        if not math.isfinite(as_float) or as_float != int(as_float):
+            raise UsageError(f"{name} must be a whole number, not {value!r}") from None
+        number = int(as_float)
+    if number < 0:
+        raise UsageError(f"{name} must be 0 (all) or more, not {value}")
+    if number > LIMIT_MAX:
+        raise UsageError(f"{name} {value} is too large: at most {LIMIT_MAX} (0 = all)")
+    return number
 
 
 def parse_kinds(values: Iterable[str]) -> list[str]:
@@ -142,8 +183,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--until", metavar="TIME", help="before this time or age")
     parser.add_argument(
         "--limit",
-        type=int,
-        default=50,
+        default="50",
         metavar="N",
         help="at most N events, the newest (default 50; 0 = all)",
     )
@@ -165,8 +205,7 @@ def run_history(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
     try:
         since = parse_time(args.since) if args.since else None
         until = parse_time(args.until) if args.until else None
-        if args.limit < 0:
-            raise UsageError(f"--limit must be 0 (all) or more, not {args.limit}")
+        limit = parse_limit(args.limit, "--limit")
     except UsageError as exc:
         print(f"erpwatch history: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -196,7 +235,7 @@ def run_history(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
             severity=args.severity,
             since=since,
             until=until,
-            limit=args.limit or None,
+            limit=limit or None,
         )
     if args.json:
         text = format_json(events)

@@ -3,11 +3,14 @@
 @dataclass(frozen=True) class CheckResult: name, ok, detail, hint, holder
 fast_checks(settings) -> list[CheckResult]
     # no network, no SMTP: targets configured, commands executable, workdirs exist,
-    # log and database directories writable, health ports free (naming the holder)
+    # log directory writable, the database a usable SQLite file (or none yet), health
+    # ports free (naming the holder), the status server's address allowed and its port free.
+    # Everything `erpwatch run` would refuse on is here, so `check` passes only what runs.
 async smtp_check(settings) -> CheckResult     # connect + STARTTLS/TLS + login, timeout
 find_port_holder(host, port) -> PortHolder | None
 end_stale(holder, argv, grace) -> CheckResult   # SIGTERM → grace → SIGKILL, by PID
-format_results(results) -> str                  # one "✔/✘ name: detail" line each
+format_results(results) -> str                  # one "✔/✘/⚠ name: detail" line each
+variable_warnings() -> list[CheckResult]        # ⚠ unknown ERPWATCH_* names (never fatal)
 register(subparsers)                            # erpwatch check [--kill-stale]
 """
 
@@ -18,9 +21,11 @@ import asyncio
 import dataclasses
 import errno
 import ipaddress
+import math
 import os
 import shutil
 import socket
+import sqlite3
 import tempfile
 import time
 from collections.abc import Sequence
@@ -30,10 +35,23 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from watchdog.config import ConfigError, Settings, TargetConfig, load_settings
+from watchdog.config import (
+    ENV_PREFIX,
+    ConfigError,
+    Settings,
+    TargetConfig,
+    load_settings,
+    status_bind_problem,
+    unknown_variables,
+)
+from watchdog.logs import LOG_FILE_NAME
+from watchdog.store import SCHEMA_VERSION
 
 OK_MARK = "✔"
 FAIL_MARK = "✘"
+WARN_MARK = "⚠"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+GRACE_MAX_S = 600.0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
@@ -61,6 +79,7 @@ class CheckResult:
     target: str | None = None
     holder: PortHolder | None = None  # set when a health port is held
     superseded: bool = False  # a failure fixed by a later step (--kill-stale); not counted
+    warning: bool = False  # ok (never fatal) but worth a look: shown with ⚠ and its hint
 
 
 def _one_line(argv: Sequence[str], limit: int = 200) -> str:
@@ -75,9 +94,9 @@ def passed(results: Sequence[CheckResult]) -> bool:
 def format_results(results: Sequence[CheckResult]) -> str:
     lines = []
     for result in results:
-        mark = OK_MARK if result.ok else FAIL_MARK
+        mark = WARN_MARK if result.warning else OK_MARK if result.ok else FAIL_MARK
         lines.append(f"{mark} {result.name}" + (f": {result.detail}" if result.detail else ""))
-        if not result.ok and not result.superseded and result.hint:
+        if (result.warning or not result.ok) and not result.superseded and result.hint:
             lines.append(f"    hint: {result.hint}")
     return "\n".join(lines)
 
@@ -96,12 +115,27 @@ def fast_checks(settings: Settings) -> list[CheckResult]:
         results.append(check_command(target))
         if target.workdir is not None:
             results.append(check_workdir(target))
-    results.append(check_writable_dir("log directory", settings.log_path))
+    results.append(check_log_dir(settings.log_path))
     results.append(check_database(settings.event_db_path))
     for target in targets:
         if target.health_url:
             results.append(check_port(target))
+    if settings.status_enabled:
+        results.append(check_status_server(settings))
     return results
+
+
+def variable_warnings() -> list[CheckResult]:
+    """A ⚠ line per ``ERPWATCH_*`` variable that is no setting (a typo is otherwise ignored)."""
+    return [
+        CheckResult(
+            text,
+            True,
+            hint="it is ignored: fix its name or remove it (environment or .env)",
+            warning=True,
+        )
+        for text in unknown_variables()
+    ]
 
 
 def config_result(targets: Sequence[TargetConfig]) -> CheckResult:
@@ -189,18 +223,84 @@ def check_writable_dir(label: str, directory: Path) -> CheckResult:
     return CheckResult(label, True, detail)
 
 
+def check_log_dir(directory: Path) -> CheckResult:
+    result = check_writable_dir("log directory", directory)
+    log_file = directory / LOG_FILE_NAME
+    if result.ok and log_file.exists():
+        if not log_file.is_file():
+            return CheckResult(
+                "log directory", False, f"{log_file} is not a file", "move it out of the way"
+            )
+        if not os.access(log_file, os.W_OK):
+            return CheckResult(
+                "log directory",
+                False,
+                f"{log_file} is not writable",
+                f"chown {log_file} to the user running erpwatch",
+            )
+    return result
+
+
 def check_database(path: Path) -> CheckResult:
-    result = check_writable_dir("event database", path.parent)
+    """The database's directory is writable and the file, if there is one, is an SQLite
+    database erpwatch can use (not a directory, not some other file, not a newer schema)."""
+    name = "event database"
+    fix = f"point {ENV_PREFIX}DB_PATH at a file (unset: LOG_PATH/erpwatch.db)"
+    if path.is_dir():
+        return CheckResult(name, False, f"{path} is a directory, not a database file", fix)
+    if path.exists() and not path.is_file():
+        return CheckResult(name, False, f"{path} is not a regular file", fix)
+    result = check_writable_dir(name, path.parent)
     if not result.ok:
         return result
-    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+    if not path.exists():
+        return CheckResult(name, True, f"{path} (will be created)")
+    if not os.access(path, os.R_OK | os.W_OK):
         return CheckResult(
-            "event database",
+            name,
             False,
             f"{path} exists but is not readable and writable",
             f"chown {path} to the user running erpwatch",
         )
-    return CheckResult("event database", True, str(path))
+    problem = _database_problem(path)
+    if problem is not None:
+        return CheckResult(
+            name, False, f"{path} {problem}", f"move it away, or {fix[0].lower()}{fix[1:]}"
+        )
+    return CheckResult(name, True, str(path))
+
+
+def _database_problem(path: Path) -> str | None:
+    """None when ``path`` (an existing file) can serve as erpwatch's event database."""
+    try:
+        with path.open("rb") as file:
+            header = file.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if not header:
+        return None  # an empty file: SQLite makes a database of it
+    if header != SQLITE_MAGIC:
+        return "is not an SQLite database (it holds something else)"
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1.0)
+    except sqlite3.Error as exc:
+        return f"cannot be opened ({exc})"
+    try:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        if tables and "events" not in tables:
+            shown = ", ".join(sorted(tables)[:5])
+            return f"is an SQLite database of something else (tables: {shown})"
+        version = 0
+        if "meta" in tables:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+    except (sqlite3.Error, ValueError) as exc:
+        return f"cannot be read as a database ({exc})"
+    finally:
+        conn.close()
+    if version > SCHEMA_VERSION:
+        return f"has schema version {version}, newer than this erpwatch's ({SCHEMA_VERSION})"
+    return None
 
 
 # --- health ports -----------------------------------------------------------------------
@@ -255,11 +355,12 @@ def _matches(listen_ip: str, wanted: set[str]) -> bool:
 def find_port_holder(host: str, port: int) -> PortHolder | None:
     """The process listening on ``host:port`` (psutil.net_connections), if any."""
     wanted = {address for _, address in _addresses(host, port)}
+    anywhere = any(ipaddress.ip_address(address).is_unspecified for address in wanted)
     for conn in psutil.net_connections(kind="tcp"):
         if conn.status != psutil.CONN_LISTEN or not conn.laddr or conn.laddr.port != port:
             continue
-        if not _matches(conn.laddr.ip, wanted):
-            continue
+        if not anywhere and not _matches(conn.laddr.ip, wanted):
+            continue  # a wildcard bind collides with a listener on any address
         if conn.pid is None:
             return PortHolder(None)
         try:
@@ -295,6 +396,49 @@ def check_port(target: TargetConfig) -> CheckResult:
     )
     return CheckResult(
         name, False, f"in use by {holder.describe()}", hint, target=target.name, holder=holder
+    )
+
+
+def status_address(settings: Settings) -> tuple[str, int]:
+    """Where the status server listens (an empty host is the wildcard)."""
+    return settings.status_host or "0.0.0.0", settings.status_port
+
+
+def check_status_server(settings: Settings) -> CheckResult:
+    """What `erpwatch run` refuses on before its status server listens: a non-loopback
+    address without a token, a port held by another process, an address not of this host."""
+    host, port = status_address(settings)
+    name = f"status server {host}:{port}"
+    problem = status_bind_problem(settings)
+    if problem is not None:
+        return CheckResult(name, False, problem)
+    if port == 0:
+        return CheckResult(name, True, "any free port")
+    try:
+        in_use = port_in_use(host, port)
+    except OSError as exc:
+        return CheckResult(
+            name,
+            False,
+            f"cannot listen there: {exc.strerror or exc}",
+            f"choose another {ENV_PREFIX}STATUS_HOST/{ENV_PREFIX}STATUS_PORT",
+        )
+    if in_use is None:
+        return CheckResult(
+            name,
+            False,
+            f"{host} is not an address of this host",
+            f"fix {ENV_PREFIX}STATUS_HOST (e.g. 127.0.0.1)",
+        )
+    if not in_use:
+        return CheckResult(name, True, "free")
+    holder = find_port_holder(host, port) or PortHolder(None)
+    return CheckResult(
+        name,
+        False,
+        f"port {port} is in use by {holder.describe()}",
+        f"stop that process or set {ENV_PREFIX}STATUS_PORT to a free port (0 = any)",
+        holder=holder,
     )
 
 
@@ -435,7 +579,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--grace",
-        type=float,
+        type=grace_seconds,
         default=5.0,
         metavar="SECONDS",
         help="with --kill-stale: wait this long after SIGTERM before SIGKILL (default 5)",
@@ -443,13 +587,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(handler=run_check)
 
 
+def grace_seconds(text: str) -> float:
+    """``--grace``: a finite number of seconds, 0 to `GRACE_MAX_S`."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or not 0 <= value <= GRACE_MAX_S:
+        raise argparse.ArgumentTypeError(f"expected 0 to {GRACE_MAX_S:g} seconds, not {text!r}")
+    return value
+
+
 def run_check(args: argparse.Namespace) -> int:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(format_results([CheckResult("configuration", False, str(exc), _CONFIG_HINT)]))
+        failed = CheckResult("configuration", False, str(exc), _CONFIG_HINT)
+        print(format_results([failed, *variable_warnings()]))
         return EXIT_CONFIG
     results = collect(settings, kill_stale=args.kill_stale, grace=args.grace)
+    results[1:1] = variable_warnings()  # after the configuration line
     print(format_results(results))
     return 0 if passed(results) else EXIT_FAILED
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -19,6 +20,7 @@ from watchdog.store import EventStore, StoreError
 
 EXIT_OK = 0
 EXIT_UNAVAILABLE = 1
+TIMEOUT_MAX_S = 600.0
 
 # The state a target was last known to be in, by the kind of its last state-bearing event.
 KIND_STATE: dict[str, TargetState] = {
@@ -68,6 +70,11 @@ def fetch_status(settings: Settings, timeout: float = 2.0) -> dict[str, Any] | N
         raise StatusApiError(f"{url}: {exc}") from exc
     if response.status_code == 401:
         raise StatusApiError(f"{url}: the token was refused (check ERPWATCH_STATUS_TOKEN)")
+    if response.status_code == 421:
+        raise StatusApiError(
+            f"{url}: the server does not answer to this host name (a different erpwatch, or "
+            "see ERPWATCH_STATUS_ALLOWED_HOSTS)"
+        )
     if response.status_code != 200:
         raise StatusApiError(f"{url}: HTTP {response.status_code}")
     document = response.json()
@@ -189,9 +196,26 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print a JSON document")
     parser.add_argument(
-        "--timeout", type=float, default=2.0, metavar="S", help="API timeout (default 2 s)"
+        "--timeout",
+        type=timeout_seconds,
+        default=2.0,
+        metavar="S",
+        help="API timeout (default 2 s)",
     )
     parser.set_defaults(handler=run_status)
+
+
+def timeout_seconds(text: str) -> float:
+    """``--timeout``: a finite number of seconds above 0, at most `TIMEOUT_MAX_S`."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or not 0 < value <= TIMEOUT_MAX_S:
+        raise argparse.ArgumentTypeError(
+            f"expected more than 0 and at most {TIMEOUT_MAX_S:g} seconds, not {text!r}"
+        )
+    return value
 
 
 def run_status(args: argparse.Namespace, stdout: TextIO | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -80,12 +81,13 @@ def alert_stats() -> Mapping[str, Any]:
     return {"sent": 2, "failed": 1, "outbox_depth": 4, "smtp_password": SMTP_PASSWORD}
 
 
-async def make_env(tmp_path: Path, **settings: Any) -> Env:
+async def make_env(tmp_path: Path, *, idle_timeout: float | None = None, **settings: Any) -> Env:
     values: dict[str, Any] = dict(status_port=0, log_path=tmp_path / "logs", status_cache_ttl=60)
     values.update(settings)
     store = EventStore(tmp_path / "events.db")
     bus = EventBus(store)
     source = FakeSource()
+    options: dict[str, Any] = {} if idle_timeout is None else {"idle_timeout": idle_timeout}
     server = StatusServer(
         Settings(**values),
         source=source,
@@ -94,6 +96,7 @@ async def make_env(tmp_path: Path, **settings: Any) -> Env:
         alert_stats=alert_stats,
         heartbeat=0.2,
         probe_sample_interval=0.05,
+        **options,
     )
     await server.start()
     client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=5)
@@ -463,6 +466,37 @@ async def test_history_bad_filter_is_400(env: Env, params: dict[str, str]) -> No
     assert response.json()["error"]
 
 
+@pytest.mark.parametrize(
+    ("params", "reason"),
+    [
+        ({"since": "1000000d"}, "time '1000000d' is out of range"),
+        ({"until": "99999999999999999999w"}, "is out of range"),
+        ({"since": "0500-01-01"}, "is out of range"),
+        ({"limit": "1e20"}, "limit 1e20 is too large"),
+        ({"limit": str(10**20)}, "is too large"),
+        ({"limit": "inf"}, "limit must be a whole number"),
+    ],
+)
+async def test_history_absurd_values_are_400_with_the_reason(
+    env: Env, params: dict[str, str], reason: str
+) -> None:
+    response = await env.client.get("/api/history", params=params)
+    assert response.status_code == 400, response.text
+    assert reason in response.json()["error"]
+    assert (await env.client.get("/health")).status_code == 200
+
+
+async def test_history_large_limit_is_capped(env: Env) -> None:
+    await env.bus.publish(Event.of("backend", Kind.HEALTHY, "ok"))
+    response = await env.client.get("/api/history", params={"limit": "1e6"})
+    assert response.status_code == 200 and len(response.json()) == 1
+
+
+async def test_sse_last_event_id_beyond_sqlite_is_400(env: Env) -> None:
+    response = await env.client.get("/events", headers={"Last-Event-ID": str(2**64)})
+    assert response.status_code == 400
+
+
 # --- page ----------------------------------------------------------------------------------------
 
 
@@ -628,3 +662,138 @@ async def test_serve_failing_after_the_targets_started_stops_them_and_records_it
         store.close()
     assert ("backend", "started") in kinds and ("backend", "stopped") in kinds
     assert kinds[-1] == ("erpwatch", "watchdog-stopped")
+
+
+# --- the boundary: Host header allow-list, connection limit -----------------------------------
+
+
+async def test_host_header_allow_list_421_for_other_names(tmp_path: Path) -> None:
+    e = await make_env(
+        tmp_path,
+        status_page_url="https://erp.example.com/watchdog/",
+        status_allowed_hosts="watch.internal, 10.1.2.3:8443",
+    )
+    try:
+        for host in [
+            "localhost",
+            "LOCALHOST:8765",
+            "localhost.",
+            "127.0.0.1",
+            f"127.0.0.1:{e.server.port}",
+            "[::1]",
+            "[::1]:8765",
+            "erp.example.com",
+            "erp.example.com:443",
+            "watch.internal:1",
+            "10.1.2.3",
+        ]:
+            response = await e.client.get("/health", headers={"Host": host})
+            assert response.status_code == 200, host
+        for host in [
+            "evil.example",
+            f"evil.example:{e.server.port}",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example",
+            "erp.example.com.attacker.net",
+            "[::2]:80",
+            "::1",
+            "127.0.0.1:http",
+        ]:
+            for path in ("/health", "/status", "/", "/api/history"):
+                response = await e.client.get(path, headers={"Host": host})
+                assert response.status_code == 421, (host, path)
+                assert response.text.startswith("misdirected request")
+                assert len(response.content) < 200 and "backend" not in response.text
+    finally:
+        await close_env(e)
+
+
+async def test_host_check_comes_before_the_token(secured: Env) -> None:
+    response = await secured.client.get("/status", headers={"Host": "evil.example"})
+    assert response.status_code == 421
+    authorised = {"Host": "evil.example", "Authorization": f"Bearer {TOKEN}"}
+    assert (await secured.client.get("/status", headers=authorised)).status_code == 421
+
+
+async def test_configured_status_host_and_a_wildcard_entry(tmp_path: Path) -> None:
+    e = await make_env(tmp_path, status_host="127.0.0.1", status_allowed_hosts="*")
+    try:
+        response = await e.client.get("/health", headers={"Host": "anything.example"})
+        assert response.status_code == 200
+    finally:
+        await close_env(e)
+
+
+def _server_side_connections(port: int) -> list[Any]:
+    """This process's open sockets accepted on ``port`` (closed ones hold no descriptor)."""
+    import psutil
+
+    return [
+        c
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.laddr and c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED
+    ]
+
+
+async def test_idle_connection_flood_is_bounded_and_health_still_answers(
+    tmp_path: Path,
+) -> None:
+    e = await make_env(tmp_path, status_max_connections=4)
+    flood = [await asyncio.open_connection("127.0.0.1", e.server.port) for _ in range(20)]
+    try:
+        # Each one past the limit closed the oldest idle one: 16 see the end of the stream.
+        await await_until(
+            lambda: sum(reader.at_eof() for reader, _ in flood) >= 16,
+            what="the oldest idle connections closed",
+        )
+        assert len(_server_side_connections(e.server.port)) <= 4
+        response = await e.client.get("/health")
+        assert response.status_code == 200
+        assert len(_server_side_connections(e.server.port)) <= 4
+        assert e.server.own_problem() is None
+    finally:
+        for _, writer in flood:
+            writer.close()
+        await close_env(e)
+
+
+async def test_when_every_connection_is_busy_one_more_gets_503(tmp_path: Path) -> None:
+    e = await make_env(tmp_path, status_max_connections=3)
+    url = f"http://127.0.0.1:{e.server.port}"
+
+    async def health() -> bool:
+        try:
+            return (await e.client.get("/health")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            streams = []
+            for _ in range(3):  # three open SSE streams: three busy connections
+                client = await stack.enter_async_context(httpx.AsyncClient(base_url=url))
+                response = await stack.enter_async_context(client.stream("GET", "/events"))
+                assert response.status_code == 200
+                streams.append(client)
+            reader, writer = await asyncio.open_connection("127.0.0.1", e.server.port)
+            answer = await asyncio.wait_for(reader.read(), 5)  # answered without a request
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 503 ")
+            assert answer.endswith(b"erpwatch: too many connections\n")
+            await streams[0].aclose()  # one stream ends: there is room again
+            await eventually(health, "/health once a stream ended")
+    finally:
+        await close_env(e)
+
+
+async def test_a_connection_without_a_request_is_closed_after_the_idle_timeout(
+    tmp_path: Path,
+) -> None:
+    e = await make_env(tmp_path, idle_timeout=0.2)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", e.server.port)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+        writer.close()
+        assert (await e.client.get("/health")).status_code == 200  # a prompt request is served
+    finally:
+        await close_env(e)

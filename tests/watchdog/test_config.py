@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from watchdog.config import ConfigError, Settings, load_settings
+from watchdog.config import ConfigError, Settings, load_settings, unknown_variables
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,8 +54,8 @@ def test_env_example_documents_every_setting_and_loads(
     text = (REPO / ".env.example").read_text()
     documented = {line.split("=")[0].strip("# ") for line in text.splitlines() if "=" in line}
     for field in Settings.model_fields:
-        if field == "targets":
-            assert "ERPWATCH_TARGETS__" in text
+        if field in ("targets", "env"):  # only the nested forms: ERPWATCH_ENV__<VAR>
+            assert f"ERPWATCH_{field.upper()}__" in text
             continue
         assert f"ERPWATCH_{field.upper()}" in documented, field
     monkeypatch.chdir(tmp_path)
@@ -119,6 +119,8 @@ def test_unknown_after_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
         ("ERPWATCH_CHECK_INTERVAL", "abc"),
         ("ERPWATCH_MAX_RESTARTS", "-1"),
         ("ERPWATCH_HEALTH_URL", "nope"),
+        ("ERPWATCH_PROBE_TIMEOUT", "inf"),
+        ("ERPWATCH_TARGETS__BACKEND__CHECK_INTERVAL", "1e309"),
     ],
 )
 def test_run_with_bad_value_exits_2_with_one_line_and_starts_nothing(
@@ -145,3 +147,147 @@ def test_run_with_bad_value_exits_2_with_one_line_and_starts_nothing(
     assert "Traceback" not in result.stderr
     assert not marker.exists()
     assert not (tmp_path / "logs").exists()
+
+
+# --- durations: finite, at most 30 days -----------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["inf", "1e309", "-inf", "nan", "Infinity", "2592000.5", "1e12"])
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "ERPWATCH_PROBE_TIMEOUT",
+        "ERPWATCH_CHECK_INTERVAL",
+        "ERPWATCH_STARTUP_GRACE",
+        "ERPWATCH_ALERT_GROUP_WAIT",
+        "ERPWATCH_TARGETS__FRONTEND__PROBE_TIMEOUT",
+        "ERPWATCH_TARGETS__FRONTEND__TIMEOUT_THRESHOLD",
+    ],
+)
+def test_duration_must_be_finite_and_at_most_30_days(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv("ERPWATCH_TARGETS__FRONTEND__COMMAND", "npm run preview")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value) == (
+        f"{variable}: expected a finite number of seconds, at most 2592000 (30 days) "
+        f"(got {value!r})"
+    )
+
+
+def test_thirty_days_is_accepted_and_fractions_still_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ERPWATCH_COMMAND", "backend")
+    monkeypatch.setenv("ERPWATCH_LIMIT_RETRY", "2592000")
+    monkeypatch.setenv("ERPWATCH_TARGETS__BACKEND__PROBE_TIMEOUT", "0.05")
+    (target,) = load_settings().targets_resolved()
+    assert target.limit_retry == 2592000 and target.probe_timeout == 0.05
+
+
+def test_rss_limit_must_be_finite(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ERPWATCH_RSS_LIMIT_MB", "inf")
+    with pytest.raises(ConfigError, match="ERPWATCH_RSS_LIMIT_MB: expected a finite number"):
+        load_settings()
+
+
+def test_per_target_typo_names_the_variable_and_the_closest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ERPWATCH_TARGETS__FRONTEND__COMMAND", "npm run preview")
+    monkeypatch.setenv("ERPWATCH_TARGETS__FRONTEND__CHEK_INTERVAL", "5")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value) == (
+        "ERPWATCH_TARGETS__FRONTEND__CHEK_INTERVAL: not a known variable; "
+        "did you mean ERPWATCH_TARGETS__FRONTEND__CHECK_INTERVAL?"
+    )
+
+
+# --- unknown variables: a warning naming the closest known one ------------------------------
+
+
+def test_unknown_variable_in_environment_or_dotenv_is_named_with_the_closest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("ERPWATCH_STATUS_PORTT=1\nOTHER_TOOL_SETTING=1\n")
+    monkeypatch.setenv("ERPWATCH_CHEK_INTERVAL", "5")
+    monkeypatch.setenv("ERPWATCH_TARGET__WORKER__COMMAND", "worker")
+    monkeypatch.setenv("ERPWATCH_ZZZZZZ", "1")
+    settings = load_settings()  # never fatal
+    assert settings.check_interval == 15
+    assert sorted(unknown_variables()) == [
+        "ERPWATCH_CHEK_INTERVAL is not a known variable; did you mean ERPWATCH_CHECK_INTERVAL?",
+        "ERPWATCH_STATUS_PORTT is not a known variable; did you mean ERPWATCH_STATUS_PORT?",
+        "ERPWATCH_TARGET__WORKER__COMMAND is not a known variable; "
+        "did you mean ERPWATCH_TARGETS__WORKER__COMMAND?",
+        "ERPWATCH_ZZZZZZ is not a known variable (ignored)",
+    ]
+
+
+def test_known_forms_raise_no_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("ERPWATCH_TARGETS__WORKER__MAX_RESTARTS=2\n")
+    for name, value in {
+        "ERPWATCH_COMMAND": "backend",
+        "erpwatch_check_interval": "5",  # pydantic-settings reads it case-insensitively
+        "ERPWATCH_STATUS_MAX_CONNECTIONS": "10",
+        "ERPWATCH_ENV__PYTHONUNBUFFERED": "1",
+        "ERPWATCH_TARGETS__WORKER__COMMAND": "worker",
+        "ERPWATCH_TARGETS__WORKER__ENV__MODE": "batch",
+        "ERPWATCH_TARGET": "backend@host",  # erpwatch's own marker in its children
+    }.items():
+        monkeypatch.setenv(name, value)
+    load_settings()
+    assert unknown_variables() == []
+    # The whole example file is known too.
+    (tmp_path / ".env").write_text((REPO / ".env.example").read_text())
+    assert unknown_variables() == []
+
+
+# --- the child's extra environment ----------------------------------------------------------
+
+
+def test_child_env_keeps_the_case_of_its_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(
+        "ERPWATCH_TARGETS__WORKER__ENV__Queue_Name=from-dotenv\nERPWATCH_ENV__MyVar=dotenv\n"
+    )
+    monkeypatch.setenv("ERPWATCH_COMMAND", "backend")
+    monkeypatch.setenv("ERPWATCH_ENV__PYTHONUNBUFFERED", "1")
+    monkeypatch.setenv("ERPWATCH_ENV__MyVar", "a=b c")  # the environment wins over .env
+    monkeypatch.setenv("ERPWATCH_TARGETS__BACKEND__ENV__lower_one", "x")
+    monkeypatch.setenv("ERPWATCH_TARGETS__WORKER__COMMAND", "worker")
+    backend, worker = load_settings().targets_resolved()
+    assert backend.env == (("MyVar", "a=b c"), ("PYTHONUNBUFFERED", "1"), ("lower_one", "x"))
+    assert worker.env == (("Queue_Name", "from-dotenv"),)
+    assert backend.model_config.get("frozen") is True
+    assert len({backend, worker}) == 2  # frozen and hashable, env included
+
+
+def test_child_env_from_keyword_arguments_and_defaults() -> None:
+    settings = Settings(
+        command="backend", targets={"worker": {"command": "worker", "env": {"Mode": "x"}}}
+    )
+    backend, worker = settings.targets_resolved()
+    assert backend.env == () and worker.env == (("Mode", "x"),)
+
+
+@pytest.mark.parametrize(
+    ("variable", "expected"),
+    [
+        ("ERPWATCH_ENV__", "ERPWATCH_ENV: expected a valid value: '' is not an environment"),
+        ("ERPWATCH_ENV__A__B", "ERPWATCH_ENV__A: expected a single value, not nested"),
+    ],
+)
+def test_child_env_bad_name_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, variable: str, expected: str
+) -> None:
+    monkeypatch.setenv("ERPWATCH_COMMAND", "backend")
+    monkeypatch.setenv(variable, "1")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value).startswith(expected)

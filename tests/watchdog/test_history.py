@@ -22,6 +22,7 @@ from watchdog.history import (
     format_json,
     format_table,
     parse_kinds,
+    parse_limit,
     parse_time,
 )
 from watchdog.store import EventStore
@@ -67,6 +68,45 @@ def test_parse_time_absolute(text: str, expected: datetime) -> None:
 def test_parse_time_rejects(text: str) -> None:
     with pytest.raises(UsageError, match="cannot read time"):
         parse_time(text, now=NOW)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1000000d",
+        "99999999999999999999w",
+        "60000d",  # before 1970
+        "0500-01-01",  # a 3-digit year would break the stored text order
+        "1969-12-31T23:59:59Z",
+        "9999-12-31T23:00:00-05:00",  # past 9999 in UTC
+    ],
+)
+def test_parse_time_out_of_range(text: str) -> None:
+    with pytest.raises(UsageError, match="out of range: times and ages must stay between 1970"):
+        parse_time(text, now=NOW)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("0", 0), ("50", 50), (" 7 ", 7), ("1e3", 1000)])
+def test_parse_limit(text: str, expected: int) -> None:
+    assert parse_limit(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("1e20", "limit 1e20 is too large: at most 1000000000 (0 = all)"),
+        (str(10**20), f"limit {10**20} is too large"),
+        ("-1", "limit must be 0 (all) or more, not -1"),
+        ("1.5", "limit must be a whole number, not '1.5'"),
+        ("inf", "limit must be a whole number, not 'inf'"),
+        ("nan", "limit must be a whole number"),
+        ("many", "limit must be a whole number, not 'many'"),
+    ],
+)
+def test_parse_limit_rejects(text: str, message: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_limit(text)
+    assert str(caught.value).startswith(message)
 
 
 def test_parse_kinds() -> None:
@@ -345,3 +385,24 @@ def test_cli_subprocess_pipe_closed_early(tmp_path: Path) -> None:
 def test_unknown_kind_is_noted(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["history", "--db", str(db), "--kind", "crashd"]) == 0
     assert "unknown kind" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--since", "1000000d"], "time '1000000d' is out of range"),
+        (["--until", "99999999999999999999w"], "is out of range"),
+        (["--since", "0500-01-01"], "is out of range"),
+        (["--limit", "1e20"], "--limit 1e20 is too large"),
+        (["--limit", "100000000000000000000"], "--limit 100000000000000000000 is too large"),
+        (["--limit", "-5"], "--limit must be 0 (all) or more"),
+    ],
+)
+def test_cli_subprocess_absurd_values_are_usage_errors_in_one_line(
+    db: Path, args: list[str], said: str
+) -> None:
+    done = run_cli("--db", str(db), *args)
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("erpwatch history: ") and said in line, line
+    assert "Traceback" not in done.stderr and done.stdout == ""

@@ -3,9 +3,10 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -16,6 +17,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from tests.helpers import free_port
 from watchdog import preflight
 from watchdog.config import Settings
+from watchdog.store import EventStore
 
 # A stray server: listens on 127.0.0.1:<argv[1]>, says so, then waits to be ended.
 LISTENER = (
@@ -83,6 +85,7 @@ def test_fast_checks_all_pass(tmp_path: Path, port: int) -> None:
         health_url=f"http://127.0.0.1:{port}/health",
         workdir=tmp_path,
         log_path=tmp_path / "logs" / "new",
+        status_port=free_port(),
     )
     results = preflight.fast_checks(settings)
     assert preflight.passed(results), preflight.format_results(results)
@@ -94,6 +97,7 @@ def test_fast_checks_all_pass(tmp_path: Path, port: int) -> None:
         "✔ log directory",
         "✔ event database",
         f"✔ health port 127.0.0.1:{port} (backend)",
+        f"✔ status server 127.0.0.1:{settings.status_port}",
     }
     assert "(will be created)" in text
 
@@ -313,6 +317,7 @@ def test_erpwatch_check_command_end_to_end(stray: Stray, port: int, tmp_path: Pa
         "ERPWATCH_COMMAND": stray.command,
         "ERPWATCH_HEALTH_URL": f"http://127.0.0.1:{port}/health",
         "ERPWATCH_LOG_PATH": str(tmp_path / "logs"),
+        "ERPWATCH_STATUS_PORT": "0",
     }
     check = [sys.executable, "-m", "watchdog.cli", "check"]
     held = subprocess.run(check, env=env, capture_output=True, text=True, timeout=30)
@@ -327,3 +332,150 @@ def test_erpwatch_check_command_end_to_end(stray: Stray, port: int, tmp_path: Pa
         check, env={**env, "ERPWATCH_MAX_RESTARTS": "-1"}, capture_output=True, text=True
     )
     assert bad.returncode == 2 and "✘ configuration: ERPWATCH_MAX_RESTARTS" in bad.stdout
+
+
+# --- everything `run` refuses on, `check` reports too ---------------------------------------
+
+
+def erpwatch(
+    command: str, tmp_path: Path, *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``erpwatch <command>`` as a real process, with only the ERPWATCH_* variables given."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ERPWATCH_")}
+    defaults = {
+        "ERPWATCH_COMMAND": f"{sys.executable} -c 'import time; time.sleep(60)'",
+        "ERPWATCH_LOG_PATH": str(tmp_path / "logs"),
+        "ERPWATCH_STATUS_PORT": "0",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "watchdog.cli", command, *args],
+        env={**base, **defaults, **{f"ERPWATCH_{k}": v for k, v in env.items()}},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _refused(result: subprocess.CompletedProcess[str], code: int, *texts: str) -> str:
+    """The process exited with ``code``, said each text, and printed no traceback."""
+    output = result.stdout + result.stderr
+    assert result.returncode == code, output
+    assert "Traceback" not in output, output
+    for text in texts:
+        assert text in output, output
+    return output
+
+
+def _junk(tmp_path: Path) -> Path:
+    path = tmp_path / "junk.db"
+    path.write_text("these are not the droids\n" * 100)
+    return path
+
+
+def _foreign(tmp_path: Path) -> Path:
+    path = tmp_path / "foreign.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER)")
+    conn.close()
+    return path
+
+
+def _newer(tmp_path: Path) -> Path:
+    path = tmp_path / "newer.db"
+    EventStore(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    conn.close()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda tmp: tmp, "is a directory, not a database file"),
+        (_junk, "is not an SQLite database (it holds something else)"),
+        (_foreign, "is an SQLite database of something else (tables: invoices)"),
+        (_newer, "has schema version 99, newer than this erpwatch's"),
+    ],
+)
+def test_unusable_database_fails_the_check(
+    tmp_path: Path, make: Callable[[Path], Path], reason: str
+) -> None:
+    path = make(tmp_path)
+    settings = Settings(command=sys.executable, log_path=tmp_path / "logs", db_path=path)
+    text = preflight.format_results(preflight.fast_checks(settings))
+    assert f"✘ event database: {path} {reason}" in text
+    assert "ERPWATCH_DB_PATH" in text
+
+
+def test_usable_databases_pass(tmp_path: Path) -> None:
+    existing = tmp_path / "events.db"
+    EventStore(existing).close()
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    for path in (existing, empty, tmp_path / "new" / "events.db"):
+        settings = Settings(command=sys.executable, log_path=tmp_path, db_path=path)
+        [result] = [r for r in preflight.fast_checks(settings) if r.name == "event database"]
+        assert result.ok, result
+
+
+@pytest.mark.parametrize("kind", ["directory", "junk"])
+def test_run_and_check_refuse_an_unusable_database_in_one_line(tmp_path: Path, kind: str) -> None:
+    path = tmp_path if kind == "directory" else _junk(tmp_path)
+    run = erpwatch("run", tmp_path, DB_PATH=str(path))
+    err = _refused(run, preflight.EXIT_FAILED, "erpwatch: not starting")
+    [failed] = [line for line in err.splitlines() if line.startswith("✘")]
+    assert failed.startswith(f"✘ event database: {path} ")
+    assert not (tmp_path / "logs").exists()  # refused before anything started
+    check = erpwatch("check", tmp_path, DB_PATH=str(path))
+    _refused(check, preflight.EXIT_FAILED, f"✘ event database: {path} ")
+
+
+def test_status_port_held_names_the_holder_in_check_and_run(
+    stray: Stray, port: int, tmp_path: Path
+) -> None:
+    expected = f"port {port} is in use by pid {stray.proc.pid} (python"
+    check = erpwatch("check", tmp_path, STATUS_PORT=str(port))
+    _refused(check, preflight.EXIT_FAILED, f"✘ status server 127.0.0.1:{port}: {expected}")
+    run = erpwatch("run", tmp_path, STATUS_PORT=str(port))
+    _refused(run, preflight.EXIT_FAILED, f"✘ status server 127.0.0.1:{port}: {expected}")
+    assert not (tmp_path / "logs").exists()  # refused before anything started
+    # A wildcard bind collides with the 127.0.0.1 listener: the holder is found there too.
+    wildcard = erpwatch(
+        "check", tmp_path, STATUS_PORT=str(port), STATUS_HOST="0.0.0.0", STATUS_TOKEN="t"
+    )
+    _refused(wildcard, preflight.EXIT_FAILED, f"✘ status server 0.0.0.0:{port}: {expected}")
+    assert stray.proc.poll() is None  # never touched
+
+
+def test_check_refuses_what_run_refuses_a_public_status_host_without_token(
+    tmp_path: Path,
+) -> None:
+    problem = "ERPWATCH_STATUS_HOST='0.0.0.0' is not a loopback address"
+    check = erpwatch("check", tmp_path, STATUS_HOST="0.0.0.0")
+    _refused(check, preflight.EXIT_FAILED, f"✘ status server 0.0.0.0:0: {problem}")
+    run = erpwatch("run", tmp_path, STATUS_HOST="0.0.0.0")
+    assert _refused(run, preflight.EXIT_CONFIG, problem).strip().count("\n") == 0
+    disabled = erpwatch("check", tmp_path, STATUS_HOST="0.0.0.0", STATUS_ENABLED="false")
+    assert disabled.returncode == 0, disabled.stdout
+
+
+def test_check_warns_about_an_unknown_variable_and_still_passes(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("ERPWATCH_CHEK_INTERVAL=5\n")
+    check = erpwatch("check", tmp_path)
+    assert check.returncode == 0, check.stdout
+    lines = check.stdout.splitlines()
+    assert (
+        "⚠ ERPWATCH_CHEK_INTERVAL is not a known variable; did you mean ERPWATCH_CHECK_INTERVAL?"
+    ) in lines
+    assert lines[0].startswith("✔ configuration")
+    # Also next to a configuration error, where a typo may be the cause.
+    broken = erpwatch("check", tmp_path, MAX_RESTARTS="-1")
+    _refused(broken, preflight.EXIT_CONFIG, "✘ configuration: ERPWATCH_MAX_RESTARTS", "⚠ ")
+
+
+@pytest.mark.parametrize("grace", ["inf", "nan", "-1", "1e9"])
+def test_absurd_grace_is_a_usage_error(tmp_path: Path, grace: str) -> None:
+    result = erpwatch("check", tmp_path, "--kill-stale", "--grace", grace)
+    _refused(result, 2, "argument --grace")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import os
 import sys
+import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,3 +182,42 @@ def test_format_duration() -> None:
     assert format_duration(65) == "1m 05s"
     assert format_duration(3 * 3600 + 60) == "3h 01m"
     assert format_duration(2 * 86400 + 7200) == "2d 2h"
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "-1", "1e9"])
+async def test_absurd_timeout_is_a_usage_error(tmp_path: Path, value: str) -> None:
+    env = {"ERPWATCH_DB_PATH": str(tmp_path / "none.db"), "ERPWATCH_STATUS_PORT": str(free_port())}
+    result = await erpwatch(["status", "--timeout", value], env)
+    assert result.code == 2
+    assert "argument --timeout" in result.err and "Traceback" not in result.err
+
+
+class _Misdirected(http.server.BaseHTTPRequestHandler):
+    """A server that answers every request 421, as erpwatch does to a foreign Host."""
+
+    def do_GET(self) -> None:
+        self.send_response(421)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+async def test_status_explains_a_misdirected_421(tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Misdirected)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        env = {
+            "ERPWATCH_STATUS_PORT": str(server.server_address[1]),
+            "ERPWATCH_DB_PATH": str(tmp_path / "none.db"),
+        }
+        result = await erpwatch(["status"], env)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert result.code == 1
+    assert "does not answer to this host name" in result.err
+    assert len(result.err.strip().splitlines()) == 1
