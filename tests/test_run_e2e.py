@@ -181,7 +181,7 @@ def test_hup_usr1_usr2_pipe_never_stop_it_then_sigterm_stops_cleanly(
         return log_file.exists() and text in log_file.read_text(errors="replace")
 
     for signum, line in [
-        (signal.SIGHUP, "SIGHUP received: configuration reload is not supported yet; ignoring"),
+        (signal.SIGHUP, "SIGHUP received: reloading the configuration"),
         (signal.SIGPIPE, None),
         (signal.SIGUSR1, "SIGUSR1 received"),
         (signal.SIGUSR2, "SIGUSR2 received"),
@@ -215,6 +215,8 @@ def test_hup_usr1_usr2_pipe_never_stop_it_then_sigterm_stops_cleanly(
     kinds = run.kinds()
     assert kinds.count(("backend", "started")) == 1
     assert ("backend", "stopped") not in kinds and ("backend", "crashed") not in kinds
+    # SIGHUP is a reload: nothing changed, so nothing was restarted, and it says so.
+    assert kinds.count(("erpwatch", "config-reloaded")) == 2
 
     run.proc.send_signal(signal.SIGTERM)
     assert run.proc.wait(20) == 0

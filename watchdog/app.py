@@ -27,7 +27,7 @@ import signal
 import sqlite3
 import sys
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +43,13 @@ from watchdog.config import (
     status_bind_problem,
     unknown_variables,
 )
+from watchdog.control import ControlError, ControlServer, Peer
 from watchdog.events import SYSTEM_TARGET, Event, Kind
+from watchdog.leftovers import ChildLedger, Cleanup, LedgerHooks, clean_up
 from watchdog.logs import flush_repeats, setup_logging
 from watchdog.resources import ResourceMonitor, default_paths, host_snapshot
 from watchdog.store import EventStore, StoreError
-from watchdog.supervisor import Supervisor
+from watchdog.supervisor import Supervisor, UnknownTarget
 from watchdog.tasks import TaskSupervisor
 
 log = logging.getLogger("erpwatch")
@@ -61,6 +63,9 @@ FAULT_TRACEBACK_LINE_MAX = 300
 HEALTH_NAMES_MAX = 20  # names listed in a health problem; the rest are counted
 # erpwatch's own workers on `Watchdog.tasks`, stopped before the targets.
 WORKERS = ("log-rotation", "resources", "systemd-keepalive")
+CONFIG_RELOADED = "config-reloaded"
+CONFIG_REJECTED = "config-rejected"
+LEFTOVER_STOPPED = "leftover-stopped"
 
 
 def select_targets(
@@ -98,6 +103,10 @@ class Watchdog:
         targets: Sequence[TargetConfig],
         *,
         clock: Clock | None = None,
+        only: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        overrides: Mapping[str, Any] | None = None,
+        leftovers: Sequence[Cleanup] = (),
     ) -> None:
         if not targets:
             raise ConfigError(
@@ -107,8 +116,16 @@ class Watchdog:
         self.settings = settings
         self.targets = list(targets)
         self.clock = clock or RealClock()
+        # What a reload re-applies: the run's --only/--except and command-line overrides.
+        self._only, self._exclude = tuple(only), tuple(exclude)
+        self._overrides = dict(overrides or {})
+        self._leftovers = list(leftovers)
+        self._reload_lock = asyncio.Lock()
+        self._reloads: set[asyncio.Task[Any]] = set()
         self.store = EventStore(settings.event_db_path)
         self.bus = EventBus(self.store)
+        self.ledger = ChildLedger(self.store)
+        self.control = ControlServer(settings.control_socket_path, self._control)
         # One supervisor of erpwatch's own tasks: the monitors run on it too.
         self.tasks = TaskSupervisor(clock=self.clock, on_fault=self._report_fault)
         self.supervisor = Supervisor(
@@ -122,6 +139,9 @@ class Watchdog:
             log_backups=settings.log_backups,
             resources=lambda name: self.resources.latest_target(name),
             tasks=self.tasks,
+            ledger=LedgerHooks(
+                self.ledger, self.bus.run_in_writer, {t.name: t.argv for t in self.targets}
+            ),
         )
         self.resources = ResourceMonitor.for_targets(
             settings,
@@ -145,7 +165,13 @@ class Watchdog:
         return None if self.status_server is None else str(self.status_server.url)
 
     async def start(self) -> None:
-        # Alerting first: its durable cursor is set before the very first event.
+        # The control socket first: a live one means another erpwatch runs this config.
+        try:
+            await self.control.start()
+        except ControlError as exc:
+            raise StartupError(str(exc)) from None
+        await self.bus.run_in_writer(self.ledger.ensure_schema)
+        # Alerting next: its durable cursor is set before the very first event.
         await self.alerts.start()
         if self.settings.status_enabled:
             from watchdog.api import StatusServer
@@ -173,6 +199,8 @@ class Watchdog:
                 targets=[t.name for t in self.targets],
             )
         )
+        for cleanup in self._leftovers:
+            await self._record_leftover(cleanup)
         await self.supervisor.start()
         # Everything built so far lives as long as erpwatch: keep the cyclic GC from
         # re-scanning it in every full collection (a pause that delays probes at scale).
@@ -188,6 +216,9 @@ class Watchdog:
         """Stop everything that runs, each step even when an earlier one failed; the
         ``watchdog-stopped`` event is recorded after the targets have stopped."""
         sdnotify.stopping("stopping targets")
+        await self._attempt("closing the control socket", self.control.stop())
+        for task in list(self._reloads):
+            task.cancel()
         for name in WORKERS:
             await self._attempt(f"stopping {name}", self.tasks.cancel(name))
         await self._attempt("stopping the targets", self.supervisor.stop())
@@ -211,6 +242,84 @@ class Watchdog:
             await step
         except Exception:
             log.exception("%s failed; stopping the rest", what)
+
+    # -- operating it while it runs ---------------------------------------------------------
+
+    async def _control(self, request: Mapping[str, Any], peer: Peer) -> dict[str, Any]:
+        """A request from the control socket (or the API): restart / stop / start / reload."""
+        command = str(request["command"])
+        if command == "reload":
+            return await self.reload(actor=peer.actor)
+        try:
+            results = await self.supervisor.operate(
+                command,
+                list(request.get("targets", [])),
+                reason=str(request.get("reason", "")),
+                actor=peer.actor,
+            )
+        except UnknownTarget as exc:
+            return {"ok": False, "error": str(exc.args[0])}
+        return {"ok": all(r.ok for r in results), "results": [r.to_dict() for r in results]}
+
+    def request_reload(self, actor: str = "SIGHUP") -> None:
+        """SIGHUP: reload in the background (a signal handler must not wait)."""
+        if actor == "SIGHUP":
+            log.info("SIGHUP received: reloading the configuration")
+        task = asyncio.get_running_loop().create_task(self.reload(actor=actor))
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload(self, *, actor: str = "operator") -> dict[str, Any]:
+        """Re-read the env file on top of the environment erpwatch was started with, all
+        validated first: an invalid one changes nothing (``config-rejected``). Then start
+        added targets, stop removed ones, restart those whose process changed, apply
+        changed supervision settings in place (``config-reloaded`` lists what changed)."""
+        async with self._reload_lock:
+            try:
+                settings = await asyncio.to_thread(load_settings, **self._overrides)
+                targets = select_targets(settings.targets_resolved(), self._only, self._exclude)
+            except ConfigError as exc:
+                message = f"configuration rejected, nothing changed: {exc}"
+                log.error("reload by %s: %s", actor, message)
+                await self._publish(CONFIG_REJECTED, message, actor=actor, error=str(exc))
+                return {"ok": False, "error": message}
+            try:
+                report = await self.supervisor.reload(targets)
+            except ValueError as exc:
+                message = f"configuration rejected, nothing changed: {exc}"
+                await self._publish(CONFIG_REJECTED, message, actor=actor, error=str(exc))
+                return {"ok": False, "error": message}
+            changed = _changed_settings(self.settings, settings)
+            needs_restart = sorted(set(changed) & _RESTART_ONLY_SETTINGS)
+            self.settings = settings
+            self.targets = list(targets)
+            message = f"configuration reloaded: {report.describe()}"
+            if changed:
+                message += f"; settings changed: {', '.join(changed)}"
+            if needs_restart:
+                message += f" (take effect at erpwatch's next start: {', '.join(needs_restart)})"
+            log.info("reload by %s: %s", actor, message)
+            await self._publish(
+                CONFIG_RELOADED, message, actor=actor, settings_changed=changed, **report.to_dict()
+            )
+            return {"ok": True, "message": message, "changes": report.to_dict()}
+
+    async def _publish(self, kind: str, message: str, **details: Any) -> None:
+        try:
+            await self.bus.publish(Event.of(SYSTEM_TARGET, kind, message, **details))
+        except Exception as exc:
+            log.warning("could not record %s: %r", kind, exc)
+
+    async def _record_leftover(self, cleanup: Cleanup) -> None:
+        if cleanup.found:
+            log.warning("%s", cleanup.describe())
+            await self._publish(
+                LEFTOVER_STOPPED,
+                cleanup.describe() + " (left running when the previous erpwatch died)",
+                target_name=cleanup.record.target,
+                pids=list(cleanup.killed),
+                escalated=cleanup.escalated,
+            )
 
     # -- erpwatch's own health ------------------------------------------------------------
 
@@ -308,9 +417,8 @@ def use_pidfd_child_watcher() -> None:
 
 
 def on_sighup() -> None:
-    """SIGHUP (``systemctl reload``, a closed terminal) never stops erpwatch. Kept as one
-    function so that configuration reload can take its place."""
-    log.warning("SIGHUP received: configuration reload is not supported yet; ignoring")
+    """SIGHUP without a running `Watchdog` to reload: never stops erpwatch."""
+    log.warning("SIGHUP received: nothing to reload yet; ignoring")
 
 
 def _request_stop(stop: asyncio.Event, signum: int) -> None:
@@ -357,7 +465,14 @@ def raise_open_file_limit() -> tuple[int, int, int]:
 
 
 def run_service(
-    settings: Settings, targets: Sequence[TargetConfig], *, warnings: Sequence[str] = ()
+    settings: Settings,
+    targets: Sequence[TargetConfig],
+    *,
+    warnings: Sequence[str] = (),
+    only: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    overrides: Mapping[str, Any] | None = None,
+    leftovers: Sequence[Cleanup] = (),
 ) -> None:
     """Log, supervise ``targets`` until SIGINT/SIGTERM, stop them, return. ``warnings``
     (unknown variables) are logged first. `StartupError` when the event database cannot be
@@ -377,14 +492,21 @@ def run_service(
 
         use_pidfd_child_watcher()
         stop = asyncio.Event()
-        install_stop_signals(stop)
         try:
-            watchdog = Watchdog(settings, targets)
+            watchdog = Watchdog(
+                settings,
+                targets,
+                only=only,
+                exclude=exclude,
+                overrides=overrides,
+                leftovers=leftovers,
+            )
         except StoreError as exc:
             raise StartupError(str(exc)) from None
         except sqlite3.Error as exc:  # e.g. the path is a directory
             path = settings.event_db_path
             raise StartupError(f"cannot use {path} as the event database: {exc}") from None
+        install_stop_signals(stop, hup=watchdog.request_reload)
         try:
             await serve(watchdog, stop)
         except StatusBindError as exc:
@@ -398,6 +520,64 @@ def _bind_failure(settings: Settings, exc: OSError) -> str:
     holder = preflight.find_port_holder(host, port) if port else None
     text = exc.strerror or str(exc)
     return text + (f" (held by {holder.describe()})" if holder is not None else "")
+
+
+def end_leftovers(settings: Settings) -> list[Cleanup]:
+    """End what the previous run's children left (see `watchdog.leftovers`); never fatal."""
+    path = settings.event_db_path
+    if not path.is_file():
+        return []
+    try:
+        store = EventStore(path)
+    except Exception as exc:  # the pre-flight check reports an unusable database
+        log.debug("leftovers: cannot open %s: %s", path, exc)
+        return []
+    try:
+        ledger = ChildLedger(store)
+        records = ledger.records()
+        grace = max(settings.stop_timeout, 1.0)
+        results = clean_up(records, grace)
+        for record in records:
+            ledger.forget(record.target)
+    except Exception as exc:
+        print(f"erpwatch: warning: could not end the previous run's children: {exc}")
+        return []
+    finally:
+        store.close()
+    for cleanup in results:
+        if cleanup.found:
+            print(f"erpwatch: {cleanup.describe()}", file=sys.stderr)
+    return results
+
+
+# Settings a reload cannot apply to a running erpwatch (its sockets, files, logging).
+_RESTART_ONLY_SETTINGS = frozenset(
+    {
+        "log_path",
+        "db_path",
+        "control_socket",
+        "status_enabled",
+        "status_host",
+        "status_port",
+        "status_token",
+        "status_max_connections",
+        "status_allowed_hosts",
+        "log_format",
+        "log_max_bytes",
+        "log_backups",
+        "debug",
+    }
+)
+_PER_TARGET = frozenset({"command", "health_url", "workdir", "targets", "env", "target_name"})
+
+
+def _changed_settings(old: Settings, new: Settings) -> list[str]:
+    """The names (never the values: some are secrets) of global settings that changed."""
+    return sorted(
+        f"ERPWATCH_{name.upper()}"
+        for name in type(new).model_fields
+        if name not in _PER_TARGET and getattr(old, name) != getattr(new, name)
+    )
 
 
 def _print_warnings(warnings: Sequence[str]) -> None:
@@ -417,6 +597,9 @@ def run_command(args: argparse.Namespace) -> int:
     except ConfigError:
         _print_warnings(warnings)  # a typo may well be why (ERPWATCH_COMAND)
         raise
+    # A previous erpwatch killed hard left its children running (holding the ports the
+    # checks below look at): end them first, verified by start time, never a stranger.
+    leftovers = end_leftovers(settings)
     chosen = {target.name for target in targets}
     checks = [r for r in preflight.fast_checks(settings) if r.target in (None, *chosen)]
     if not preflight.passed(checks):
@@ -426,7 +609,15 @@ def run_command(args: argparse.Namespace) -> int:
         print("erpwatch: not starting (see `erpwatch check`)", file=sys.stderr)
         return EXIT_PREFLIGHT
     try:
-        run_service(settings, targets, warnings=warnings)
+        run_service(
+            settings,
+            targets,
+            warnings=warnings,
+            only=args.only,
+            exclude=args.exclude,
+            overrides=overrides,
+            leftovers=leftovers,
+        )
     except StartupError as exc:
         print(f"erpwatch: not starting: {exc}", file=sys.stderr)
         return EXIT_PREFLIGHT

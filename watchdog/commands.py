@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from alerting import commands as alerting_commands
-from watchdog import app, history, logs, preflight, status_cmd
+from watchdog import app, control_cmd, history, logs, preflight, status_cmd
 from watchdog.demo import runner as demo
 
-MODULES = [app, demo, history, status_cmd, logs, preflight, alerting_commands]
+MODULES = [app, control_cmd, demo, history, status_cmd, logs, preflight, alerting_commands]

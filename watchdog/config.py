@@ -39,7 +39,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 ENV_PREFIX = "ERPWATCH_"
 MAX_DURATION_S = 30 * 86400.0  # no duration setting is longer: 30 days
 # Set by erpwatch in each child's environment (`watchdog.leftovers.MARKER`), not a setting.
-_OWN_MARKERS = frozenset({"ERPWATCH_TARGET"})
+_OWN_MARKERS = frozenset({"ERPWATCH_TARGET", "ERPWATCH_ENV_FILE"})
 
 
 def _finite_duration(value: Any) -> Any:
@@ -197,6 +197,7 @@ class Settings(BaseSettings):
     limit_retry: Seconds = 900.0
     down_after: Seconds = 60.0
     db_path: Path | None = None
+    control_socket: Path | None = None
 
     # --- logs ----------------------------------------------------------------------------
     log_max_bytes: Annotated[int, Field(ge=1024)] = 10 * 1024 * 1024
@@ -267,7 +268,7 @@ class Settings(BaseSettings):
         key back the spelling of its raw name (the environment's before ``.env``'s)."""
         single: dict[str, str] = {}
         per_target: dict[tuple[str, str], str] = {}
-        for raw in _raw_names(_env_files(self.model_config.get("env_file"))):
+        for raw in _raw_names([env_file()]):
             parts = raw.split("__")
             head = parts[0].upper()
             if head == f"{ENV_PREFIX}ENV" and len(parts) == 2 and parts[1]:
@@ -302,6 +303,12 @@ class Settings(BaseSettings):
     @property
     def event_db_path(self) -> Path:
         return self.db_path if self.db_path is not None else self.log_path / "erpwatch.db"
+
+    @property
+    def control_socket_path(self) -> Path:
+        if self.control_socket is not None:
+            return self.control_socket
+        return self.log_path / "erpwatch.sock"
 
     def targets_resolved(self) -> list[TargetConfig]:
         """One config per target: the single ``COMMAND`` target first, then ``TARGETS__*``."""
@@ -416,14 +423,6 @@ def describe_validation_error(exc: ValidationError) -> str:
 # --- the raw variable names: case of ENV__<VAR>, unknown names ------------------------------
 
 
-def _env_files(configured: Any) -> list[Path]:
-    """The ``.env`` file(s) pydantic-settings reads (``model_config["env_file"]``)."""
-    if configured is None:
-        return []
-    items = [configured] if isinstance(configured, str | os.PathLike) else list(configured)
-    return [Path(item) for item in items]
-
-
 def _raw_names(env_files: Iterable[Path], environ: Mapping[str, str] | None = None) -> list[str]:
     """Every ``ERPWATCH_*`` name as written: the environment's first, then each file's."""
     environ = os.environ if environ is None else environ
@@ -481,7 +480,7 @@ def unknown_variables(
     """One warning per ``ERPWATCH_*`` name (environment or ``.env``) that is no setting:
     pydantic-settings ignores it, so a typo would go unnoticed. Never an error."""
     if env_files is None:
-        env_files = _env_files(Settings.model_config.get("env_file"))
+        env_files = [env_file()]
     warnings: list[str] = []
     seen: set[str] = set()
     for name in _raw_names(env_files, environ):
@@ -519,10 +518,42 @@ def status_bind_problem(settings: Settings) -> str | None:
     )
 
 
+def env_file() -> Path:
+    """The env file read on top of the process environment (which wins): ``.env`` in the
+    working directory, or the file ``ERPWATCH_ENV_FILE`` names."""
+    return Path(os.environ.get(f"{ENV_PREFIX}ENV_FILE") or ".env")
+
+
+def raw_setting(name: str) -> str | None:
+    """One variable as the environment or the env file gives it (the environment wins), for
+    commands that need a path (the control socket) but not the daemon's validated settings:
+    a running erpwatch must stay reachable while its env file has an error."""
+    key = f"{ENV_PREFIX}{name.upper()}"
+    for source_name, value in os.environ.items():
+        if source_name.upper() == key and value:
+            return value
+    path = env_file()
+    if path.is_file():
+        from dotenv import dotenv_values  # python-dotenv: pydantic-settings' own parser
+
+        for source_name, file_value in dotenv_values(path).items():
+            if source_name.upper() == key and file_value:
+                return file_value
+    return None
+
+
+def control_socket_path() -> Path:
+    """`Settings.control_socket_path` without validating the rest (see `raw_setting`)."""
+    explicit = raw_setting("control_socket")
+    if explicit:
+        return Path(explicit)
+    return Path(raw_setting("log_path") or "watchdog_logs") / "erpwatch.sock"
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read and validate settings; raise `ConfigError` with a message for people."""
     try:
-        settings = Settings(**overrides)
+        settings = Settings(_env_file=env_file(), **overrides)
         settings.targets_resolved()
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None

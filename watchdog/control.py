@@ -27,7 +27,7 @@ import pwd
 import socket
 import stat
 import struct
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,9 +105,10 @@ class ControlServer:
         await self._clear_stale()
         old_umask = os.umask(0o177)  # the socket is created 0600: no window for others
         try:
-            self._server = await asyncio.start_unix_server(
-                self._serve_client, path=str(self.path), limit=MAX_REQUEST
-            )
+            with _short_path(self.path) as address:
+                self._server = await asyncio.start_unix_server(
+                    self._serve_client, path=address, limit=MAX_REQUEST
+                )
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
@@ -169,11 +170,30 @@ class ControlServer:
                 await writer.wait_closed()
 
 
+@contextlib.contextmanager
+def _short_path(path: Path) -> Iterator[str]:
+    """An address for ``path`` within AF_UNIX's 108 bytes: a long path is reached through
+    its directory's descriptor (``/proc/self/fd/N/name``)."""
+    if len(os.fsencode(path)) < 100:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
+def _connect(sock: socket.socket, path: Path) -> None:
+    with _short_path(path) as address:
+        sock.connect(address)
+
+
 def _answers(path: Path) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(1.0)
         try:
-            sock.connect(str(path))
+            _connect(sock, path)
         except OSError:
             return False
     return True
@@ -186,7 +206,7 @@ def call(path: Path, request: Mapping[str, Any], timeout: float = 120.0) -> dict
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
-            sock.connect(str(path))
+            _connect(sock, path)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK):
                 raise NotRunning(f"no erpwatch is running (no answer on {path})") from exc

@@ -103,3 +103,16 @@ async def test_bad_requests_get_a_reason_and_reach_no_handler(tmp_path: Path) ->
 def test_no_erpwatch_running(tmp_path: Path) -> None:
     with pytest.raises(NotRunning):
         call(tmp_path / "erpwatch.sock", {"command": "start"})
+
+
+async def test_a_path_longer_than_af_unix_allows_still_works(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    server = ControlServer(deep / "erpwatch.sock", Recorder())
+    await server.start()
+    try:
+        assert len(str(server.path)) > 108
+        assert (await asyncio.to_thread(call, server.path, {"command": "start"}))["ok"]
+    finally:
+        await server.stop()
+    assert not server.path.exists()
