@@ -262,3 +262,68 @@ def test_the_process_environment_wins_over_the_env_file(tmp_path: Path, runs: li
     done = erpwatch(tmp_path, "reload", env={"ERPWATCH_CHECK_INTERVAL": "0.05"})
     assert done.returncode == 0, done.stderr  # the file's bad value is shadowed
     assert "no target changed" in done.stdout
+
+
+def test_http_control_needs_the_token_header_and_a_same_site_origin(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    import httpx
+
+    port = free_port()
+    start(
+        tmp_path,
+        runs,
+        {
+            "ERPWATCH_COMMAND": SLEEPER,
+            "ERPWATCH_STATUS_ENABLED": "true",
+            "ERPWATCH_STATUS_PORT": str(port),
+            "ERPWATCH_STATUS_TOKEN": "s3cret-token",
+        },
+    )
+    wait_until(lambda: healthy(tmp_path, "backend"), 20, what="healthy")
+    base = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": "Bearer s3cret-token"}
+    first = pid_of(tmp_path, "backend")
+
+    with httpx.Client(base_url=base, timeout=60, trust_env=False) as client:
+        assert client.post("/api/targets/backend/restart").status_code == 401
+        assert client.post("/api/targets/backend/restart?token=s3cret-token").status_code == 401
+        cross = client.post(
+            "/api/targets/backend/restart", headers={**auth, "Origin": "https://evil.example"}
+        )
+        assert cross.status_code == 403 and "cross-site" in cross.json()["error"]
+        assert pid_of(tmp_path, "backend") == first  # nothing happened so far
+        unknown = client.post("/api/targets/nosuch/restart", headers=auth)
+        assert unknown.status_code == 404
+        done = client.post(
+            "/api/targets/backend/restart",
+            headers={**auth, "Origin": base},
+            json={"reason": "from the page"},
+        )
+        assert done.status_code == 200, done.text
+        assert done.json()["results"][0]["ok"]
+        assert pid_of(tmp_path, "backend") != first
+        stopped = client.post("/api/targets/backend/stop", headers=auth)
+        assert stopped.status_code == 200 and "whole tree gone" in stopped.text
+        assert client.post("/api/reload", headers=auth).json()["ok"]
+    restarted = [e for e in events(tmp_path) if e["kind"] == "restarted"][-1]
+    assert restarted["details"]["actor"] == "operator (api)"
+
+
+def test_http_control_is_off_without_a_token(tmp_path: Path, runs: list[Run]) -> None:
+    import httpx
+
+    port = free_port()
+    start(
+        tmp_path,
+        runs,
+        {
+            "ERPWATCH_COMMAND": SLEEPER,
+            "ERPWATCH_STATUS_ENABLED": "true",
+            "ERPWATCH_STATUS_PORT": str(port),
+        },
+    )
+    answer = httpx.post(
+        f"http://127.0.0.1:{port}/api/targets/backend/stop", timeout=30, trust_env=False
+    )
+    assert answer.status_code == 403 and "HTTP control is off" in answer.json()["error"]

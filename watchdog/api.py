@@ -61,6 +61,7 @@ from watchdog import __version__
 from watchdog.bus import EventBus, Subscription
 from watchdog.clock import RealClock
 from watchdog.config import ConfigError, Settings, is_loopback, status_bind_problem
+from watchdog.control_api import Control, control_routes
 from watchdog.events import Event, Kind
 from watchdog.history import UsageError, parse_kinds, parse_limit, parse_time
 from watchdog.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -527,6 +528,7 @@ def create_app(
     health: Callable[[], str | None] | None = None,
     heartbeat: float = HEARTBEAT_S,
     host_resources: Callable[[], Mapping[str, Any]] | None = None,
+    control: Control | None = None,
 ) -> Starlette:
     """The status app. Live events reach ``/events`` through ``hub.publish`` (the
     `StatusServer` feeds it from the bus); ``health`` may name a problem for ``/health``."""
@@ -545,6 +547,7 @@ def create_app(
             Route("/metrics", state.metrics_endpoint),
             Route("/events", state.events),
             Route("/api/history", state.history),
+            *control_routes(settings, control),
         ]
     )
     app.add_middleware(_TokenGuard, token=token)
@@ -630,6 +633,7 @@ class StatusServer:
         health: Callable[[], str | None] | None = None,
         tasks: TaskSupervisor | None = None,
         idle_timeout: float = IDLE_TIMEOUT_S,
+        control: Control | None = None,
     ) -> None:
         check_bind(settings)
         self._idle_timeout = idle_timeout
@@ -652,6 +656,7 @@ class StatusServer:
             health=self._health_problem,
             heartbeat=heartbeat,
             host_resources=host_resources,
+            control=control,
         )
         self._server: _EmbeddedServer | None = None
         self._serve_task: asyncio.Task[None] | None = None

@@ -186,6 +186,7 @@ class Watchdog:
                 host_resources=self._host_resources,  # the resource monitor's latest sample
                 health=self.health_problem,  # erpwatch's own workers and monitors
                 tasks=self.tasks,
+                control=self._control,  # only with ERPWATCH_STATUS_TOKEN (control_api)
             )
             self.supervisor.add_probe_listener(self.status_server.metrics.observe_probe)
             await self.status_server.start()
