@@ -327,3 +327,24 @@ def test_http_control_is_off_without_a_token(tmp_path: Path, runs: list[Run]) ->
         f"http://127.0.0.1:{port}/api/targets/backend/stop", timeout=30, trust_env=False
     )
     assert answer.status_code == 403 and "HTTP control is off" in answer.json()["error"]
+
+
+def test_a_held_target_shows_who_why_and_since_in_status(tmp_path: Path, runs: list[Run]) -> None:
+    import httpx
+
+    port = free_port()
+    env = {
+        "ERPWATCH_COMMAND": SLEEPER,
+        "ERPWATCH_STATUS_ENABLED": "true",
+        "ERPWATCH_STATUS_PORT": str(port),
+    }
+    start(tmp_path, runs, env)
+    wait_until(lambda: healthy(tmp_path, "backend"), 20, what="healthy")
+    assert erpwatch(tmp_path, "stop", "backend", "--reason", "db upgrade").returncode == 0
+    document = httpx.get(f"http://127.0.0.1:{port}/status?fresh=1", timeout=10).json()
+    (target,) = document["targets"]
+    assert target["state"] == "stopped" and target["held"]["reason"] == "db upgrade"
+    assert target["held"]["actor"].startswith("operator (") and target["held"]["since"]
+    assert target["label"].startswith("Stopped by operator (")
+    shown = erpwatch(tmp_path, "status", env={"ERPWATCH_STATUS_PORT": str(port)})
+    assert "stopped (by operator (" in shown.stdout and "db upgrade" in shown.stdout

@@ -276,7 +276,11 @@ def target_entry(status: TargetStatus, now: datetime) -> dict[str, Any]:
         if status.probe_age is not None:
             probe_entry["time"] = _iso(now - timedelta(seconds=status.probe_age))
         entry["last_probe"] = probe_entry
-    entry.update(state=str(state), colour=state.colour, label=STATE_LABELS.get(state, str(state)))
+    label = STATE_LABELS.get(state, str(state))
+    if status.held:
+        who, why = status.held.get("actor", "operator"), status.held.get("reason")
+        label = f"Stopped by {who}" + (f": {why}" if why else "")
+    entry.update(state=str(state), colour=state.colour, label=label)
     if status.resources is not None:
         entry["resources"] = _redact(dict(status.resources))
     return entry

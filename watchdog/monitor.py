@@ -97,6 +97,7 @@ class TargetStatus:
     last_event: Event | None
     resources: Mapping[str, Any] | None = None
     probe_age: float | None = None  # seconds since the last probe finished
+    held: Mapping[str, str] | None = None  # stopped by an operator: actor, reason, since
 
     @property
     def colour(self) -> str:
@@ -124,6 +125,7 @@ class TargetStatus:
             },
             "last_event": None if self.last_event is None else self.last_event.to_dict(),
             "resources": None if self.resources is None else dict(self.resources),
+            "held": None if self.held is None else dict(self.held),
         }
 
 
@@ -578,4 +580,5 @@ class TargetMonitor:
             last_probe=probe,
             last_event=self.last_event,
             probe_age=None if probe is None else now - probe.checked_at,
+            held=None if state is None or state.held is None else dict(state.held),
         )

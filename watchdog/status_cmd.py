@@ -148,6 +148,15 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _state_text(target: dict[str, Any]) -> str:
+    """``stopped (by operator (alice) since 2026-12-01T10:00:00: upgrade)`` for a hold."""
+    held = target.get("held")
+    if not held:
+        return str(target["state"])
+    reason = f": {held['reason']}" if held.get("reason") else ""
+    return f"stopped (by {held.get('actor', 'operator')} since {held.get('since', '?')}{reason})"
+
+
 def format_api(document: dict[str, Any]) -> str:
     rows: list[Sequence[str]] = [("TARGET", "STATE", "PID", "UPTIME", "RESTARTS", "PROBE", "LAST")]
     for target in document["targets"]:
@@ -156,7 +165,7 @@ def format_api(document: dict[str, Any]) -> str:
         rows.append(
             (
                 str(target["name"]),
-                str(target["state"]),
+                _state_text(target),
                 str(target["pid"]) if target.get("pid") is not None else "-",
                 format_duration(target.get("uptime")),
                 f"{target.get('restarts_in_window', 0)}/{target.get('restarts_total', 0)}",
