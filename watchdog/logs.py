@@ -18,10 +18,11 @@ register(subparsers)                    # `erpwatch logs TARGET [-n N] [-f] [--s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import errno
 import json
 import logging
-import logging.handlers
 import os
 import signal
 import sys
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from watchdog.config import Settings, load_settings
+from watchdog.process import LogFile
 
 LOG_FILE_NAME = "erpwatch.log"
 REDACTED = "***"
@@ -253,17 +255,57 @@ class TextFormatter(logging.Formatter):
         return stamp.isoformat(timespec="milliseconds")
 
 
-class _RotatingFileHandler(logging.handlers.RotatingFileHandler):
-    """With ``backupCount=0`` the stdlib never rolls over; here the file is truncated."""
+_CUT_RECORD = "…\n".encode()  # ends a record cut to fit in one file
 
-    def doRollover(self) -> None:
-        if self.backupCount > 0:
-            super().doRollover()
+
+class _RotatingFileHandler(logging.Handler):
+    """erpwatch's own log file, bounded like the children's logs (a `LogFile`): at most
+    ``maxBytes * (backupCount + 1)`` bytes. The file is renamed to ``.1`` … ``.N`` before a
+    record would take it past ``maxBytes`` (``backupCount=0``: it is started afresh); a record
+    longer than ``maxBytes`` is cut. A write error (a full disk) never raises and never prints
+    (the stdlib handler prints a traceback per record through ``handleError``): the records
+    are dropped and counted, and one line in the file reports the count once writing works
+    again."""
+
+    def __init__(
+        self, filename: Path, maxBytes: int, backupCount: int, encoding: str = "utf-8"
+    ) -> None:
+        super().__init__()
+        self.baseFilename = os.path.abspath(filename)
+        self.encoding = encoding
+        self.dropped_records = 0
+        self._file = LogFile(Path(filename), maxBytes, backupCount)
+        try:
+            self._file.open()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise  # a wrong path is a configuration error worth stopping for
+            # a full disk: opening is retried with each record
+
+    @property
+    def dropped_bytes(self) -> int:
+        return self._file.dropped_total
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record) + "\n"
+        except Exception:
+            self.handleError(record)  # a broken format string: a bug, reported as usual
             return
-        if self.stream:
-            self.stream.close()
-        self.stream = self._open()
-        self.stream.truncate(0)
+        data = text.encode(self.encoding, errors="backslashreplace")
+        limit = self._file.max_bytes
+        if len(data) > limit:
+            kept = data[: max(limit - len(_CUT_RECORD), 0)]
+            data = kept.decode(self.encoding, errors="ignore").encode(self.encoding) + _CUT_RECORD
+        before = self._file.dropped_total
+        self._file.write(data)
+        if self._file.dropped_total != before:
+            self.dropped_records += 1
+
+    def close(self) -> None:
+        with self.lock if self.lock is not None else contextlib.nullcontext():
+            self._file.close()
+        super().close()
 
 
 def setup_logging(settings: Settings, *, stream: IO[str] | None = None) -> list[logging.Handler]:

@@ -18,18 +18,19 @@ CONTRACT:
         stdout_path, stderr_path: Path      # log_dir / f"{name}.out.log", f"{name}.err.log"
         pid: int | None; running: bool; started_at: float | None (monotonic)
         async def start(self) -> int
-            # no shell; start_new_session=True; stdout/stderr appended to the log files (O_APPEND
-            # fds, never pipes); raises ProcessStartError(message) if the executable is missing.
+            # no shell; start_new_session=True; stdout/stderr are pipes that erpwatch reads in
+            # the event loop into bounded, rotated log files (`LogFile`); raises
+            # ProcessStartError(message) if the executable is missing (or EMFILE, ...).
         async def wait(self) -> ExitInfo
-            # returns as soon as the child exits (no polling); safe to call from several tasks
+            # returns as soon as the child exits (pidfd, never the pipes' EOF); safe to call
+            # from several tasks
         async def stop(self) -> ExitInfo | None
-            # snapshot the process tree (psutil children(recursive=True)) first, SIGTERM the
-            # process group, wait stop_timeout, SIGKILL the group and every snapshotted
-            # descendant still alive (also those that left the group via setsid); never leaves
-            # a zombie. None when not running.
+            # snapshot the process tree first, SIGTERM the process group, wait stop_timeout,
+            # SIGKILL the group and every snapshotted descendant still alive (also those that
+            # left the group via setsid, and escaped daemons, see below); never leaves a
+            # zombie. None when not running.
         def stderr_tail(self, lines: int | None = None) -> list[str]
-        def rotate_logs(self) -> None   # copytruncate when over log_max_bytes (O_APPEND keeps
-                                        # the child's writes correct)
+        def rotate_logs(self) -> None   # a no-op: the writer rotates (kept for the protocol)
 
 ADDITIONS:
 
@@ -38,18 +39,38 @@ ADDITIONS:
     ManagedProcess.uptime() -> float | None
     ManagedProcess.exit_info: ExitInfo | None         # the last run's exit, once known
     ManagedProcess.tree_pids(ppids: Mapping[int, int] | None = None) -> list[int]
-        # the child and its descendants; pass one `ppid_map()` to share a single /proc scan
-        # between many targets in the same sampling round.
+        # the child, its descendants and its escaped processes; pass one `ppid_map()` to
+        # share a single /proc scan between many targets in the same sampling round.
+    ManagedProcess.escaped() -> list[psutil.Process]
+        # processes of this target that left its tree (double-forked daemons re-parented to
+        # erpwatch as the subreaper, see `watchdog.reaper`) and their descendants
+    ManagedProcess.dropped_log_bytes -> int           # output lost to write errors (ENOSPC)
     ppid_map() -> dict[int, int]                      # pid -> parent pid of every process
     descendants(pid) -> list[int]                     # O(tree) via /proc/<pid>/task/*/children
     tail_lines(path, lines, start=0) -> list[str]     # the efficient tail behind stderr_tail
+    child_environment(name, extra=None) -> dict[str, str]
+    LogFile(path, max_bytes, backups, report=None)    # the bounded writer (also erpwatch's log)
 
 Behaviour worth knowing:
-- ``env`` is layered over the watchdog's own environment (it does not replace it).
-- The ExitInfo tail holds only what this run wrote to stderr; `stderr_tail()` reads the file.
-- When the child exits on its own, what is left of its process group and any descendant seen
-  before (by `stop` or `tree_pids`) is SIGKILLed at once, like systemd's
-  KillMode=control-group, so an orphan cannot keep the backend's port for the next start.
+- The environment: erpwatch's own, without ``NOTIFY_SOCKET``, ``WATCHDOG_USEC``/``_PID``
+  and every ``ERPWATCH_*`` variable (they hold secrets: SMTP password, status token); then
+  ``env`` (the target's extra variables); then the marker ``ERPWATCH_TARGET=<name>``.
+- Logs: a file and its backups hold at most ``log_max_bytes * (log_backups + 1)`` bytes per
+  stream, at any output rate. Rotation renames ``name.log`` → ``.1`` → … → ``.N`` (the oldest
+  unlinked) before a write would cross ``log_max_bytes``, cutting at a line end when one fits.
+  A write that fails (ENOSPC) drops the data and counts it, never blocks the child nor raises;
+  rotation goes on (unlinking the oldest frees space) and once writing works again one line
+  ``[erpwatch] N bytes of output dropped (ENOSPC: ...)`` says what was lost.
+- Each wake of the event loop reads at most `READ_CHUNK` bytes from a pipe, so a child
+  writing 100 MB/s cannot starve the loop. On exit the pipes are drained (non-blocking,
+  bounded) before the ExitInfo is built; a grandchild still holding them blocks nothing.
+- The ExitInfo tail holds only this run's stderr, kept in memory: the last
+  ``stderr_tail_lines`` lines, each cut at `TAIL_LINE_MAX` bytes plus "…". `stderr_tail()`
+  reads the file.
+- When the child exits on its own, what is left of its process group, any descendant seen
+  before (by `stop` or `tree_pids`) and every escaped process is SIGKILLed at once, like
+  systemd's KillMode=control-group, so an orphan cannot keep the backend's port for the next
+  start; a sweep repeats that until nothing of the target is left (at most `_REAP_GRACE`).
 """
 
 from __future__ import annotations
@@ -57,26 +78,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
+import logging
 import os
-import shutil
 import signal as signals
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
+from watchdog import reaper
 from watchdog.clock import Clock, RealClock
 
+log = logging.getLogger(__name__)
+
 MiB = 1024 * 1024
+READ_CHUNK = 256 * 1024  # at most this much is read from a pipe per wake of the loop
+TAIL_LINE_MAX = 4096  # bytes of one stderr line kept for an exit tail; longer ones get "…"
+_DRAIN_MAX = 4 * MiB  # read from the pipes at an exit, at most (a writing grandchild)
+# A pipe found full is grown to this (once), for fewer wakes. Not more: pipe buffers count
+# against the user's pipe-user-pages-soft (16384 pages by default), shared with the targets.
+_PIPE_MAX = READ_CHUNK
 _TAIL_BLOCK = 8192
 _TAIL_MAX_BYTES = MiB  # never read more than this from the end of a log for a tail
 _REAP_GRACE = 1.0  # seconds to wait for SIGKILLed descendants to disappear
 _POLL = 0.01  # only while stopping: descendants are not our children, we cannot wait() on them
 _EXIT_POLL = 0.05  # only when no pidfd could be opened for the child
 _KILL_WAIT = 5.0  # a SIGKILLed child that is still not reaped after this is an error
+_APPEND = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+# Never inherited: systemd's per-service variables and erpwatch's own settings (secrets).
+_NOT_INHERITED = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
+_OWN_PREFIX = "ERPWATCH_"
+_ELLIPSIS = "…"
 
 
 class ProcessStartError(RuntimeError):
@@ -130,6 +167,20 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+def child_environment(name: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What target ``name`` inherits: erpwatch's environment without its own variables and
+    systemd's, then ``extra``, then ``ERPWATCH_TARGET=<name>`` (which nothing overrides: it
+    is how escaped processes are proven to be this target's)."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(_OWN_PREFIX) and key not in _NOT_INHERITED
+    }
+    env.update(extra or {})
+    env[reaper.MARKER] = name
+    return env
+
+
 def ppid_map() -> dict[int, int]:
     """pid → parent pid for every process on the host (one scan of /proc)."""
     result: dict[int, int] = {}
@@ -148,16 +199,13 @@ def _children_file_works() -> bool:
 _HAS_CHILDREN_FILE = _children_file_works()
 
 
-def descendants(pid: int) -> list[int]:
-    """The descendants of ``pid``, breadth-first; raises psutil.NoSuchProcess if it is gone.
-
-    On Linux this reads ``/proc/<pid>/task/*/children``: it costs O(size of the tree), where
-    psutil's ``children()`` scans every process on the host. Many targets each taking a
-    snapshot made that scan dominate erpwatch's CPU (O(targets x host processes)).
-    """
+def _walk(pid: int) -> list[tuple[int, int]]:
+    """(descendant, its parent) pairs below ``pid``, breadth-first; raises
+    psutil.NoSuchProcess if ``pid`` is gone."""
     if not _HAS_CHILDREN_FILE:
-        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
-    result: list[int] = []
+        return [(child.pid, child.ppid()) for child in psutil.Process(pid).children(True)]
+    result: list[tuple[int, int]] = []
+    seen: set[int] = set()
     queue = [pid]
     for parent in queue:  # the list grows while we walk it
         try:
@@ -174,10 +222,21 @@ def descendants(pid: int) -> list[int]:
                 continue
             for child in found:
                 child_pid = int(child)
-                if child_pid not in result:
-                    result.append(child_pid)
+                if child_pid not in seen:
+                    seen.add(child_pid)
+                    result.append((child_pid, parent))
                     queue.append(child_pid)
     return result
+
+
+def descendants(pid: int) -> list[int]:
+    """The descendants of ``pid``, breadth-first; raises psutil.NoSuchProcess if it is gone.
+
+    On Linux this reads ``/proc/<pid>/task/*/children``: it costs O(size of the tree), where
+    psutil's ``children()`` scans every process on the host. Many targets each taking a
+    snapshot made that scan dominate erpwatch's CPU (O(targets x host processes)).
+    """
+    return [child for child, _parent in _walk(pid)]
 
 
 def _is_alive(proc: psutil.Process) -> bool:
@@ -218,6 +277,350 @@ def tail_lines(path: Path, lines: int, start: int = 0) -> list[str]:
     return result[-lines:]
 
 
+def _cap(line: str) -> str:
+    encoded = line.encode("utf-8", errors="replace")
+    if len(encoded) <= TAIL_LINE_MAX:
+        return line
+    return encoded[:TAIL_LINE_MAX].decode("utf-8", errors="replace") + _ELLIPSIS
+
+
+# --- the bounded log writer ---------------------------------------------------------------
+
+
+class LogFile:
+    """An append-only log file bounded to ``max_bytes * (backups + 1)`` bytes, rotated by its
+    writer; `write` never raises and never blocks on a full disk (see the module doc).
+
+    ``report`` is told (once per episode) when writing starts failing and when it works
+    again; erpwatch's own log handler passes none (it must not log about itself).
+    Not thread-safe: one writer (the event loop, or a logging handler under its lock).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        max_bytes: int,
+        backups: int,
+        *,
+        report: Callable[[str], None] | None = None,
+    ) -> None:
+        if max_bytes < 1 or backups < 0:
+            raise ValueError("need max_bytes >= 1 and backups >= 0")
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.dropped_total = 0  # bytes of data lost to write errors since creation
+        self._report = report
+        self._fd: int | None = None
+        self._size = 0  # bytes in the current file
+        self._used = 0  # those plus what was dropped since it was started: drives rotation
+        self._pending = 0  # dropped and not yet reported in the file
+        self._failing: str | None = None  # the error of the current episode
+        self._at_line_start = True
+
+    @property
+    def is_open(self) -> bool:
+        return self._fd is not None
+
+    def open(self) -> None:
+        """Open (create) the current file for appending; raises OSError. No-op when open."""
+        if self._fd is not None:
+            return
+        fd = os.open(self.path, _APPEND, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd, self._size, self._used = fd, size, size
+        self._at_line_start = True
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``, rotating first when it would cross ``max_bytes``; what cannot be
+        written is dropped and counted."""
+        if not data:
+            return
+        if self._pending and (self._fd is not None or self._reopen()):
+            count, self._pending = self._pending, 0
+            if self._put(self._notice(count), counted=False):
+                if self._report is not None:  # the same text each time: repeats are limited
+                    self._report(f"{self.path}: writing again (the file says what was dropped)")
+                self._failing = None
+            else:
+                self._pending += count
+        self._put(data)
+        if not self._pending:
+            self._failing = None  # e.g. a failed rename: nothing was lost
+
+    def _notice(self, count: int) -> bytes:
+        lead = "" if self._at_line_start else "\n"
+        why = f" ({self._failing})" if self._failing else ""
+        return f"{lead}[erpwatch] {count} bytes of output dropped{why}\n".encode()
+
+    def _put(self, data: bytes, *, counted: bool = True) -> bool:
+        """Write all of ``data`` (rotating on the way); False when some was dropped."""
+        view = memoryview(data)
+        pos, end, ok = 0, len(data), True
+        while pos < end:
+            room = self.max_bytes - self._used
+            take = end - pos
+            if take > room:
+                cut = data.rfind(b"\n", pos, pos + room) if room > 0 else -1
+                if cut >= 0:
+                    take = cut + 1 - pos  # up to a line end, then rotate
+                elif self._used > 0:
+                    self._rotate()
+                    if self._used > 0:  # could not start a fresh file: keep the bound
+                        self._drop(end - pos, counted)
+                        return False
+                    continue
+                else:
+                    take = room  # one line longer than a whole file: cut it
+            self._used += take
+            ok = self._emit(view[pos : pos + take], counted) and ok
+            pos += take
+        return ok
+
+    def _emit(self, chunk: memoryview, counted: bool) -> bool:
+        if self._fd is None and not self._reopen():
+            self._drop(len(chunk), counted)
+            return False
+        fd = self._fd
+        assert fd is not None
+        done = 0
+        try:
+            while done < len(chunk):
+                written = self._raw_write(fd, chunk[done:])
+                if written <= 0:
+                    raise OSError(errno.EIO, "write returned nothing")
+                done += written
+        except OSError as exc:
+            self._failed(exc)
+        if done:
+            self._size += done
+            self._at_line_start = chunk[done - 1] == 0x0A
+        if done < len(chunk):
+            self._drop(len(chunk) - done, counted)
+            return False
+        return True
+
+    @staticmethod
+    def _raw_write(fd: int, data: memoryview) -> int:
+        return os.write(fd, data)
+
+    def _drop(self, count: int, counted: bool) -> None:
+        if counted:
+            self._pending += count
+            self.dropped_total += count
+
+    def _failed(self, exc: OSError) -> None:
+        if self._failing is None:
+            self._failing = _describe_os_error(exc)
+            if self._report is not None:
+                self._report(f"{self.path}: cannot write ({self._failing}); dropping output")
+
+    def _reopen(self) -> bool:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.open()
+        except OSError as exc:
+            self._failed(exc)
+            return False
+        return True
+
+    def _backup(self, number: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.{number}")
+
+    def _rotate(self) -> None:
+        """Start a fresh current file: unlink the oldest backup (that frees space even on a
+        full disk), shift the others up, rename the current one to ``.1``. No backups: the
+        file is emptied. Errors are recorded, never raised; the bound holds either way."""
+        self._at_line_start = True
+        if self.backups > 0:
+            self.close()
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._backup(self.backups))
+                for number in range(self.backups - 1, 0, -1):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.rename(self._backup(number), self._backup(number + 1))
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(self.path, self._backup(1))
+            except OSError as exc:
+                self._failed(exc)
+            self._size = self._used = 0
+            if not self._reopen() or self._size == 0:
+                return
+        # No backups, or the rename failed and the old file was opened again: empty it.
+        if self._fd is not None:
+            try:
+                os.ftruncate(self._fd, 0)
+                self._size = self._used = 0
+                return
+            except OSError as exc:
+                self._failed(exc)
+        self.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        self._size = self._used = 0
+        self._reopen()
+
+
+class _LineTail:
+    """The last ``lines`` lines fed to it, each cut at `TAIL_LINE_MAX` bytes (plus "…"): its
+    size is bounded whatever the child prints."""
+
+    def __init__(self, lines: int) -> None:
+        self._want = max(lines, 0)
+        self._lines: deque[tuple[bytes, bool]] = deque(maxlen=self._want)
+        self._partial = bytearray()
+        self._cut = False
+
+    def feed(self, data: bytes) -> None:
+        if self._want == 0 or not data:
+            return
+        first = data.find(b"\n")
+        if first < 0:
+            self._extend(data)
+            return
+        self._extend(memoryview(data)[:first])
+        self._push()
+        last = data.rfind(b"\n")
+        if last > first:
+            # Only the last `_want` lines can matter: split just those off the right.
+            parts = data[first + 1 : last].rsplit(b"\n", self._want)
+            if len(parts) > self._want:
+                parts = parts[1:]
+            for part in parts:
+                self._lines.append(self._capped(part))
+        self._extend(memoryview(data)[last + 1 :])
+
+    def _extend(self, piece: bytes | memoryview) -> None:
+        if self._cut or not len(piece):
+            return
+        room = TAIL_LINE_MAX - len(self._partial)
+        if len(piece) > room:
+            self._partial += piece[:room]
+            self._cut = True
+        else:
+            self._partial += piece
+
+    def _push(self) -> None:
+        self._lines.append((bytes(self._partial), self._cut))
+        self._partial = bytearray()
+        self._cut = False
+
+    @staticmethod
+    def _capped(line: bytes) -> tuple[bytes, bool]:
+        if len(line) > TAIL_LINE_MAX:
+            return line[:TAIL_LINE_MAX], True
+        return line, False
+
+    def lines(self) -> list[str]:
+        items = list(self._lines)
+        if self._partial or self._cut:
+            items.append((bytes(self._partial), self._cut))
+        result = []
+        for raw, cut in items[-self._want :] if self._want else []:
+            text = raw.decode("utf-8", errors="replace")
+            result.append(text + _ELLIPSIS if cut else text.removesuffix("\r"))
+        return result
+
+
+class _PipeReader:
+    """Reads the parent's end of one of the child's output pipes in the event loop into a
+    `LogFile` (and an exit tail): one bounded read per wake, never blocking, never raising
+    into the loop."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fd: int,
+        sink: LogFile,
+        tail: _LineTail | None,
+        on_closed: Callable[[_PipeReader], None],
+    ) -> None:
+        self._loop = loop
+        self._fd: int | None = fd
+        self.sink = sink
+        self.tail = tail
+        self._on_closed = on_closed
+        self._grown = False
+        self._complained = False
+        os.set_blocking(fd, False)
+        try:
+            self._capacity = fcntl.fcntl(fd, getattr(fcntl, "F_GETPIPE_SZ", 1032))
+        except OSError:
+            self._capacity = 65536
+        loop.add_reader(fd, self._read_once)
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
+    def _read_once(self) -> int:
+        """One read: bytes read, 0 when nothing was waiting, -1 once closed (EOF)."""
+        fd = self._fd
+        if fd is None:
+            return -1
+        try:
+            data = os.read(fd, READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError:
+            self.close()
+            return -1
+        if not data:
+            self.close()
+            return -1
+        try:
+            self.sink.write(data)
+            if self.tail is not None:
+                self.tail.feed(data)
+        except Exception:  # a bug here must not stop the reading: the child would block
+            if not self._complained:
+                self._complained = True
+                log.exception("writing the output of %s failed", self.sink.path)
+        if len(data) >= self._capacity and not self._grown:
+            self._grow(fd)
+        return len(data)
+
+    def _grow(self, fd: int) -> None:
+        """A full pipe: a busy writer. Fewer, larger reads from now on (best effort; only
+        busy pipes grow, so the user's pipe-buffer quota is not spent on quiet ones)."""
+        self._grown = True
+        with contextlib.suppress(OSError):
+            self._capacity = fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_MAX)
+
+    def drain(self, limit: int) -> None:
+        """Read what is waiting, up to ``limit`` bytes, without blocking."""
+        total = 0
+        while total < limit:
+            got = self._read_once()
+            if got <= 0:
+                return
+            total += got
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(fd)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        self._on_closed(self)
+
+
+# --- the managed process --------------------------------------------------------------------
+
+
 class ManagedProcess:
     def __init__(
         self,
@@ -232,14 +635,18 @@ class ManagedProcess:
         log_max_bytes: int = 10 * MiB,
         log_backups: int = 5,
         clock: Clock | None = None,
+        marker: str | None = None,
     ) -> None:
         if not argv:
             raise ValueError("argv must name an executable")
         self.name = name
+        # ERPWATCH_TARGET's value: the name, made unique per erpwatch instance by the caller
+        # (two erpwatch on one host may both have a "backend").
+        self.marker = marker or name
         self.argv = tuple(argv)
         self.log_dir = Path(log_dir)
         self.cwd = cwd
-        self.env = dict(env) if env is not None else None
+        self.env = dict(env) if env is not None else None  # extra variables for this target
         self.stop_timeout = stop_timeout
         self.stderr_tail_lines = stderr_tail_lines
         self.log_max_bytes = log_max_bytes
@@ -253,9 +660,13 @@ class ManagedProcess:
         self._popen: subprocess.Popen[bytes] | None = None
         self._exited: asyncio.Future[ExitInfo] | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._stop_lock = asyncio.Lock()
         self._stopping = False
-        self._stderr_offset = 0  # where this run's stderr starts, for the exit tail
+        self._out_log = LogFile(self.stdout_path, log_max_bytes, log_backups, report=log.warning)
+        self._err_log = LogFile(self.stderr_path, log_max_bytes, log_backups, report=log.warning)
+        self._readers: list[_PipeReader] = []
+        self._tail = _LineTail(stderr_tail_lines)
         # Descendants seen so far (by stop() or tree_pids()): those that left the group via
         # setsid cannot be found through the group once the child is gone.
         self._known: dict[int, psutil.Process] = {}
@@ -263,6 +674,11 @@ class ManagedProcess:
     @property
     def running(self) -> bool:
         return self._exited is not None and not self._exited.done()
+
+    @property
+    def dropped_log_bytes(self) -> int:
+        """Bytes of the child's output lost because they could not be written (ENOSPC)."""
+        return self._out_log.dropped_total + self._err_log.dropped_total
 
     def uptime(self) -> float | None:
         if not self.running or self.started_at is None:
@@ -274,58 +690,105 @@ class ManagedProcess:
         `ProcessStartError` naming what failed, and then no child is running."""
         if self.running:
             raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
+        if self._sweeper is not None:
+            # The previous run's leftovers go first (bounded by _REAP_GRACE).
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
+        for reader in list(self._readers):
+            reader.close()  # the previous run's pipes, held open by something it left
         try:
-            out_fd, err_fd = self._open_logs()
+            self._open_logs()
         except OSError as exc:
             raise ProcessStartError(
                 f"cannot open the log files of {self.name}: {_describe_os_error(exc)}"
             ) from exc
+        tail = _LineTail(self.stderr_tail_lines)
+        writers: list[int] = []
         try:
-            self._stderr_offset = os.fstat(err_fd).st_size
-            env = {**os.environ, **self.env} if self.env is not None else None
-            # Popen, not asyncio's subprocess: no pipes (gh-119710) and no child watcher whose
-            # own failure (EMFILE opening a pidfd) would leave a child nobody waits for.
+            try:
+                out_r, out_w = os.pipe2(os.O_CLOEXEC)
+                writers.append(out_w)
+                self._attach(out_r, self._out_log, None)
+                err_r, err_w = os.pipe2(os.O_CLOEXEC)
+                writers.append(err_w)
+                self._attach(err_r, self._err_log, tail)
+            except OSError as exc:
+                raise ProcessStartError(
+                    f"cannot create the output pipes of {self.name}: {_describe_os_error(exc)}"
+                ) from exc
+            # Popen, not asyncio's subprocess: no child watcher whose own failure (EMFILE
+            # opening a pidfd) would leave a child nobody waits for, and the exit is seen
+            # through a pidfd, never through the pipes' EOF (gh-119710).
             # (asyncio's create_subprocess_exec runs the same Popen on the loop's thread.)
             proc = subprocess.Popen(  # noqa: ASYNC220
                 self.argv,
                 stdin=subprocess.DEVNULL,
-                stdout=out_fd,
-                stderr=err_fd,
+                stdout=out_w,
+                stderr=err_w,
                 cwd=self.cwd,
-                env=env,
+                env=child_environment(self.marker, self.env),
                 start_new_session=True,
                 close_fds=True,
             )
         except OSError as exc:
+            self._abandon_start()
             # filename is the executable, or the cwd when that is what is missing
             what = exc.filename if exc.filename is not None else self.argv[0]
             raise ProcessStartError(
                 f"cannot start {self.name}: {what!r}: {_describe_os_error(exc)}"
             ) from exc
         except (ValueError, subprocess.SubprocessError) as exc:
+            self._abandon_start()
             raise ProcessStartError(f"cannot start {self.name}: {exc}") from exc
+        except BaseException:
+            self._abandon_start()
+            raise
         finally:
-            os.close(out_fd)
-            os.close(err_fd)
+            for fd in writers:
+                os.close(fd)
+        reaper.claim(proc.pid)  # before any await: the stray reaper must never take it
         self._popen = proc
         self.pid = proc.pid
         self.started_at = self._clock.now()
         self.exit_info = None
         self._known = {}
+        self._tail = tail
         self._exited = asyncio.get_running_loop().create_future()
         self._watch(proc, self._exited)
         return proc.pid
 
-    def _open_logs(self) -> tuple[int, int]:
-        """Append-only descriptors for the child's stdout and stderr (never pipes: gh-119710)."""
+    def _open_logs(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-        out_fd = os.open(self.stdout_path, flags, 0o644)
+        self._out_log.open()
         try:
-            return out_fd, os.open(self.stderr_path, flags, 0o644)
+            self._err_log.open()
         except OSError:
-            os.close(out_fd)
+            self._out_log.close()
             raise
+
+    def _attach(self, fd: int, sink: LogFile, tail: _LineTail | None) -> None:
+        try:
+            reader = _PipeReader(asyncio.get_running_loop(), fd, sink, tail, self._reader_closed)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._readers.append(reader)
+
+    def _abandon_start(self) -> None:
+        for reader in list(self._readers):
+            reader.close()
+        self._close_logs_if_idle()
+
+    def _reader_closed(self, reader: _PipeReader) -> None:
+        with contextlib.suppress(ValueError):
+            self._readers.remove(reader)
+        self._close_logs_if_idle()
+
+    def _close_logs_if_idle(self) -> None:
+        """Between runs erpwatch holds no descriptor of the target's."""
+        if not self._readers and not self.running:
+            self._out_log.close()
+            self._err_log.close()
 
     def _watch(self, proc: subprocess.Popen[bytes], exited: asyncio.Future[ExitInfo]) -> None:
         """Be told of the exit by a pidfd in the event loop (no thread, no polling); if no
@@ -361,23 +824,32 @@ class ManagedProcess:
         self._finish(proc, exited)
 
     def _finish(self, proc: subprocess.Popen[bytes], exited: asyncio.Future[ExitInfo]) -> None:
-        """The child is reaped: end what is left of its tree, read its stderr tail, report.
+        """The child is reaped: drain its pipes, end what is left of its tree, report.
 
         Whatever fails here (psutil, the log file), the exit is reported."""
+        reaper.release(proc.pid)
         returncode = proc.returncode if proc.returncode is not None else -signals.SIGKILL
         tail: list[str] = []
         try:
+            for reader in list(self._readers):
+                reader.drain(_DRAIN_MAX)
+            tail = self._tail.lines()
             if not self._stopping:
-                self._kill_now(proc.pid, list(self._known.values()))
-            tail = tail_lines(self.stderr_path, self.stderr_tail_lines, self._stderr_offset)
+                self._kill_now(proc.pid, self._strays())
+                self._sweeper = asyncio.get_running_loop().create_task(
+                    self._sweep(time.monotonic() + _REAP_GRACE), name=f"erpwatch-sweep-{self.name}"
+                )
         except Exception as exc:  # never lose the exit over a cleanup fault
-            tail = [f"(cleanup after the exit failed: {exc})"]
+            tail = [*tail, f"(cleanup after the exit failed: {exc})"]
         finally:
+            for reader in self._readers:
+                reader.tail = None  # this run's tail is final
             info = ExitInfo.from_returncode(proc.pid, returncode, tail)
             if self._popen is proc:
                 self.exit_info = info
             if not exited.done():
                 exited.set_result(info)
+            self._close_logs_if_idle()
 
     async def wait(self) -> ExitInfo:
         if self._exited is None:
@@ -397,25 +869,30 @@ class ManagedProcess:
         grace = self.stop_timeout if grace is None else grace
         async with self._stop_lock:
             if self._exited is None or self._popen is None or not self.running:
+                if self._sweeper is not None:
+                    await asyncio.gather(self._sweeper, return_exceptions=True)
                 # Its group was killed when it exited; descendants seen before that left the
-                # group may remain (psutil.Process objects are safe against pid reuse).
-                await self._kill_and_reap(None, list(self._known.values()))
+                # group, and escaped ones, may remain (psutil.Process objects are safe
+                # against pid reuse).
+                await self._kill_and_reap(None, self._strays())
                 return StopReport(None, escalated=False, after=0.0)
             pid = self._popen.pid
             self._stopping = True
             began = time.monotonic()
             try:
-                descendants = self._snapshot(pid)
+                tree = self._snapshot(pid)
                 deadline = began + grace
                 self._signal_group(pid, signals.SIGTERM)
-                for proc in descendants:  # also those that left the group with setsid
+                for proc in tree:  # also those that left the group with setsid, and escapees
                     _send(proc, signals.SIGTERM)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(self._exited), grace)
                 # Descendants get what is left of the grace period.
-                await self._wait_gone(descendants, deadline)
-                escalated = self.running or any(_is_alive(p) for p in descendants)
-                await self._kill_and_reap(pid, descendants)
+                await self._wait_gone(tree, deadline)
+                # Look again: a daemon may have forked away during the grace.
+                survivors = [p for p in self._snapshot(pid) if _is_alive(p)]
+                escalated = self.running or bool(survivors)
+                await self._kill_and_reap(pid, survivors)
                 try:
                     info = await asyncio.wait_for(self.wait(), _KILL_WAIT)
                 except TimeoutError:
@@ -427,15 +904,54 @@ class ManagedProcess:
                 self._stopping = False
 
     def _snapshot(self, pid: int) -> list[psutil.Process]:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            self._remember(descendants(pid))
+        """Every process of this target: its tree (only while the child is not reaped: its
+        pid is ours until then), those seen before and the escaped ones."""
+        if self.running:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                self._remember(_walk(pid))
+        return self._strays()
+
+    def _strays(self) -> list[psutil.Process]:
+        """Those seen before, still alive, with their descendants, and the escaped ones."""
+        for proc in self.escaped():
+            self._known.setdefault(proc.pid, proc)
+        for proc in list(self._known.values()):
+            if _is_alive(proc):
+                with contextlib.suppress(psutil.Error):
+                    self._remember(_walk(proc.pid))
         return list(self._known.values())
 
-    def _remember(self, pids: Sequence[int]) -> None:
-        for pid in pids:
-            if pid not in self._known:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    self._known[pid] = psutil.Process(pid)
+    def escaped(self) -> list[psutil.Process]:
+        """This target's processes that left its tree and were re-parented to erpwatch (when
+        it is the subreaper), with their descendants."""
+        found = reaper.adopted(self.marker)
+        result = list(found)
+        for proc in found:
+            with contextlib.suppress(psutil.Error):
+                result.extend(self._verified(_walk(proc.pid)))
+        return result
+
+    @staticmethod
+    def _verified(pairs: Sequence[tuple[int, int]]) -> list[psutil.Process]:
+        """psutil.Process objects for (pid, parent) pairs, each checked to still have that
+        parent once the object is made (its start time pinned): never a stranger that
+        reused the pid of a descendant that just went away."""
+        result: list[psutil.Process] = []
+        for pid, parent in pairs:
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(pid)
+                if proc.ppid() == parent:
+                    result.append(proc)
+        return result
+
+    def _remember(self, pairs: Sequence[tuple[int, int]]) -> None:
+        fresh = [
+            (pid, parent)
+            for pid, parent in pairs
+            if pid not in self._known or not self._known[pid].is_running()
+        ]
+        for proc in self._verified(fresh):
+            self._known[proc.pid] = proc
 
     @staticmethod
     def _signal_group(pgid: int, sig: signals.Signals) -> None:
@@ -444,22 +960,38 @@ class ManagedProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, sig)
 
-    def _kill_now(
-        self, pgid: int | None, descendants: list[psutil.Process]
-    ) -> list[psutil.Process]:
-        """SIGKILL the group and every descendant still alive; returns the ones signalled."""
+    def _kill_now(self, pgid: int | None, procs: list[psutil.Process]) -> list[psutil.Process]:
+        """SIGKILL the group and every process given still alive; returns the ones signalled."""
         if pgid is not None:
             self._signal_group(pgid, signals.SIGKILL)
-        alive = [p for p in descendants if _is_alive(p)]
+        alive = [p for p in procs if _is_alive(p)]
         for proc in alive:
             _send(proc, signals.SIGKILL)
-        self._known = {}
         return alive
 
-    async def _kill_and_reap(self, pgid: int | None, descendants: list[psutil.Process]) -> None:
-        """`_kill_now`, then wait briefly until the killed descendants are really gone."""
-        alive = self._kill_now(pgid, descendants)
-        await self._wait_gone(alive, time.monotonic() + _REAP_GRACE)
+    async def _kill_and_reap(self, pgid: int | None, procs: list[psutil.Process]) -> None:
+        """`_kill_now`, then sweep until nothing of the target is left (bounded)."""
+        self._kill_now(pgid, procs)
+        await self._sweep(time.monotonic() + _REAP_GRACE)
+
+    async def _sweep(self, deadline: float) -> None:
+        """SIGKILL what is left of the target, look again (a process killed while it forked
+        leaves children, re-parented to erpwatch as the subreaper), until a look finds
+        nothing alive or ``deadline`` passes."""
+        while True:
+            alive = self._kill_now(None, self._strays())
+            if not alive:
+                self._known = {}
+                return
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "%s: %d process(es) still alive after SIGKILL: %s",
+                    self.name,
+                    len(alive),
+                    [p.pid for p in alive][:20],
+                )
+                return
+            await asyncio.sleep(_POLL)
 
     async def _wait_gone(self, procs: list[psutil.Process], deadline: float) -> None:
         # Polling, because they are not our children: no wait() and no exit notification.
@@ -468,50 +1000,49 @@ class ManagedProcess:
             await asyncio.sleep(_POLL)
 
     def tree_pids(self, ppids: Mapping[int, int] | None = None) -> list[int]:
-        """The child and its descendants (for resource sampling); [] when not running."""
+        """The child, its descendants and its escaped processes (for resource sampling);
+        [] when not running."""
         if not self.running or self.pid is None:
             return []
         if ppids is None:
             try:
-                children = descendants(self.pid)
+                pairs = _walk(self.pid)
             except psutil.NoSuchProcess:
                 return []
-            self._remember(children)
-            return [self.pid, *children]
+            self._remember(pairs)
+            result = [self.pid, *(pid for pid, _ in pairs)]
+            seen = set(result)
+            for proc in self.escaped():
+                self._known.setdefault(proc.pid, proc)
+                if proc.pid not in seen:
+                    seen.add(proc.pid)
+                    result.append(proc.pid)
+            return result
         by_parent: dict[int, list[int]] = {}
         for pid, parent in ppids.items():
             by_parent.setdefault(parent, []).append(pid)
-        result = [self.pid]
+        escaped = reaper.adopted(self.marker, by_parent.get(os.getpid(), ()))
+        for proc in escaped:
+            self._known.setdefault(proc.pid, proc)
+        result = [self.pid, *(proc.pid for proc in escaped)]
+        seen = set(result)
         for pid in result:  # breadth-first: the list grows while we walk it
-            result.extend(child for child in by_parent.get(pid, ()) if child not in result)
+            for child in by_parent.get(pid, ()):
+                if child not in seen:
+                    seen.add(child)
+                    result.append(child)
         return result
 
     def stderr_tail(self, lines: int | None = None) -> list[str]:
-        return tail_lines(self.stderr_path, self.stderr_tail_lines if lines is None else lines)
+        """The last lines of the stderr log (filled up from ``.1`` right after a rotation),
+        each cut at `TAIL_LINE_MAX` bytes."""
+        wanted = self.stderr_tail_lines if lines is None else lines
+        result = tail_lines(self.stderr_path, wanted)
+        if 0 < len(result) < wanted or (wanted > 0 and not result):
+            backup = self.stderr_path.with_name(f"{self.stderr_path.name}.1")
+            result = tail_lines(backup, wanted - len(result)) + result
+        return [_cap(line) for line in result]
 
     def rotate_logs(self) -> None:
-        """Copy-truncate each log over ``log_max_bytes`` into ``name.1`` … ``name.N`` backups.
-
-        The child keeps its O_APPEND descriptor, so after the truncate its next write lands at
-        the new end of file instead of leaving a sparse hole. Lines written between the copy
-        and the truncate are lost: the usual copytruncate trade-off. Copying a 10 MiB log
-        blocks briefly; a caller on the event loop may run this in a thread.
-        """
-        for path in (self.stdout_path, self.stderr_path):
-            try:
-                size = path.stat().st_size
-            except FileNotFoundError:
-                continue
-            if size <= self.log_max_bytes:
-                continue
-            if self.log_backups > 0:
-                path.with_name(f"{path.name}.{self.log_backups}").unlink(missing_ok=True)
-                for number in range(self.log_backups - 1, 0, -1):
-                    backup = path.with_name(f"{path.name}.{number}")
-                    if backup.exists():
-                        backup.rename(path.with_name(f"{path.name}.{number + 1}"))
-                shutil.copyfile(path, path.with_name(f"{path.name}.1"))
-            with path.open("r+b") as handle:
-                handle.truncate(0)
-            if path == self.stderr_path:
-                self._stderr_offset = 0
+        """A no-op, kept for `ManagedProcessLike`: the writer rotates its files itself before a
+        write would cross ``log_max_bytes`` (rename-based, so a full disk is freed too)."""

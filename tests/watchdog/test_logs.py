@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import io
 import json
 import logging
@@ -13,12 +15,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.helpers import wait_until
 from watchdog import logs
 from watchdog.config import Settings
+from watchdog.process import LogFile
 
 
 @pytest.fixture
@@ -138,6 +142,113 @@ def test_setup_twice_replaces_its_handlers(tmp_path: Path) -> None:
     logs.setup_logging(Settings(log_path=tmp_path), stream=io.StringIO())
     logs.setup_logging(Settings(log_path=tmp_path), stream=io.StringIO())
     assert len(root.handlers) == before + 2
+
+
+def _own_log_files(log_dir: Path) -> list[Path]:
+    return [log_dir / "erpwatch.log", *sorted(log_dir.glob("erpwatch.log.*"))]
+
+
+def _file_handler(handlers: list[logging.Handler]) -> Any:
+    return next(h for h in handlers if getattr(h, "baseFilename", None))
+
+
+@pytest.mark.usefixtures("restore_root_logger")
+def test_own_log_stays_within_its_bound_even_with_huge_records(tmp_path: Path) -> None:
+    settings = Settings(log_path=tmp_path, log_max_bytes=2048, log_backups=2)
+    logs.setup_logging(settings, stream=io.StringIO())
+    log = logging.getLogger("watchdog.test")
+    for i in range(200):
+        log.info("record %03d %s", i, "y" * (10_000 if i % 7 == 0 else i))
+    files = _own_log_files(tmp_path)
+    assert [p.name for p in files] == ["erpwatch.log", "erpwatch.log.1", "erpwatch.log.2"]
+    assert all(p.stat().st_size <= 2048 for p in files)
+    assert sum(p.stat().st_size for p in files) <= 2048 * 3
+    text = "".join(p.read_text() for p in files)
+    assert "record 199" in text
+    assert "y" * 10_000 not in text and "…\n" in text  # a record larger than a file is cut
+
+
+class _DiskFull:
+    """ENOSPC from the file handler's writer only (`LogFile._raw_write`) while ``full``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.full = False
+        real = LogFile._raw_write
+
+        def write(fd: int, data: memoryview) -> int:
+            if self.full:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(fd, data)
+
+        monkeypatch.setattr(LogFile, "_raw_write", staticmethod(write))
+
+
+@pytest.mark.usefixtures("restore_root_logger")
+def test_own_log_on_a_full_disk_counts_quietly_and_reports_when_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    disk = _DiskFull(monkeypatch)
+    console = io.StringIO()
+    handlers = logs.setup_logging(Settings(log_path=tmp_path), stream=console)
+    file = _file_handler(handlers)
+    log = logging.getLogger("watchdog.test")
+    log.info("before")
+    disk.full = True
+    for i in range(50):
+        log.warning("lost %d", i)  # never raises
+    assert file.dropped_records == 50 and file.dropped_bytes > 0
+    assert capsys.readouterr().err == ""  # no "--- Logging error ---" traceback per record
+    assert console.getvalue().count("lost") == 50  # the console still has them
+    disk.full = False
+    log.info("after")
+    lines = (tmp_path / "erpwatch.log").read_text().splitlines()
+    assert lines[0].endswith("before")
+    assert lines[1] == (
+        f"[erpwatch] {file.dropped_bytes} bytes of output dropped (ENOSPC: No space left on device)"
+    )
+    assert lines[2].endswith("after") and len(lines) == 3
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB tmpfs (needs root), unmounted afterwards."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.usefixtures("restore_root_logger")
+def test_own_log_on_a_real_full_disk(tiny_disk: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = Settings(log_path=tiny_disk, log_max_bytes=64 * 1024, log_backups=1)
+    file = _file_handler(logs.setup_logging(settings, stream=io.StringIO()))
+    filler = tiny_disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    with contextlib.suppress(OSError):
+        while True:
+            os.write(fd, b"\0" * 4096)
+    os.close(fd)
+    log = logging.getLogger("watchdog.test")
+    for i in range(2000):
+        log.info("record %04d %s", i, "z" * 100)
+    assert file.dropped_bytes > 0
+    assert capsys.readouterr().err == ""
+    filler.unlink()
+    log.info("the disk has room again")
+    text = "".join(p.read_text() for p in _own_log_files(tiny_disk) if p.exists())
+    assert "bytes of output dropped (ENOSPC" in text
+    assert text.endswith("the disk has room again\n")
+    assert all(p.stat().st_size <= 64 * 1024 for p in _own_log_files(tiny_disk) if p.exists())
 
 
 # --- repeated lines ---------------------------------------------------------------------------

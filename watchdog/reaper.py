@@ -1,0 +1,192 @@
+"""erpwatch as the subreaper of its targets: no double-forked daemon escapes it.
+
+A daemon that double-forks and calls ``setsid`` leaves its target's process group and
+session, and once its parent exits it is re-parented to the nearest subreaper (else init),
+where nothing finds it any more. ``erpwatch run`` makes itself that subreaper: such orphans
+become erpwatch's own children, found through ``/proc/self/task/*/children`` and proven to
+belong to a target by the ``ERPWATCH_TARGET=<name>`` marker every target's environment
+carries (`watchdog.process.ManagedProcess` sets it; descendants inherit it).
+
+API (for ``watchdog/app.py``; only ``erpwatch run`` is a subreaper):
+
+    become_subreaper() -> bool      # prctl(PR_SET_CHILD_SUBREAPER, 1); False when unavailable
+    async run(interval=REAP_INTERVAL) -> None
+        # the stray reaper, a worker for TaskSupervisor.spawn: every `interval` seconds
+        # waitpid()s each zombie child nobody else waits for (see `reap_strays`). Keep it
+        # running until the targets have stopped: the stop's SIGKILLs make the zombies.
+
+    is_subreaper() -> bool
+    reap_strays(protected=None) -> list[tuple[int, int]]   # (pid, wait status) reaped
+    adopted(target, children=None) -> list[psutil.Process]  # a target's escaped processes
+    claim(pid) / release(pid) / claimed() -> frozenset[int]
+        # the children whose exit status belongs to a waiter (`ManagedProcess` claims its
+        # Popen child): the stray reaper never touches them.
+
+Which zombies are strays: a child of erpwatch, not claimed, and outside erpwatch's session.
+Targets start in their own session, so their escaped descendants can never be in
+erpwatch's; a child erpwatch itself spawns without a new session (asyncio subprocesses,
+whose watcher waits for them) is left to its waiter. Never ``waitpid(-1)``: that would steal
+the real exit status of a target's child from its `subprocess.Popen`.
+
+The claimed set is process-wide state on purpose: which pid a process may wait for is a
+fact about the OS process (the kernel keeps one child list per process), not about an
+object graph.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import functools
+import logging
+import os
+from collections.abc import Collection, Iterable
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+MARKER = "ERPWATCH_TARGET"  # in every target's environment: ERPWATCH_TARGET=<target name>
+REAP_INTERVAL = 0.2  # seconds between passes of the stray reaper
+PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
+
+_claimed: set[int] = set()
+
+
+def claim(pid: int) -> None:
+    """``pid`` is a child whose exit status its spawner will collect: never reap it."""
+    _claimed.add(pid)
+
+
+def release(pid: int) -> None:
+    """The spawner has reaped ``pid`` (the pid may now be reused)."""
+    _claimed.discard(pid)
+
+
+def claimed() -> frozenset[int]:
+    return frozenset(_claimed)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+def become_subreaper() -> bool:
+    """Make this process the child subreaper of its descendants; False when the platform
+    cannot (not Linux, no prctl)."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "prctl"):
+        return False
+    try:
+        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, ctypes.ArgumentError):
+        return False
+
+
+def is_subreaper() -> bool:
+    libc = _libc()
+    if libc is None or not hasattr(libc, "prctl"):
+        return False
+    value = ctypes.c_int(0)
+    try:
+        if int(libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(value), 0, 0, 0)) != 0:
+            return False
+    except (OSError, ctypes.ArgumentError):
+        return False
+    return value.value != 0
+
+
+def own_children() -> list[int]:
+    """The pids of this process's children, zombies included (orphans are re-parented to
+    any of its threads, so every thread's list is read)."""
+    me = os.getpid()
+    try:
+        tids = os.listdir(f"/proc/{me}/task")
+    except OSError:
+        return [child.pid for child in psutil.Process(me).children()]
+    found: list[int] = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{me}/task/{tid}/children", "rb") as handle:
+                found.extend(int(pid) for pid in handle.read().split())
+        except OSError:
+            continue
+    return found
+
+
+def _state_and_session(pid: int) -> tuple[str, int] | None:
+    """From /proc/<pid>/stat, which a zombie still has (unlike its environ)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()  # the command name may hold spaces
+    try:
+        return fields[0].decode(), int(fields[3])
+    except (IndexError, ValueError):
+        return None
+
+
+def reap_strays(protected: Collection[int] | None = None) -> list[tuple[int, int]]:
+    """waitpid() every zombie child that is not claimed (nor in ``protected``) and lies
+    outside this process's session; returns (pid, wait status) of each one reaped."""
+    keep = _claimed if protected is None else {*_claimed, *protected}
+    session = os.getsid(0)
+    reaped: list[tuple[int, int]] = []
+    for pid in own_children():
+        if pid in keep:
+            continue
+        stat = _state_and_session(pid)
+        if stat is None or stat[0] != "Z" or stat[1] == session:
+            continue
+        try:
+            got, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue  # somebody else was faster
+        if got == pid:
+            reaped.append((pid, status))
+    return reaped
+
+
+async def run(interval: float = REAP_INTERVAL) -> None:
+    """The stray reaper: `reap_strays` every ``interval`` seconds, forever."""
+    while True:
+        reaped = reap_strays()
+        if reaped:
+            log.debug("reaped %d orphaned process(es): %s", len(reaped), [p for p, _ in reaped])
+        await asyncio.sleep(interval)
+
+
+def _environ(pid: int) -> list[bytes]:
+    with open(f"/proc/{pid}/environ", "rb") as handle:
+        return handle.read().split(b"\0")
+
+
+def adopted(target: str, children: Iterable[int] | None = None) -> list[psutil.Process]:
+    """Children of this process (when it is a subreaper) that carry ``target``'s marker:
+    processes that escaped the target's tree and were re-parented here. ``children`` may
+    pass the pids already known to be ours (from a shared ``ppid_map``).
+
+    Each is proven ours: the psutil.Process is made first (it pins the start time, so it
+    is safe against pid reuse), then its environment is read, then its parent is checked to
+    still be this process: a child's pid cannot be reused before we reap it."""
+    if not is_subreaper():
+        return []
+    me = os.getpid()
+    needle = f"{MARKER}={target}".encode()
+    found: list[psutil.Process] = []
+    for pid in own_children() if children is None else children:
+        if pid in _claimed:
+            continue  # a target's own child: not an escapee
+        with contextlib.suppress(psutil.Error, OSError):
+            proc = psutil.Process(pid)
+            if needle in _environ(pid) and proc.ppid() == me:
+                found.append(proc)
+    return found
