@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from alerting.service import AlertService
-from watchdog import __version__, preflight, sdnotify
+from watchdog import __version__, preflight, reaper, sdnotify
 from watchdog.bus import EventBus
 from watchdog.clock import Clock, RealClock
 from watchdog.config import (
@@ -142,6 +142,7 @@ class Watchdog:
             ledger=LedgerHooks(
                 self.ledger, self.bus.run_in_writer, {t.name: t.argv for t in self.targets}
             ),
+            instance=settings.instance_id,
         )
         self.resources = ResourceMonitor.for_targets(
             settings,
@@ -508,6 +509,12 @@ def run_service(
             path = settings.event_db_path
             raise StartupError(f"cannot use {path} as the event database: {exc}") from None
         install_stop_signals(stop, hup=watchdog.request_reload)
+        # Only `erpwatch run` becomes a subreaper: double-forked daemons of a target are
+        # re-parented here, stay findable by their marker and are ended with the target.
+        if reaper.become_subreaper():
+            watchdog.tasks.spawn("stray-reaper", reaper.run)  # ended by tasks.stop(), last
+        else:
+            log.warning("not a child subreaper: a target's double-forked daemons may escape")
         try:
             await serve(watchdog, stop)
         except StatusBindError as exc:
@@ -537,7 +544,8 @@ def end_leftovers(settings: Settings) -> list[Cleanup]:
         ledger = ChildLedger(store)
         records = ledger.records()
         grace = max(settings.stop_timeout, 1.0)
-        results = clean_up(records, grace)
+        instance = settings.instance_id
+        results = clean_up(records, grace, marker=lambda target: f"{target}@{instance}")
         for record in records:
             ledger.forget(record.target)
     except Exception as exc:

@@ -197,6 +197,7 @@ class Settings(BaseSettings):
     limit_retry: Seconds = 900.0
     down_after: Seconds = 60.0
     db_path: Path | None = None
+    retention_days: Annotated[float, Field(ge=0)] = 90.0  # 0 = keep events forever
     control_socket: Path | None = None
 
     # --- logs ----------------------------------------------------------------------------
@@ -303,6 +304,14 @@ class Settings(BaseSettings):
     @property
     def event_db_path(self) -> Path:
         return self.db_path if self.db_path is not None else self.log_path / "erpwatch.db"
+
+    @property
+    def instance_id(self) -> str:
+        """Tells this erpwatch's children from another's on the same host (by its store)."""
+        import hashlib
+
+        path = str(self.event_db_path.resolve())
+        return hashlib.sha256(path.encode()).hexdigest()[:12]
 
     @property
     def control_socket_path(self) -> Path:

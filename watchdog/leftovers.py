@@ -230,8 +230,14 @@ def end_tree(root: psutil.Process, target: str, grace: float) -> tuple[list[int]
     return sorted(procs), bool(survivors)
 
 
-def clean_up(records: Sequence[ChildRecord], grace: float) -> list[Cleanup]:
-    """End every recorded child still alive (blocking; run it in a thread)."""
+def clean_up(
+    records: Sequence[ChildRecord],
+    grace: float,
+    marker: Callable[[str], str] | None = None,
+) -> list[Cleanup]:
+    """End every recorded child still alive (blocking; run it in a thread). ``marker``
+    gives a target's ``ERPWATCH_TARGET`` value (default: its name)."""
+    marker_of = marker or (lambda target: target)
     results = []
     for record in records:
         if record.erpwatch_pid == os.getpid():
@@ -239,15 +245,15 @@ def clean_up(records: Sequence[ChildRecord], grace: float) -> list[Cleanup]:
         proc = verified(record)
         if proc is None:
             # The child is gone, but a daemon it double-forked may still carry the marker.
-            strays = marked(record.target)
+            strays = marked(marker_of(record.target))
             if strays:
                 root = strays[0]
-                killed, escalated = end_tree(root, record.target, grace)
+                killed, escalated = end_tree(root, marker_of(record.target), grace)
                 results.append(Cleanup(record, True, tuple(killed), escalated))
             else:
                 results.append(Cleanup(record, False))
             continue
-        killed, escalated = end_tree(proc, record.target, grace)
+        killed, escalated = end_tree(proc, marker_of(record.target), grace)
         results.append(Cleanup(record, True, tuple(killed), escalated))
     return results
 

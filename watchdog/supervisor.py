@@ -139,6 +139,7 @@ class Supervisor:
         process_factory: ProcessFactory | None = None,
         prober_factory: ProberFactory | None = None,
         ledger: ChildLedgerHooks | None = None,
+        instance: str | None = None,
     ) -> None:
         self._configs = start_order(configs)
         self._clock = clock
@@ -159,6 +160,8 @@ class Supervisor:
                 log_max_bytes=log_max_bytes,
                 log_backups=log_backups,
                 clock=clock,
+                env=dict(getattr(config, "env", ()) or ()) or None,
+                marker=f"{config.name}@{instance}" if instance else None,
             )
 
         self._resources = resources
