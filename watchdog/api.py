@@ -489,6 +489,8 @@ class _App:
             events=[event.to_dict() for event in recent],
             kinds=sorted(str(kind) for kind in Kind),
             colours={"green": "ok", "yellow": "warn", "red": "bad"},
+            # Operate buttons exist only when HTTP control can work (a token is configured).
+            control_enabled=self.settings.status_token is not None,
         )
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 

@@ -7,12 +7,14 @@ button must fetch a fresh status. A screenshot lands in ``test-artifacts/status-
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -168,3 +170,75 @@ async def test_page_readable_without_javascript(stack: Stack, browser: Browser) 
     assert await page.text_content("#conn") == "snapshot"  # no script ran: the server's view
     assert "started" in (await page.text_content("#timeline") or "")
     await context.close()
+
+
+async def test_operate_buttons_need_the_entered_token_and_restart_the_target(
+    tmp_path: Path, browser: Browser
+) -> None:
+    """With a token on the server: no buttons until the operator enters it in this tab;
+    then Restart restarts the target (over the authenticated API)."""
+    port = free_port()
+    command = f"{sys.executable} -m watchdog.demo.backend --port {port}"
+    settings = load_settings(
+        command=command,
+        health_url=f"http://127.0.0.1:{port}/health",
+        target_name="erp-backend",
+        check_interval=0.1,
+        stop_timeout=2,
+        log_path=tmp_path / "logs",
+        status_port=0,
+        status_token="page-token",
+    )
+    store = EventStore(tmp_path / "events.db")
+    bus = EventBus(store)
+    supervisor = Supervisor(
+        settings.targets_resolved(), bus, log_dir=tmp_path / "logs", clock=RealClock()
+    )
+
+    async def control(request: Any, peer: Any) -> dict[str, Any]:
+        results = await supervisor.operate(
+            request["command"], request["targets"], reason=request["reason"], actor=peer.actor
+        )
+        return {"ok": all(r.ok for r in results), "results": [r.to_dict() for r in results]}
+
+    server = StatusServer(settings, source=supervisor, store=store, bus=bus, control=control)
+    await server.start()
+    await supervisor.start()
+    try:
+        await await_until(
+            lambda: supervisor.statuses()[0].state is TargetState.HEALTHY, 15, what="healthy"
+        )
+        first = supervisor.statuses()[0].pid
+        page = await browser.new_page()
+        await page.goto(f"http://127.0.0.1:{server.port}/?token=page-token")
+        assert await page.is_hidden(f'{CARD} [data-field="actions"]')
+        await page.click("#operate summary")
+        await page.fill("#operator-token", "page-token")
+        await page.click('#operate-form button[type="submit"]')
+        await page.wait_for_selector(f'{CARD} [data-field="actions"]', state="visible")
+        page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+        await page.click(f'{CARD} button[data-action="restart"]')
+        await page.wait_for_function(
+            f"document.querySelector('{CARD} [data-field=\"action-result\"]')"
+            ".textContent.startsWith('restarted, pid')",
+            timeout=15000,
+        )
+        assert supervisor.statuses()[0].pid != first
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "status-operate.png"), full_page=True)
+        # A tab without the token sees no buttons, even on the same server.
+        other = await browser.new_page()
+        await other.goto(f"http://127.0.0.1:{server.port}/?token=page-token")
+        assert await other.is_hidden(f'{CARD} [data-field="actions"]')
+    finally:
+        await supervisor.stop()
+        await server.stop()
+        await bus.close()
+        store.close()
+
+
+async def test_no_operate_controls_without_a_server_token(stack: Stack, browser: Browser) -> None:
+    page = await browser.new_page()
+    await page.goto(stack.url)
+    assert await page.query_selector("#operate") is None
+    assert await page.query_selector('[data-field="actions"]') is None
