@@ -215,7 +215,10 @@ def test_unit_file_matches_the_notify_protocol() -> None:
     assert values["Restart"] == "on-failure"
     assert values["KillMode"] == "mixed"
     assert values["ExecStart"].endswith("erpwatch run")
-    assert "EnvironmentFile" in values
+    # erpwatch reads its env file itself, so that a reload (SIGHUP) re-reads it.
+    assert values["Environment"].startswith("ERPWATCH_ENV_FILE=")
+    assert values["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert values["LimitNOFILE"] == "65536"
     assert values.get("User", "root") != "root"
     from watchdog.config import Settings
 
