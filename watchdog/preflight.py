@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import ipaddress
@@ -448,14 +449,42 @@ def _real_executable(program: str) -> str | None:
 
 
 def same_command(holder: PortHolder, argv: Sequence[str]) -> bool:
-    """True when the holder runs exactly ``argv`` (the program may be named via PATH)."""
+    """True when the holder runs exactly ``argv`` (the program may be named via PATH).
+
+    A console script (``uvicorn …``, a ``#!`` script) shows up as its interpreter line:
+    ``/venv/bin/python3 /venv/bin/uvicorn …``; that is the same command too."""
     cmdline = list(holder.cmdline)
-    if not cmdline or len(cmdline) != len(argv) or cmdline[1:] != list(argv[1:]):
-        return False
-    if cmdline[0] == argv[0]:
-        return True
     mine = _real_executable(argv[0])
-    return mine is not None and mine == _real_executable(cmdline[0])
+    if cmdline and len(cmdline) == len(argv) and cmdline[1:] == list(argv[1:]):
+        if cmdline[0] == argv[0]:
+            return True
+        return mine is not None and mine == _real_executable(cmdline[0])
+    if len(cmdline) == len(argv) + 1 and cmdline[2:] == list(argv[1:]) and mine is not None:
+        script = _real_executable(cmdline[1])
+        interpreter = _shebang(mine)
+        return (
+            script == mine
+            and interpreter is not None
+            and _real_executable(cmdline[0]) == _real_executable(interpreter)
+        )
+    return False
+
+
+def _shebang(path: str) -> str | None:
+    """The interpreter a ``#!`` script names (``#!/usr/bin/env python3`` → python3)."""
+    try:
+        with open(path, "rb") as handle:
+            first = handle.readline(512)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode(errors="replace").split()
+    if not words:
+        return None
+    if os.path.basename(words[0]) == "env" and len(words) > 1:
+        return words[1]
+    return words[0]
 
 
 def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
@@ -491,6 +520,11 @@ def end_stale(holder: PortHolder, argv: Sequence[str], grace: float) -> CheckRes
         proc = psutil.Process(holder.pid)
         if tuple(proc.cmdline()) != holder.cmdline:  # pid reused since we looked
             return CheckResult(name, False, "not ended: the process changed", "run check again")
+        # Its descendants go too (a grandchild would keep the port or do the work).
+        tree = proc.children(recursive=True)
+        for child in tree:
+            with contextlib.suppress(psutil.Error):
+                child.terminate()
         proc.terminate()
         if _wait_gone(proc, grace):
             how = "ended with SIGTERM"
@@ -501,6 +535,12 @@ def end_stale(holder: PortHolder, argv: Sequence[str], grace: float) -> CheckRes
                     name, False, "still running after SIGKILL", "stop it by hand (as root)"
                 )
             how = f"killed with SIGKILL after {grace:g}s"
+        for child in tree:
+            with contextlib.suppress(psutil.Error):
+                if child.is_running():
+                    child.kill()
+        if tree:
+            how += f", with {len(tree)} descendant(s)"
     except psutil.NoSuchProcess:
         how = "already gone"
     except psutil.AccessDenied as exc:

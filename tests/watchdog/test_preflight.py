@@ -14,7 +14,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until
 from watchdog import preflight
 from watchdog.config import Settings
 from watchdog.store import EventStore
@@ -479,3 +479,43 @@ def test_check_warns_about_an_unknown_variable_and_still_passes(tmp_path: Path) 
 def test_absurd_grace_is_a_usage_error(tmp_path: Path, grace: str) -> None:
     result = erpwatch("check", tmp_path, "--kill-stale", "--grace", grace)
     _refused(result, 2, "argument --grace")
+
+
+def test_kill_stale_recognises_a_console_script_and_ends_its_tree(
+    tmp_path: Path, port: int
+) -> None:
+    """`uvicorn …` runs as `/venv/bin/python3 /venv/bin/uvicorn …`: the same command."""
+    script = tmp_path / "erp-server"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import socket, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        "s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen()\n"
+        "print('listening', child.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    script.chmod(0o755)
+    proc = subprocess.Popen([str(script), str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        word, grandchild = proc.stdout.readline().split()
+        assert word == "listening"
+        holder = preflight.find_port_holder("127.0.0.1", port)
+        assert holder is not None and holder.cmdline[1] == str(script)  # interpreter line
+        assert preflight.same_command(holder, [str(script), str(port)])
+        assert not preflight.same_command(holder, [str(script), "other"])
+        result = preflight.end_stale(holder, [str(script), str(port)], grace=5)
+        assert result.ok and "1 descendant" in result.detail
+        proc.wait(5)
+        wait_until(lambda: not psutil.pid_exists(int(grandchild)) or _zombie(int(grandchild)), 5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
