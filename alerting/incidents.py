@@ -12,16 +12,26 @@ one incident, and a fault days later opens a new one (a new mail) instead of bei
 
 Times used for decisions are monotonic (`Clock.now`). To survive a restart they are stored as
 wall-clock instants and mapped back onto the new process's monotonic clock (`TimeBase`).
+
+Bounded memory: the state is saved as JSON in ``alert_state`` at every step, so it keeps
+*summaries* of events (`EventSummary`: id, time, kind, severity, a short message and a few
+small details), never whole events, at most `RECENT_EVENTS` per incident and
+`STREAK_EVENTS` per streak, plus one bounded stderr tail (the latest crash's, at most
+`STDERR_LINES_MAX` lines of `STDERR_LINE_MAX` bytes, `STDERR_BYTES_MAX` in all). A target's
+saved state stays below 20 KiB whatever its events carry (a crash loop with ordinary
+messages: about 4 KiB); the full events stay in the store, by id.
 """
 
 from __future__ import annotations
 
+import json
 from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from watchdog.events import Event, Kind, Severity
+from watchdog.events import Event, Kind, Severity, cut_text
 
 # Events that mean "the target is not fine": they restart the recovery timer.
 BAD_KINDS = frozenset(
@@ -40,7 +50,16 @@ SELF_KINDS = frozenset({Kind.ALERT_SENT, Kind.ALERT_HELD})
 # Bad news that is over once it is told: the incident recovers from the event on.
 ONE_SHOT_KINDS = frozenset({Kind.WATCHDOG_FAULT})
 
-RECENT_EVENTS = 50
+RECENT_EVENTS = 20  # event summaries an incident keeps (the mail lists the last 15)
+STREAK_EVENTS = 10  # summaries of the events since the last healthy one
+# Sizes are bytes of JSON as saved (so a non-ASCII text cannot make them grow).
+SUMMARY_MESSAGE_MAX = 160  # an event's message, in its summary
+SUMMARY_DETAIL_MAX = 100  # a kept detail value
+SUMMARY_DETAILS = ("reason", "exit_code", "returncode", "signal")  # what the mail uses
+STDERR_LINES_MAX = 50
+STDERR_LINE_MAX = 240
+STDERR_BYTES_MAX = 2048
+THREAD_KEPT = 10  # Message-IDs kept per incident: the first and the latest ones
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,22 +81,107 @@ class TimeBase:
         return self.now - (self.wall - then).total_seconds()
 
 
-def event_to_json(event: Event) -> dict[str, Any]:
-    data = event.to_dict()
-    data["ts"] = event.ts.isoformat()
-    return data
+def _cut(value: Any, limit: int) -> Any:
+    """A small JSON value: numbers and None as they are, anything else as cut text."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return cut_text(value if isinstance(value, str) else str(value), limit)
 
 
-def event_from_json(data: dict[str, Any]) -> Event:
-    return Event(
-        target=data["target"],
-        kind=data["kind"],
-        message=data["message"],
-        severity=Severity(data["severity"]),
-        details=data.get("details") or {},
-        ts=datetime.fromisoformat(data["ts"]),
-        id=data.get("id"),
-    )
+def bound_stderr(lines: Iterable[Any]) -> list[str]:
+    """The newest stderr lines within `STDERR_LINES_MAX` lines of `STDERR_LINE_MAX` bytes,
+    `STDERR_BYTES_MAX` in all (a long line keeps its head and its tail)."""
+    kept: list[str] = []
+    total = 0
+    for line in reversed(list(lines)[-STDERR_LINES_MAX:]):
+        text = cut_text(str(line), STDERR_LINE_MAX)
+        size = len(json.dumps(text))
+        if total + size > STDERR_BYTES_MAX:
+            break
+        kept.append(text)
+        total += size
+    kept.reverse()
+    return kept
+
+
+def stderr_of(event: Event | Mapping[str, Any]) -> list[str]:
+    """The bounded stderr tail a crash event reports ([] for anything else)."""
+    kind: Any
+    details: Mapping[str, Any]
+    if isinstance(event, Event):
+        kind, details = event.kind, event.details
+    else:
+        kind, details = event.get("kind"), event.get("details") or {}
+    tail = details.get("stderr_tail")
+    if kind == Kind.CRASHED and isinstance(tail, list) and tail:
+        return bound_stderr(tail)
+    return []
+
+
+@dataclass(frozen=True, slots=True)
+class EventSummary:
+    """What the pipeline remembers of an event: its id (the full event stays in the store)
+    and the few small fields the mails use."""
+
+    id: int | None
+    ts: datetime
+    kind: str
+    severity: str
+    message: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, event: Event) -> EventSummary:
+        return cls(
+            id=event.id,
+            ts=event.ts,
+            kind=event.kind,
+            severity=str(event.severity),
+            message=cut_text(event.message, SUMMARY_MESSAGE_MAX),
+            details={
+                key: _cut(event.details[key], SUMMARY_DETAIL_MAX)
+                for key in SUMMARY_DETAILS
+                if key in event.details
+            },
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.id,
+            "ts": self.ts.isoformat(),
+            "kind": self.kind,
+            "severity": self.severity,
+            "message": self.message,
+        }
+        if self.details:
+            data["details"] = dict(self.details)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EventSummary:
+        """Reads a summary, or a whole event saved by an older version (then summarised)."""
+        details = data.get("details") or {}
+        return cls(
+            id=data.get("id"),
+            ts=datetime.fromisoformat(data["ts"]),
+            kind=data["kind"],
+            severity=str(Severity(data["severity"])),
+            message=cut_text(str(data["message"]), SUMMARY_MESSAGE_MAX),
+            details={
+                key: _cut(details[key], SUMMARY_DETAIL_MAX)
+                for key in SUMMARY_DETAILS
+                if key in details
+            },
+        )
+
+
+def _legacy_stderr(items: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The stderr tail of the latest crash among whole events saved by an older version."""
+    for data in reversed(list(items)):
+        tail = stderr_of(data)
+        if tail:
+            return tail
+    return []
 
 
 @dataclass
@@ -85,23 +189,40 @@ class Incident:
     id: str
     target: str
     opened_at: datetime  # wall time of the first event of the outage
-    events: deque[Event] = field(default_factory=lambda: deque(maxlen=RECENT_EVENTS))
+    events: deque[EventSummary] = field(default_factory=lambda: deque(maxlen=RECENT_EVENTS))
     notified_kinds: set[str] = field(default_factory=set)
     pending: dict[str, str] = field(default_factory=dict)  # kind -> first message, not yet mailed
     group_deadline: float | None = None
     healthy_since: float | None = None
     recovered_at: datetime | None = None  # wall time of the healthy event that started recovery
     last_notified: float | None = None
-    thread: list[str] = field(default_factory=list)  # Message-IDs sent in this incident's thread
+    thread: list[str] = field(default_factory=list)  # Message-IDs: the first + the latest
+    thread_count: int = 0  # mails sent in this incident's thread
     duplicates: int = 0  # alerting events folded into an earlier notification
     restarts: int = 0
     held_reason: str | None = None  # last hold published, so a hold is announced once
     closed: bool = False
+    crash: EventSummary | None = None  # the latest crash
+    stderr: list[str] = field(default_factory=list)  # the latest crash's tail that had one
 
     def record(self, event: Event) -> None:
-        self.events.append(event)
-        if event.kind == Kind.RESTARTED:
+        self.add(EventSummary.of(event), stderr_of(event))
+
+    def add(self, summary: EventSummary, stderr: list[str] | None = None) -> None:
+        self.events.append(summary)
+        if summary.kind == Kind.RESTARTED:
             self.restarts += 1
+        elif summary.kind == Kind.CRASHED:
+            self.crash = summary
+        if stderr:
+            self.stderr = list(stderr)
+
+    def add_message_id(self, message_id: str) -> None:
+        """Remember a mail of this thread: the first and the `THREAD_KEPT` - 1 latest."""
+        self.thread.append(message_id)
+        self.thread_count += 1
+        if len(self.thread) > THREAD_KEPT:
+            del self.thread[1 : len(self.thread) - THREAD_KEPT + 1]
 
     @property
     def alert_kinds(self) -> list[str]:
@@ -114,39 +235,36 @@ class Incident:
             if e.kind == Kind.RESTARTED
         ]
 
-    def last_crash(self) -> Event | None:
-        for event in reversed(self.events):
-            if event.kind == Kind.CRASHED:
-                return event
-        return None
+    def last_crash(self) -> EventSummary | None:
+        return self.crash
 
     def stderr_tail(self, lines: int) -> list[str]:
-        """The last ``lines`` stderr lines of the most recent crash that reported any."""
+        """The last ``lines`` stderr lines of the most recent crash that reported any
+        (bounded, see `bound_stderr`)."""
         if lines <= 0:
             return []
-        for event in reversed(self.events):
-            tail = event.details.get("stderr_tail")
-            if event.kind == Kind.CRASHED and isinstance(tail, list) and tail:
-                return [str(line) for line in tail[-lines:]]
-        return []
+        return self.stderr[-lines:]
 
     def to_json(self, base: TimeBase) -> dict[str, Any]:
         return {
             "id": self.id,
             "target": self.target,
             "opened_at": self.opened_at.isoformat(),
-            "events": [event_to_json(e) for e in self.events],
+            "events": [e.to_json() for e in self.events],
             "notified_kinds": sorted(self.notified_kinds),
-            "pending": self.pending,
+            "pending": {k: cut_text(v, SUMMARY_MESSAGE_MAX) for k, v in self.pending.items()},
             "group_deadline": base.to_wall(self.group_deadline),
             "healthy_since": base.to_wall(self.healthy_since),
             "recovered_at": self.recovered_at.isoformat() if self.recovered_at else None,
             "last_notified": base.to_wall(self.last_notified),
             "thread": self.thread,
+            "thread_count": self.thread_count,
             "duplicates": self.duplicates,
             "restarts": self.restarts,
-            "held_reason": self.held_reason,
+            "held_reason": _cut(self.held_reason, SUMMARY_MESSAGE_MAX),
             "closed": self.closed,
+            "crash": self.crash.to_json() if self.crash else None,
+            "stderr": self.stderr,
         }
 
     @classmethod
@@ -164,12 +282,22 @@ class Incident:
             ),
             last_notified=base.to_mono(data["last_notified"]),
             thread=list(data["thread"]),
+            thread_count=int(data.get("thread_count", len(data["thread"]))),
             duplicates=int(data["duplicates"]),
             restarts=int(data["restarts"]),
             held_reason=data["held_reason"],
             closed=bool(data["closed"]),
         )
-        incident.events.extend(event_from_json(e) for e in data["events"])
+        incident.events.extend(EventSummary.from_json(e) for e in data["events"])
+        if "stderr" in data:  # this version's form
+            incident.stderr = bound_stderr(data["stderr"])
+            incident.crash = EventSummary.from_json(data["crash"]) if data["crash"] else None
+        else:  # an older version saved whole events: take the crash facts from them
+            incident.stderr = _legacy_stderr(data["events"])
+            crashes = [e for e in incident.events if e.kind == Kind.CRASHED]
+            incident.crash = crashes[-1] if crashes else None
+        if len(incident.thread) > THREAD_KEPT:
+            del incident.thread[1 : len(incident.thread) - THREAD_KEPT + 1]
         return incident
 
 
@@ -179,14 +307,23 @@ class TargetTrack:
 
     name: str
     healthy: bool = False
-    streak: deque[Event] = field(default_factory=lambda: deque(maxlen=RECENT_EVENTS))
+    streak: deque[EventSummary] = field(default_factory=lambda: deque(maxlen=STREAK_EVENTS))
     incident: Incident | None = None
+    stderr: list[str] = field(default_factory=list)  # of the streak's latest crash (no incident)
+    # The streak keeps only its latest summaries; these remember its start and its restarts.
+    streak_since: datetime | None = None
+    streak_restarts: int = 0
 
     def observe(self, event: Event, now: float) -> None:
         """Bookkeeping for any event of this target (alerting or not)."""
+        summary = EventSummary.of(event)
+        stderr = stderr_of(event)
         if event.kind in GOOD_KINDS:
             self.healthy = True
             self.streak.clear()
+            self.stderr = []
+            self.streak_since = None
+            self.streak_restarts = 0
             if self.incident is not None and self.incident.healthy_since is None:
                 self.incident.healthy_since = now
                 self.incident.recovered_at = event.ts
@@ -196,7 +333,13 @@ class TargetTrack:
                 if self.incident is not None:
                     self.incident.healthy_since = None
                     self.incident.recovered_at = None
-            self.streak.append(event)
+            self.streak.append(summary)
+            if self.streak_since is None:
+                self.streak_since = event.ts
+            if event.kind == Kind.RESTARTED:
+                self.streak_restarts += 1
+            if stderr and self.incident is None:
+                self.stderr = stderr  # an open incident keeps it instead (one copy only)
             if (
                 event.kind in ONE_SHOT_KINDS
                 and self.incident is not None
@@ -205,19 +348,24 @@ class TargetTrack:
                 self.incident.healthy_since = now
                 self.incident.recovered_at = event.ts
         if self.incident is not None:
-            self.incident.record(event)
+            self.incident.add(summary, stderr)
 
     def open_incident(self, event: Event, now: float) -> Incident:
         """Open an incident for ``event`` (an alerting event already `observe`d)."""
         one_shot = event.kind in ONE_SHOT_KINDS  # began with the event, not with the streak
-        first = self.streak[0] if self.streak and not one_shot else event
+        opened_at = event.ts
+        if self.streak and not one_shot:
+            opened_at = self.streak_since or self.streak[0].ts
         incident = Incident(
             id=f"{self.name}-{event.id if event.id is not None else 0}",
             target=self.name,
-            opened_at=first.ts,
+            opened_at=opened_at,
         )
         for earlier in self.streak:
-            incident.record(earlier)
+            incident.add(earlier)
+        incident.restarts = max(incident.restarts, self.streak_restarts)
+        if self.stderr:
+            incident.stderr, self.stderr = self.stderr, []
         # Recovering at once: an alert-failed about a target that is fine, a watchdog-fault.
         if self.healthy or one_shot:
             incident.healthy_since = now
@@ -229,14 +377,29 @@ class TargetTrack:
         return {
             "name": self.name,
             "healthy": self.healthy,
-            "streak": [event_to_json(e) for e in self.streak],
+            "streak": [e.to_json() for e in self.streak],
+            "stderr": self.stderr,
+            "streak_since": self.streak_since.isoformat() if self.streak_since else None,
+            "streak_restarts": self.streak_restarts,
             "incident": self.incident.to_json(base) if self.incident else None,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any], base: TimeBase) -> TargetTrack:
         track = cls(name=data["name"], healthy=bool(data["healthy"]))
-        track.streak.extend(event_from_json(e) for e in data["streak"])
+        track.streak.extend(EventSummary.from_json(e) for e in data["streak"])
+        since = data.get("streak_since")
+        if since is not None:
+            track.streak_since = datetime.fromisoformat(since)
+        elif data["streak"]:
+            track.streak_since = datetime.fromisoformat(data["streak"][0]["ts"])
+        track.streak_restarts = int(
+            data.get("streak_restarts", sum(e["kind"] == Kind.RESTARTED for e in data["streak"]))
+        )
+        if "stderr" in data:
+            track.stderr = bound_stderr(data["stderr"])
+        elif data["incident"] is None:
+            track.stderr = _legacy_stderr(data["streak"])
         if data["incident"] is not None:
             track.incident = Incident.from_json(data["incident"], base)
         return track

@@ -13,6 +13,15 @@
   either wholly processed (its mail queued) or read again after the restart.
 * ``alert_log`` — the notification log: every held / sent / failed decision and why.
 
+Retention: the outbox takes part in `EventStore.prune` (it registers itself): its floor is
+the cursor, so an event alerting has not processed is never pruned; it prunes ``alert_log``
+rows and *sent* or *dead* outbox rows older than the cut-off (pending mail never), at most a
+batch per table per round.
+
+While the store cannot be written (``paused`` is set by the service on store trouble),
+`due` hands out nothing: a mail sent then could not be marked sent and would go out again
+on every retry.
+
 On the first start (no cursor yet) the cursor is set, and persisted at once, to the newest
 event id: old history is not mailed. A database of the version that queued events in an
 ``alert_inbox`` table (written by a commit hook) starts just before the oldest queued event
@@ -53,10 +62,12 @@ SCHEMA = (
         last_error TEXT, sent_at TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS alert_outbox_status ON alert_outbox (status, id)",
+    "CREATE INDEX IF NOT EXISTS alert_outbox_status_created ON alert_outbox (status, created)",
     """CREATE TABLE IF NOT EXISTS alert_log (
         id INTEGER PRIMARY KEY AUTOINCREMENT, ts TEXT NOT NULL, target TEXT NOT NULL,
         incident_id TEXT, decision TEXT NOT NULL, message TEXT NOT NULL, details TEXT NOT NULL
     )""",
+    "CREATE INDEX IF NOT EXISTS alert_log_ts ON alert_log (ts)",
     silences.SCHEMA,
 )
 LEGACY_INBOX = "alert_inbox"
@@ -101,6 +112,48 @@ class Outbox:
 
     def __init__(self, store: EventStore) -> None:
         self.store = store
+        self.paused: str | None = None  # why delivery must wait (the store cannot be written)
+        store.add_retention("alerting", self)
+
+    # --- retention (EventStore.prune) ---------------------------------------------------
+
+    def retention_floor(self, conn: sqlite3.Connection) -> int | None:
+        """Alerting's cursor: events after it are not processed yet and must stay."""
+        try:
+            row = conn.execute("SELECT last_event_id FROM alert_cursor WHERE id = 1").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None  # alerting never ran here: nothing to hold back
+            raise
+        return int(row[0]) if row is not None else None
+
+    def prune_batch(self, conn: sqlite3.Connection, cutoff: str, batch: int) -> int:
+        """At most ``batch`` rows in all: old log rows, then old sent/dead mails (never
+        pending ones)."""
+        tables = {
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN (?, ?)",
+                ("alert_log", "alert_outbox"),
+            )
+        }
+        statements: list[tuple[str, tuple[str, ...]]] = []
+        if "alert_log" in tables:
+            statements.append(
+                ("DELETE FROM alert_log WHERE id IN (SELECT id FROM alert_log WHERE ts < ?", ())
+            )
+        if "alert_outbox" in tables:
+            select = (
+                "DELETE FROM alert_outbox WHERE id IN (SELECT id FROM alert_outbox "
+                "WHERE status = ? AND created < ?"
+            )
+            statements += [(select, (SENT,)), (select, (DEAD,))]
+        left = batch
+        for sql, head in statements:
+            if left <= 0:
+                break
+            left -= conn.execute(f"{sql} LIMIT ?)", (*head, cutoff, left)).rowcount
+        return batch - left
 
     def ensure_schema(self) -> CursorStart:
         """Create the tables; on the first start set and persist the cursor (one commit)."""
@@ -228,6 +281,8 @@ class Outbox:
     # --- delivery -----------------------------------------------------------------------
 
     def due(self, limit: int, skip: Iterable[int] = ()) -> list[OutboxRow]:
+        if self.paused is not None:
+            return []  # the store cannot record a delivery now: nothing goes out twice
         skipped = set(skip)
         with self.store.transaction() as conn:
             rows = conn.execute(

@@ -18,9 +18,10 @@ from typing import Any
 
 import jinja2
 
-from alerting.incidents import ONE_SHOT_KINDS, Incident
+from alerting.incidents import ONE_SHOT_KINDS, EventSummary, Incident
 from alerting.stages import Ctx, Notification
-from watchdog.events import Event, Kind
+from watchdog.bus import StoreTrouble
+from watchdog.events import SYSTEM_TARGET, Event, Kind
 from watchdog.templating import environment
 
 PHRASES: Mapping[str, str] = {
@@ -31,7 +32,10 @@ PHRASES: Mapping[str, str] = {
     Kind.CRASHED: "crashed",
     Kind.UNHEALTHY: "unhealthy",
     Kind.WATCHDOG_FAULT: "internal fault",
+    Kind.STORE_FAILING: "event store failing",
+    Kind.EVENTS_DROPPED: "events dropped",
 }
+STORE_MAIL = "store-failing"  # purpose (and template) of the direct store-trouble mail
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _NOT_ID = re.compile(r"[^A-Za-z0-9._-]+")
 _NOT_DOMAIN = re.compile(r"[^A-Za-z0-9.-]+")
@@ -76,7 +80,7 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
-def _event_row(event: Event) -> dict[str, Any]:
+def _event_row(event: Event | EventSummary) -> dict[str, Any]:
     return {
         "kind": event.kind,
         "severity": str(event.severity),
@@ -89,8 +93,8 @@ def _actions(incident: Incident) -> list[str]:
     """What erpwatch did, in plain words, from the incident's events."""
     actions: list[str] = []
     reasons = incident.restart_reasons()
-    if reasons:
-        actions.append(f"restarted the target {len(reasons)} time(s)")
+    if reasons or incident.restarts:
+        actions.append(f"restarted the target {max(incident.restarts, len(reasons))} time(s)")
         actions.extend(f"restart reason: {reason}" for reason in reasons[-5:])
     for event in incident.events:
         if event.kind == Kind.RESTART_LIMIT_REACHED:
@@ -159,9 +163,9 @@ class Renderer:
         incident = note.incident
         references: list[str] = []
         if incident is not None:
-            message_id = self.message_id(incident.id, len(incident.thread))
+            message_id = self.message_id(incident.id, incident.thread_count)
             references = list(incident.thread[:1] + incident.thread[-9:][1:])
-            incident.thread.append(message_id)
+            incident.add_message_id(message_id)
             context.update(self._incident_context(incident, note, wall))
             template = "email/incident"
         else:
@@ -181,6 +185,51 @@ class Renderer:
             message_id=message_id,
             data=message.as_bytes(policy=SMTP),
             trigger_kinds=tuple(incident.alert_kinds if incident else note.kinds),
+        )
+
+    def render_store_trouble(
+        self,
+        trouble: StoreTrouble,
+        recipients: list[str] | tuple[str, ...],
+        wall: datetime,
+        *,
+        path: Path,
+        buffer_limit: int,
+    ) -> Mail:
+        """The direct mail that the event store is failing (it bypasses the outbox)."""
+        subject = clean_header(
+            f"[erpwatch] STORE FAILING on {self.hostname}: event store failing ({trouble.reason})"
+        )
+        context: dict[str, Any] = {
+            "purpose": STORE_MAIL,
+            "target": SYSTEM_TARGET,
+            "host": self.hostname,
+            "now": _times(wall),
+            "subject": subject,
+            "status_url": self.status_url,
+            "snapshot": dict(self._snapshot()) if self._snapshot else None,
+            "store": {
+                "reason": trouble.reason,
+                "since": _times(trouble.since),
+                "path": str(path),
+                "buffered": trouble.buffered,
+                "buffer_limit": buffer_limit,
+                "dropped": trouble.dropped,
+            },
+        }
+        message_id = self.message_id(f"{STORE_MAIL}-{trouble.since.isoformat()}", 0)
+        text = self.env.get_template(f"email/{STORE_MAIL}.txt.j2").render(context)
+        html = self.env.get_template(f"email/{STORE_MAIL}.html.j2").render(context)
+        message = self.build(subject, recipients, message_id, text, html, wall, [])
+        return Mail(
+            purpose=STORE_MAIL,
+            target=SYSTEM_TARGET,
+            incident_id=None,
+            recipients=tuple(recipients),
+            subject=subject,
+            message_id=message_id,
+            data=message.as_bytes(policy=SMTP),
+            trigger_kinds=(Kind.STORE_FAILING,),
         )
 
     def _incident_context(

@@ -10,6 +10,14 @@ a failed step or a crash loses nothing, and nothing alerting does can roll back 
 producer's commit. A failed step is retried every ``poll`` seconds from the state and cursor
 last committed; the first failure of an episode is logged with its traceback and recorded as
 one ``watchdog-fault`` event (mailed once the pipeline works again).
+
+Store trouble (``EventBus.on_store_trouble``): the outbox lives in the failing database, so
+the service sends one mail per trouble episode *directly* through its transport (SMTP or
+``.eml``), retried with backoff on transient errors, and records it as ``alert-sent`` (or
+``alert-failed``) through the bus, which writes it once the store works. Meanwhile pipeline
+steps and outbox delivery wait (a mail sent then could not be marked sent); both resume when
+the episode ends. A step that failed because of the store trouble is not a
+``watchdog-fault``: the store trouble is reported by itself.
 """
 
 from __future__ import annotations
@@ -21,18 +29,20 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+import aiosmtplib
+
 from alerting.delivery import Delivery, raise_if_cancelling, wait_event
 from alerting.incidents import IncidentBook, TargetTrack, TimeBase
 from alerting.outbox import EventBatch, Outbox
-from alerting.render import Renderer
+from alerting.render import STORE_MAIL, Mail, Renderer
 from alerting.stages import Ctx, Pipeline, Policy, RateLimiter, next_deadline
-from alerting.transport import transport_for
-from watchdog.bus import EventBus, Subscription
+from alerting.transport import classify, transport_for
+from watchdog.bus import EventBus, StoreTrouble, Subscription
 from watchdog.clock import Clock, RealClock
 from watchdog.config import Settings
 from watchdog.events import SYSTEM_TARGET, Event, Kind, utcnow
 from watchdog.resources import host_snapshot
-from watchdog.store import EventStore
+from watchdog.store import EventStore, store_trouble_reason
 from watchdog.tasks import TaskSupervisor
 
 log = logging.getLogger(__name__)
@@ -40,6 +50,8 @@ log = logging.getLogger(__name__)
 INBOX_BATCH = 500  # events read per pipeline step
 FAULT_TEXT_MAX = 500  # characters of an exception kept in a watchdog-fault event
 WORKERS = ("alerting-listen", "alerting-pipeline", "alerting-delivery")
+# What a direct send can raise besides bugs: SMTP replies, network/TLS/timeouts, bad address.
+_SEND_ERRORS = (aiosmtplib.SMTPException, OSError, ValueError, TimeoutError)
 
 
 class AlertService:
@@ -97,6 +109,14 @@ class AlertService:
         self.tasks = tasks or TaskSupervisor(clock=self.clock)
         self._deadline: float | None = None
         self._cursor = 0  # id of the last event taken into account (as committed)
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._store_trouble: StoreTrouble | None = None  # while the store cannot be written
+        self._store_mailed: datetime | None = None  # start of the episode last mailed
+        self._store_mail: asyncio.Task[None] | None = None
+        self._unhook: Callable[[], None] | None = None
+        self.direct_sent = 0  # store-trouble mails sent directly
+        self.direct_failures = 0  # failed tries to send one (each retried or given up)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -133,8 +153,18 @@ class AlertService:
         self.tasks.spawn("alerting-listen", lambda: self._listen(sub))
         self.tasks.spawn("alerting-pipeline", self._pipeline)
         self.tasks.spawn("alerting-delivery", self.delivery.run)
+        self._unhook = self.bus.on_store_trouble(self._on_store_trouble)
 
     async def stop(self) -> None:
+        if self._unhook is not None:
+            self._unhook()
+            self._unhook = None
+        if self._store_mail is not None and not self._store_mail.done():
+            self._store_mail.cancel()
+            try:
+                await self._store_mail
+            except asyncio.CancelledError:
+                raise_if_cancelling()  # our own cancel ends here; one of stop()'s propagates
         for name in WORKERS:
             await self.tasks.cancel(name)
         if self._sub is not None:
@@ -163,6 +193,10 @@ class AlertService:
         failures = 0
         while True:
             self._wake.clear()
+            if self._store_trouble is not None:
+                # Nothing can be committed now; the end of the episode wakes us.
+                await wait_event(self._wake, self.poll)
+                continue
             try:
                 if failures:
                     await self._restore()  # memory may hold half a step: back to the commit
@@ -170,7 +204,15 @@ class AlertService:
             except Exception as exc:  # retried from what is committed (all of it or none)
                 raise_if_cancelling()
                 failures += 1
-                if failures == 1:
+                store_cause = store_trouble_reason(exc)
+                if store_cause is not None and self.bus.store_problem() is not None:
+                    if failures == 1:
+                        log.warning(
+                            "alert pipeline step failed: the event store fails (%s); alerting "
+                            "resumes when it works again",
+                            store_cause,
+                        )
+                elif failures == 1:
                     log.exception(
                         "alert pipeline step failed; its events stay in the store and the "
                         "step is retried every %gs",
@@ -232,6 +274,111 @@ class AlertService:
                 )
             )
         return batch.read
+
+    # --- store trouble: one direct mail per episode -------------------------------------
+
+    def _on_store_trouble(self, trouble: StoreTrouble) -> None:
+        """`EventBus.on_store_trouble` callback (on the loop)."""
+        if not trouble.failing:
+            self._store_trouble = None
+            self.outbox.paused = None
+            self._wake.set()
+            self.delivery.wake()
+            return
+        self._store_trouble = trouble
+        self.outbox.paused = trouble.reason
+        if self._store_mailed == trouble.since:
+            return  # this episode was mailed already
+        self._store_mailed = trouble.since
+        if self._store_mail is not None and not self._store_mail.done():
+            log.warning("the previous store-trouble mail is still being sent; no second one")
+            return
+        self._store_mail = asyncio.get_running_loop().create_task(
+            self._mail_store_trouble(trouble), name="alerting-store-mail"
+        )
+
+    async def _mail_store_trouble(self, trouble: StoreTrouble) -> None:
+        try:
+            mail = self.renderer.render_store_trouble(
+                trouble,
+                self.policy.recipients,
+                self.wall(),
+                path=self.store.path,
+                buffer_limit=self.bus.buffer_limit,
+            )
+            await self._send_direct(mail)
+        except Exception:  # a bug: logged here, since nobody awaits this task
+            raise_if_cancelling()
+            log.exception("the store-trouble mail could not be sent")
+
+    async def _send_direct(self, mail: Mail) -> None:
+        """Send ``mail`` now, bypassing the outbox; transient failures retry with backoff."""
+        where = self.transport.describe()
+        delay = self._retry_initial
+        while True:
+            try:
+                async with self.transport.session() as session:
+                    response = await session.send(
+                        mail.data, self.settings.alert_from, mail.recipients
+                    )
+                break
+            except _SEND_ERRORS as exc:
+                self.direct_failures += 1
+                error = classify(exc, self.transport.secrets())
+                if error.permanent:
+                    log.error(
+                        "the store-failing mail could not be sent via %s (%s); giving up",
+                        where,
+                        error.reason,
+                    )
+                    await self._publish_direct(
+                        Kind.ALERT_FAILED,
+                        f"store-failing mail could not be sent directly via {where}: "
+                        f"{error.reason}",
+                        mail,
+                        reason=error.reason,
+                    )
+                    return
+                log.warning(
+                    "store-failing mail via %s failed (%s); retrying in %.1fs",
+                    where,
+                    error.reason,
+                    delay,
+                )
+                await self.clock.sleep(delay)
+                delay = min(delay * 2, self._retry_max)
+        self.direct_sent += 1
+        log.warning(
+            "store-failing mail sent directly (not through the outbox) via %s to %s: %s",
+            where,
+            ", ".join(mail.recipients),
+            response,
+        )
+        await self._publish_direct(
+            Kind.ALERT_SENT,
+            f"{STORE_MAIL} mail sent directly to {', '.join(mail.recipients)}: {mail.subject}",
+            mail,
+        )
+
+    async def _publish_direct(self, kind: Kind, message: str, mail: Mail, **details: Any) -> None:
+        """Record a direct mail; the bus keeps it until the store works again."""
+        try:
+            await self.bus.publish(
+                Event.of(
+                    SYSTEM_TARGET,
+                    kind,
+                    message,
+                    purpose=mail.purpose,
+                    direct=True,
+                    to=list(mail.recipients),
+                    message_id=mail.message_id,
+                    transport=self.transport.describe(),
+                    **details,
+                )
+            )
+        except Exception:
+            raise_if_cancelling()
+            log.exception("could not record the direct store-trouble mail as an event")
 
     async def _record_fault(self, exc: Exception) -> None:
         """One ``watchdog-fault`` event per failure episode (the store may be the fault)."""

@@ -1,4 +1,12 @@
-"""Event kinds, severities and the immutable `Event` every state change becomes."""
+"""Event kinds, severities and the immutable `Event` every state change becomes.
+
+Bounds: an event's details serialise (`Event.details_json`) to at most `DETAILS_MAX_BYTES`
+(64 KiB) and its message has at most `MESSAGE_MAX_CHARS`. `Event.of` and the store's
+``append`` enforce them with `bound_details` / `bound_message`: a larger value is cut field
+by field (the largest fields first; a long string keeps its head and its tail, a long list
+its newest items) with a visible marker, and the details gain a ``_truncated`` entry naming
+the fields that were cut and the original size.
+"""
 
 from __future__ import annotations
 
@@ -40,6 +48,10 @@ class Kind(StrEnum):
     ALERT_SENT = "alert-sent"
     ALERT_HELD = "alert-held"
     ALERT_FAILED = "alert-failed"
+    # the event store itself (watchdog/bus.py): written once the store works again
+    STORE_FAILING = "store-failing"  # appends failed (disk full, read-only, I/O error)
+    STORE_RECOVERED = "store-recovered"  # the events kept in memory are written
+    EVENTS_DROPPED = "events-dropped"  # the in-memory buffer overflowed: oldest events lost
 
 
 DEFAULT_SEVERITY: Mapping[str, Severity] = {
@@ -62,10 +74,158 @@ DEFAULT_SEVERITY: Mapping[str, Severity] = {
     Kind.ALERT_SENT: Severity.INFO,
     Kind.ALERT_HELD: Severity.INFO,
     Kind.ALERT_FAILED: Severity.CRITICAL,
+    Kind.STORE_FAILING: Severity.CRITICAL,
+    Kind.STORE_RECOVERED: Severity.INFO,
+    Kind.EVENTS_DROPPED: Severity.WARNING,
 }
 
 # The pseudo-target of events about erpwatch itself (start, stop, alert path, host resources).
 SYSTEM_TARGET = "erpwatch"
+
+DETAILS_MAX_BYTES = 64 * 1024  # serialised details of one event (JSON, ASCII-escaped)
+MESSAGE_MAX_CHARS = 4096
+TRUNCATED_KEY = "_truncated"  # the marker entry of details that were cut
+_MARKER_RESERVE = 1024  # room kept for the marker entry
+_MIN_FIELD = 96  # a cut field keeps at least this much (bytes of JSON)
+_MARKER_NAMES = 20  # field names listed in the marker
+
+
+def _size(value: Any) -> int:
+    """Bytes of ``value`` as `Event.details_json` writes it (ASCII JSON: chars = bytes)."""
+    return len(json.dumps(value, sort_keys=True, default=str))
+
+
+def _water_level(sizes: list[int], budget: int) -> int:
+    """The largest cap L with ``sum(min(size, L)) <= budget``: small items stay whole, the
+    big ones share what is left equally."""
+    remaining = budget
+    ordered = sorted(sizes)
+    for index, size in enumerate(ordered):
+        share = remaining // (len(ordered) - index)
+        if size > share:
+            return max(share, 0)
+        remaining -= size
+    return max(ordered, default=0) + max(remaining, 0)
+
+
+def cut_text(text: str, budget: int) -> str:
+    """``text`` within ``budget`` bytes of JSON: its head and its tail around a marker."""
+    if _size(text) <= budget:
+        return text
+    marker = f" ...[cut {len(text):,} chars to fit {budget:,} bytes]... "
+    room = budget - _size(marker)
+    keep = min(len(text), max(room, 0))
+    while keep > 0:
+        head = keep // 2
+        tail = keep - head
+        cost = _size(text[:head] + text[len(text) - tail :]) - 2
+        if cost <= room:
+            return text[:head] + marker + text[len(text) - tail :]
+        keep = min(keep - 1, keep * room // cost)  # escapes cost more than one byte a char
+    return marker if _size(marker) <= budget else marker[: max(budget - 2, 0)]
+
+
+def _shrink(value: Any, budget: int) -> Any:
+    if _size(value) <= budget:
+        return value
+    if isinstance(value, Mapping):
+        return _shrink_mapping(value, budget)[0]
+    if isinstance(value, list | tuple):
+        return _shrink_list(list(value), budget)
+    return cut_text(value if isinstance(value, str) else str(value), budget)
+
+
+def _shrink_mapping(data: Mapping[Any, Any], budget: int) -> tuple[dict[str, Any], list[str]]:
+    """``data`` within ``budget``; also the names of the fields that were cut or left out."""
+    items = [(cut_text(str(key), 256), value) for key, value in data.items()]
+    sizes = [_size(key) + 1 + _size(value) + 1 for key, value in items]
+    room = budget - 2
+    level = _water_level(sizes, room)
+    if level < _MIN_FIELD and len(items) > 1:
+        # Too many fields for a useful share each: keep the smallest ones whole.
+        out: dict[str, Any] = {}
+        cut_names: list[str] = []
+        for index in sorted(range(len(items)), key=lambda i: (sizes[i], items[i][0])):
+            key, value = items[index]
+            if sizes[index] <= room:
+                out[key] = value
+                room -= sizes[index]
+            else:
+                cut_names.append(key)
+        return out, cut_names
+    out = {}
+    cut_names = []
+    for (key, value), size in zip(items, sizes, strict=True):
+        if size <= level:
+            out[key] = value
+        else:
+            out[key] = _shrink(value, max(level - _size(key) - 2, 16))
+            cut_names.append(key)
+    return out, cut_names
+
+
+def _shrink_list(items: list[Any], budget: int) -> list[Any]:
+    """``items`` within ``budget``, keeping the newest (last) ones; a leading marker string
+    counts the items left out."""
+    room = budget - 2 - 64  # the marker item
+    sizes = [_size(item) + 1 for item in items]
+    level = _water_level(sizes, room)
+    dropped = 0
+    if level < _MIN_FIELD and len(items) > 1:
+        # Too many items for a useful share each: keep the newest that fit at that share.
+        used, keep = 0, 0
+        for size in reversed(sizes):
+            if used + min(size, _MIN_FIELD) > room:
+                break
+            used += min(size, _MIN_FIELD)
+            keep += 1
+        keep = max(keep, 1)
+        dropped = len(items) - keep
+        items, sizes = items[dropped:], sizes[dropped:]
+        level = _water_level(sizes, room)
+    out = [
+        item if size <= level else _shrink(item, max(level - 1, 16))
+        for item, size in zip(items, sizes, strict=True)
+    ]
+    if dropped:
+        out.insert(0, f"...[{dropped:,} earlier items cut]...")
+    return out
+
+
+def bound_details(details: Mapping[str, Any], limit: int = DETAILS_MAX_BYTES) -> dict[str, Any]:
+    """``details`` as a dict whose JSON fits ``limit`` bytes (unchanged when it already does).
+
+    The largest fields are cut first, each to a fair share of the room; the result carries a
+    ``_truncated`` entry: ``{"limit", "bytes" (original), "fields" (names cut)}``.
+    """
+    plain = dict(details)
+    original = _size(plain)
+    if original <= limit:
+        return plain
+    plain.pop(TRUNCATED_KEY, None)
+    budget = limit - _MARKER_RESERVE
+    for _attempt in range(4):
+        out, cut_names = _shrink_mapping(plain, max(budget, _MIN_FIELD))
+        names = sorted(cut_names)
+        listed = [cut_text(name, 64) for name in names[:_MARKER_NAMES]]
+        if len(names) > _MARKER_NAMES:
+            listed.append(f"... {len(names) - _MARKER_NAMES} more")
+        out[TRUNCATED_KEY] = {"limit": limit, "bytes": original, "fields": listed}
+        over = _size(out) - limit
+        if over <= 0:
+            return out
+        budget -= over + 256  # floors of tiny shares overshot: try again with less room
+    return {TRUNCATED_KEY: {"limit": limit, "bytes": original, "fields": ["*"]}}
+
+
+def bound_message(message: str, limit: int = MESSAGE_MAX_CHARS) -> str:
+    """``message`` cut to ``limit`` characters (head and tail kept)."""
+    if len(message) <= limit:
+        return message
+    marker = f" ...[cut {len(message):,} chars]... "
+    keep = max(limit - len(marker), 0)
+    head = keep // 2
+    return message[:head] + marker + message[len(message) - (keep - head) :]
 
 
 def utcnow() -> datetime:
@@ -90,13 +250,16 @@ class Event:
 
     @classmethod
     def of(cls, target: str, kind: Kind | str, message: str, **details: Any) -> Event:
-        """An event with the kind's default severity; ``None`` details are left out."""
+        """An event with the kind's default severity; ``None`` details are left out.
+
+        Details and message are bounded (`bound_details`, `bound_message`).
+        """
         return cls(
             target=target,
             kind=str(kind),
-            message=message,
+            message=bound_message(message),
             severity=DEFAULT_SEVERITY.get(kind, Severity.INFO),
-            details={key: value for key, value in details.items() if value is not None},
+            details=bound_details({k: v for k, v in details.items() if v is not None}),
         )
 
     def with_id(self, event_id: int) -> Event:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 from typing import Any
 
-from alerting.incidents import IncidentBook, TimeBase
+from alerting.incidents import STDERR_BYTES_MAX, IncidentBook, TargetTrack, TimeBase
+from alerting.render import Renderer
 from alerting.silences import Silence, parse_duration
 from alerting.stages import Ctx, Notification, Pipeline, Policy, RateLimiter, next_deadline
 from watchdog.clock import FakeClock
@@ -255,3 +259,133 @@ def test_templates_can_be_overridden_from_the_template_dir(tmp_path: Any) -> Non
     renderer = Renderer(hostname="h", sender="a@b", stderr_lines=5, template_dir=tmp_path)
     mail = renderer.render(note, T0)
     assert b"CUSTOM backend" in mail.data and b"<h2" in mail.data  # html still built in
+
+
+def test_incident_state_stays_a_few_kib_when_a_child_prints_2_mib_lines() -> None:
+    """A child that crashes 11 times, each time printing one 2 MiB stderr line: the state
+    saved at every step keeps ids and short summaries, not the events, so it stays small."""
+    h = Harness(group_wait=0)
+    line = "Traceback: " + "x" * (2 * 1024 * 1024) + " ValueError: boom"
+    notes: list[Notification] = []
+    for _ in range(11):
+        crash = Event(  # built directly: not even bounded by Event.of
+            "backend",
+            Kind.CRASHED,
+            "exited with code 1",
+            details={"exit_code": 1, "stderr_tail": ["starting", line]},
+        ).with_id(next(_ids))
+        notes += h.after(1, crash, ev(Kind.RESTARTED, reason="crashed (exit code 1)"))
+    notes += h.after(1, ev(Kind.CRASH_LOOP), ev(Kind.DOWN))
+    assert [n.purpose for n in notes] == ["firing"]
+    base = TimeBase(h.clock.now(), T0)
+    saved = json.dumps(h.book.track("backend").to_json(base))
+    assert len(saved) < 8 * 1024, len(saved)
+    incident = notes[0].incident
+    assert incident is not None and incident.restarts == 11
+    tail = incident.stderr_tail(20)
+    assert tail[0] == "starting" and tail[-1].startswith("Traceback: ")
+    assert tail[-1].endswith("ValueError: boom") and len(json.dumps(tail)) <= STDERR_BYTES_MAX
+    assert all(e.id is not None for e in incident.events)  # the full events stay in the store
+    restored = TargetTrack.from_json(json.loads(saved), base)
+    assert restored.incident is not None
+    assert restored.incident.stderr_tail(20) == tail
+    last_crash = restored.incident.last_crash()
+    assert last_crash is not None and last_crash.details["exit_code"] == 1
+    renderer = Renderer(hostname="h", sender="a@b", stderr_lines=20)
+    mail = renderer.render(notes[0], T0)
+    message = message_from_bytes(mail.data, policy=policy.default)
+    assert isinstance(message, EmailMessage)
+    body = message.get_body(("plain",))
+    assert body is not None and len(mail.data) < 64 * 1024
+    text = body.get_content()
+    assert "ValueError: boom" in text and "restarted the target 11 time(s)" in text
+
+
+def test_state_of_a_hostile_target_stays_below_20_kib() -> None:
+    """Every event of a long incident carries huge (and non-ASCII) messages, reasons,
+    signals and stderr: the saved state of the target still stays below 20 KiB."""
+    h = Harness(group_wait=0, reminder_interval=10, rate_limit=10_000)
+    text = "\u00e9\u4e2d" * 3000  # 6 bytes a char once saved as JSON
+    kinds = [Kind.CRASHED, Kind.RESTARTED, Kind.CRASH_LOOP, Kind.DOWN, Kind.RESTART_LIMIT_REACHED]
+    renderer = Renderer(hostname="h", sender="a@b", stderr_lines=1000)
+    sizes: list[int] = []
+    for _ in range(100):
+        events = [
+            Event(
+                "backend",
+                kind,
+                text,
+                details={
+                    "reason": text,
+                    "exit_code": 1,
+                    "signal": text,
+                    "stderr_tail": [text] * 100,
+                },
+            ).with_id(next(_ids))
+            for kind in kinds
+        ]
+        for note in h.after(11, *events):
+            renderer.render(note, T0)
+        base = TimeBase(h.clock.now(), T0)
+        sizes.append(len(json.dumps(h.book.track("backend").to_json(base))))
+    assert max(sizes) < 20 * 1024, max(sizes)
+    incident = h.book.incident("backend")
+    assert incident is not None and incident.thread_count > 50 and len(incident.thread) == 10
+
+
+def test_state_saved_by_the_previous_version_with_whole_events_still_loads() -> None:
+    whole = {
+        "id": 7,
+        "ts": T0.isoformat(),
+        "target": "backend",
+        "kind": "crashed",
+        "severity": "warning",
+        "message": "exited with code 3",
+        "details": {"exit_code": 3, "stderr_tail": ["a", "b" * 5000], "pid": 1},
+    }
+    down = {**whole, "id": 8, "kind": "down", "severity": "critical", "details": {}}
+    base = TimeBase(100.0, T0)
+    data = {
+        "name": "backend",
+        "healthy": False,
+        "streak": [whole, down],
+        "incident": {
+            "id": "backend-8",
+            "target": "backend",
+            "opened_at": T0.isoformat(),
+            "events": [whole, down],
+            "notified_kinds": ["down"],
+            "pending": {},
+            "group_deadline": None,
+            "healthy_since": None,
+            "recovered_at": None,
+            "last_notified": T0.isoformat(),
+            "thread": [f"<m{i}@h>" for i in range(30)],
+            "duplicates": 0,
+            "restarts": 0,
+            "held_reason": None,
+            "closed": False,
+        },
+    }
+    track = TargetTrack.from_json(data, base)
+    incident = track.incident
+    assert incident is not None
+    assert [e.kind for e in incident.events] == ["crashed", "down"]
+    assert incident.stderr_tail(5)[0] == "a" and len(incident.stderr_tail(5)[1]) <= 240
+    crash = incident.last_crash()
+    assert crash is not None and crash.details == {"exit_code": 3}
+    assert incident.thread_count == 30 and len(incident.thread) == 10
+    assert incident.thread[0] == "<m0@h>" and incident.thread[-1] == "<m29@h>"
+
+
+def test_a_long_incident_thread_keeps_the_first_and_the_latest_message_ids() -> None:
+    h = Harness(group_wait=0, reminder_interval=10, rate_limit=1000)
+    renderer = Renderer(hostname="h", sender="a@b", stderr_lines=5)
+    mails = [renderer.render(n, T0) for n in h.run(ev(Kind.DOWN))]
+    for _ in range(40):
+        mails += [renderer.render(n, T0) for n in h.after(10)]
+    incident = h.book.incident("backend")
+    assert incident is not None and incident.thread_count == len(mails) == 41
+    assert len(incident.thread) == 10 and incident.thread[0] == mails[0].message_id
+    assert incident.thread[-1] == mails[-1].message_id
+    assert len({m.message_id for m in mails}) == 41  # every mail its own Message-ID

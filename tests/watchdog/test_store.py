@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import wait_until
-from watchdog.events import Event, Kind, Severity
+from watchdog.events import DETAILS_MAX_BYTES, TRUNCATED_KEY, Event, Kind, Severity
 from watchdog.store import (
     SCHEMA_VERSION,
     EventStore,
@@ -17,6 +17,7 @@ from watchdog.store import (
     StoreNotFoundError,
     format_ts,
     parse_ts,
+    store_trouble_reason,
 )
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -67,12 +68,14 @@ def test_creates_parent_dirs_wal_and_schema(store: EventStore) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         indexes = {row[1] for row in conn.execute("PRAGMA index_list(events)")}
         assert {
-            "events_target_kind_ts",
-            "events_target_ts",
-            "events_kind_ts",
+            "events_target_kind_id",
+            "events_target_id",
+            "events_kind_id",
             "events_ts",
-            "events_severity_ts",
+            "events_severity_id",
         } <= indexes
+        assert not {"events_target_kind_ts", "events_target_ts", "events_kind_ts"} & indexes
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
     finally:
         conn.close()
 
@@ -160,7 +163,8 @@ def test_query_filters(filled: EventStore) -> None:
 
     two_kinds = s.query(kinds=[Kind.CRASHED, Kind.DOWN], limit=None)
     assert len(two_kinds) == 8
-    assert [e.ts for e in two_kinds] == sorted((e.ts for e in two_kinds), reverse=True)
+    ids = [e.id or 0 for e in two_kinds]
+    assert ids == sorted(ids, reverse=True)  # id (commit) order, newest first
     assert len(s.query(kinds=["crashed", "down"], limit=3)) == 3
 
     critical = s.query(severity="critical", limit=None)
@@ -201,19 +205,97 @@ def test_bad_query_arguments(store: EventStore) -> None:
 @pytest.mark.parametrize(
     ("filters", "index"),
     [
-        ({"target": "a", "kinds": ["crashed"]}, "events_target_kind_ts"),
-        ({"target": "a"}, "events_target_ts"),
-        ({"kinds": ["crashed"], "since": T0}, "events_kind_ts"),
-        ({"kinds": ["crashed", "down"]}, "events_kind_ts"),
-        ({}, "events_ts"),
-        ({"severity": "critical"}, "events_severity_ts"),
-        ({"severity": "warning"}, "events_severity_ts"),
+        ({"target": "a", "kinds": ["crashed"]}, "events_target_kind_id"),
+        ({"target": "a", "kinds": ["crashed"], "since": T0}, "events_target_kind_id"),
+        ({"target": "a"}, "events_target_id"),
+        ({"kinds": ["crashed"], "since": T0}, "events_kind_id"),
+        ({"kinds": ["crashed", "down"]}, "events_kind_id"),
+        ({"severity": "critical"}, "events_severity_id"),
+        ({"severity": "warning"}, "events_severity_id"),
+        ({"since": T0, "until": T0 + timedelta(hours=1)}, "events_ts"),
     ],
 )
 def test_queries_use_an_index(store: EventStore, filters: dict[str, object], index: str) -> None:
     plan = " | ".join(store.explain(**filters))
-    assert index in plan, plan
-    assert "SCAN events " not in plan.replace(f"SCAN events USING INDEX {index}", ""), plan
+    assert f"INDEX {index} (" in plan, plan
+    assert "SCAN events " not in plan, plan  # never a whole-table walk
+    if "until" in filters:
+        # A window alone: the newest ids are picked inside the covering (ts) index, and
+        # only those rows are read.
+        assert "COVERING INDEX events_ts" in plan and "rowid=?" in plan, plan
+    else:
+        # Walked in id order: the newest come first, no sort of every match.
+        arms = plan.split("MERGE (UNION ALL)")[0]
+        assert "TEMP B-TREE" not in arms, plan
+
+
+def test_last_50_of_x_since_t_reads_about_50_index_entries(store: EventStore) -> None:
+    """ "last 50 of X since T" walks (target, kind, id, ts) newest first, checking ts in the
+    index: it stops after 50 matches however many events X has."""
+    rows = [
+        (format_ts(T0 + timedelta(seconds=i)), "a" if i % 2 else "b", "crashed", "warning", 1)
+        for i in range(20_000)
+    ]
+    with store.transaction() as conn:
+        conn.executemany(
+            "INSERT INTO events (ts, target, kind, severity, severity_rank, message) "
+            "VALUES (?, ?, ?, ?, ?, 'm')",
+            rows,
+        )
+    since = T0 + timedelta(seconds=100)
+    plan = store.explain(target="a", kinds=["crashed"], since=since)
+    assert plan == ["SEARCH events USING INDEX events_target_kind_id (target=? AND kind=?)"]
+    found = store.query(target="a", kinds=["crashed"], since=since)
+    assert len(found) == 50 and all(e.ts >= since and e.target == "a" for e in found)
+    ids = [e.id or 0 for e in found]
+    assert ids == sorted(ids, reverse=True) and ids[0] == 20_000
+
+
+def test_a_wall_clock_step_backwards_never_shows_stale_state(store: EventStore) -> None:
+    """The clock jumps back an hour between two events: the later event (higher id) is
+    still the latest, for last_event, the status fallback's per-kind query and history."""
+    before = store.append(ev("a", Kind.DOWN, minutes=60, message="down at 13:00"))
+    store.append(ev("b", Kind.HEALTHY, minutes=61))
+    after = store.append(ev("a", Kind.HEALTHY, minutes=0, message="healthy, clock at 12:00"))
+    assert after.ts < before.ts and (after.id or 0) > (before.id or 0)
+    assert store.last_event("a") == after
+    assert store.query(target="a", kinds=[Kind.DOWN, Kind.HEALTHY], limit=1) == [after]
+    assert [e.id for e in store.query(limit=None)] == [3, 2, 1]
+    assert [e.id for e in store.query(limit=None, newest_first=False)] == [1, 2, 3]
+    assert store.query(severity="info", limit=1) == [after]
+    # A time filter still filters by ts (the stamp each event carries).
+    assert store.query(target="a", since=T0 + timedelta(minutes=30), limit=None) == [before]
+    window = store.query(since=T0, until=T0 + timedelta(minutes=61), limit=2)
+    assert [e.id for e in window] == [3, 1]  # inside the window, newest id first
+
+
+def test_schema_1_database_is_migrated_to_id_ordered_indexes(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    from watchdog.store import _MIGRATIONS
+
+    for statement in _MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    conn.execute(
+        "INSERT INTO events (ts, target, kind, severity, severity_rank, message, details) "
+        "VALUES ('2024-05-01T12:00:00.000Z', 'a', 'down', 'critical', 2, 'old', '{}')"
+    )
+    conn.commit()
+    assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    conn.close()
+    with EventStore(path) as s:
+        assert s.schema_version() == SCHEMA_VERSION == 2
+        assert [e.message for e in s.query()] == ["old"]
+        assert "events_target_kind_id" in " ".join(s.explain(target="a", kinds=["down"]))
+    conn = sqlite3.connect(path)
+    try:
+        indexes = {row[1] for row in conn.execute("PRAGMA index_list(events)")}
+        assert "events_target_kind_ts" not in indexes and "events_target_kind_id" in indexes
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # small: converted
+    finally:
+        conn.close()
 
 
 def test_readonly_missing_file(tmp_path: Path) -> None:
@@ -271,3 +353,144 @@ def test_close_is_idempotent_and_final(tmp_path: Path) -> None:
         s.append(ev("a", Kind.DOWN))
     with pytest.raises(StoreError):
         s.count()
+
+
+# --- sizes ------------------------------------------------------------------------------
+
+
+def test_event_details_over_64_kib_are_cut_field_by_field(store: EventStore) -> None:
+    """A crash whose stderr tail holds 11 lines of 2 MiB: the event fits 64 KiB, keeps every
+    small field whole, keeps each line's head and tail, and says what was cut."""
+    line = "E" * 1000 + "x" * (2 * 1024 * 1024) + "TAIL"
+    event = Event.of("a", Kind.CRASHED, "exited 1", exit_code=1, stderr_tail=[line] * 11)
+    assert len(event.details_json()) <= DETAILS_MAX_BYTES
+    assert event.details["exit_code"] == 1
+    tail = event.details["stderr_tail"]
+    assert len(tail) == 11 and all(t.startswith("E" * 100) and t.endswith("TAIL") for t in tail)
+    assert "cut" in tail[0]
+    marker = event.details[TRUNCATED_KEY]
+    assert marker["fields"] == ["stderr_tail"] and marker["bytes"] > 11 * 2 * 1024 * 1024
+    committed = store.append(event)
+    assert committed.id is not None and store.get(committed.id) == committed
+
+
+def test_append_bounds_an_event_built_without_event_of(store: EventStore) -> None:
+    huge = Event("a", Kind.DOWN, "m" * 100_000, Severity.CRITICAL, {"body": "b" * 300_000, "n": 7})
+    committed = store.append(huge)
+    assert committed.id is not None
+    stored = store.get(committed.id)
+    assert stored == committed
+    assert len(stored.details_json()) <= DETAILS_MAX_BYTES and stored.details["n"] == 7
+    assert stored.details[TRUNCATED_KEY]["fields"] == ["body"]
+    assert len(stored.message) <= 4096 and stored.message.startswith("mmm")
+    small = store.append(Event.of("a", Kind.HEALTHY, "fine", n=1))
+    assert small.details == {"n": 1}  # nothing added to what fits
+
+
+def test_append_many_is_one_transaction_in_order(store: EventStore) -> None:
+    committed = store.append_many([ev("a", Kind.CRASHED, i, f"e{i}") for i in range(5)])
+    assert [e.message for e in committed] == [f"e{i}" for i in range(5)]
+    ids = [e.id or 0 for e in committed]
+    assert ids == list(range(ids[0], ids[0] + 5))
+    assert store.query(limit=None, newest_first=False) == committed
+
+
+# --- store trouble ------------------------------------------------------------------------
+
+
+def test_store_trouble_reason_classifies_real_sqlite_errors(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    EventStore(path).close()
+    readonly = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        with pytest.raises(sqlite3.Error) as info:
+            readonly.execute("INSERT INTO meta VALUES ('x', 'y')")
+        reason = store_trouble_reason(info.value)
+        assert reason is not None and "SQLITE_READONLY" in reason
+        with pytest.raises(sqlite3.Error) as info:
+            readonly.execute("SELECT * FROM no_such_table")
+        assert store_trouble_reason(info.value) is None  # a bad statement is a bug
+    finally:
+        readonly.close()
+    assert store_trouble_reason(OSError(28, "No space left on device")) is not None
+    assert store_trouble_reason(StoreError("the event store is closed")) is None
+    assert store_trouble_reason(ValueError("x")) is None
+
+
+def fill_up(store: EventStore) -> None:
+    """Real SQLite behaviour: no page beyond the current count (SQLITE_FULL on growth)."""
+    (pages,) = store.db.execute("PRAGMA page_count").fetchone()
+    store.db.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def free_up(store: EventStore) -> None:
+    store.db.execute("PRAGMA max_page_count = 1073741823")
+
+
+def test_full_database_fails_the_append_and_the_store_stays_usable(store: EventStore) -> None:
+    first = store.append(ev("a", Kind.DOWN))
+    fill_up(store)
+    with pytest.raises(sqlite3.OperationalError) as info:
+        store.append(ev("a", Kind.CRASHED, details="x" * 20_000))
+    assert "SQLITE_FULL" in (store_trouble_reason(info.value) or "")
+    free_up(store)
+    second = store.append(ev("a", Kind.HEALTHY, 1))  # no transaction left half open
+    assert [e.id for e in store.query(limit=None, newest_first=False)] == [first.id, second.id]
+
+
+# --- retention ----------------------------------------------------------------------------
+
+
+class Floor:
+    """A retention participant that holds back events above ``floor`` and prunes nothing."""
+
+    def __init__(self, floor: int | None) -> None:
+        self.floor = floor
+        self.calls: list[tuple[str, int]] = []
+
+    def retention_floor(self, conn: sqlite3.Connection) -> int | None:
+        return self.floor
+
+    def prune_batch(self, conn: sqlite3.Connection, cutoff: str, batch: int) -> int:
+        self.calls.append((cutoff, batch))
+        return 0
+
+
+def test_prune_deletes_old_events_in_batches_and_keeps_ids_above_the_floor(
+    store: EventStore,
+) -> None:
+    store.append_many([ev("a", Kind.HEALTHY, minutes=i) for i in range(30)])  # ids 1..30
+    participant = Floor(floor=12)
+    store.add_retention("consumer", participant)
+    cutoff = T0 + timedelta(minutes=20)  # events 1..20 are old
+    assert store.prune(cutoff, batch=5) == {"events": 5, "consumer": 0}
+    assert store.count() == 25
+    assert store.prune(cutoff, batch=5) == {"events": 5, "consumer": 0}
+    assert store.prune(cutoff, batch=5) == {"events": 2, "consumer": 0}  # 11, 12: the floor
+    assert store.prune(cutoff, batch=5)["events"] == 0
+    ids = [e.id for e in store.query(limit=None, newest_first=False)]
+    assert ids == list(range(13, 31))  # 13..20 are old but not processed by the consumer
+    assert participant.calls[0] == (format_ts(cutoff), 5)
+    participant.floor = None  # the consumer caught up (or never ran)
+    assert store.prune(cutoff, batch=100)["events"] == 8
+    assert [e.id for e in store.query(limit=1, newest_first=False)] == [21]
+    plan = store.db.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM events INDEXED BY events_ts WHERE ts < ? LIMIT 5",
+        ("x",),
+    ).fetchall()
+    assert "COVERING INDEX events_ts" in str(plan)
+    # AUTOINCREMENT: ids are never reused after a prune, so cursors stay valid.
+    assert store.append(ev("a", Kind.DOWN, 99)).id == 31
+
+
+def test_reclaim_returns_freed_pages_to_the_file_system(store: EventStore) -> None:
+    store.append_many([ev("a", Kind.HEALTHY, i / 60, details="d" * 2000) for i in range(3000)])
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    big = store.path.stat().st_size
+    while store.prune(T0 + timedelta(days=1), batch=1000)["events"]:
+        pass
+    assert store.count() == 0
+    while store.reclaim(500):
+        pass
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    assert store.path.stat().st_size < big / 5, (store.path.stat().st_size, big)
