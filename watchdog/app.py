@@ -62,10 +62,11 @@ FAULT_TRACEBACK_LINES = 20
 FAULT_TRACEBACK_LINE_MAX = 300
 HEALTH_NAMES_MAX = 20  # names listed in a health problem; the rest are counted
 # erpwatch's own workers on `Watchdog.tasks`, stopped before the targets.
-WORKERS = ("log-rotation", "resources", "systemd-keepalive")
-CONFIG_RELOADED = "config-reloaded"
-CONFIG_REJECTED = "config-rejected"
-LEFTOVER_STOPPED = "leftover-stopped"
+WORKERS = ("log-rotation", "resources", "systemd-keepalive", "retention")
+RETENTION_INTERVAL = 3600.0
+CONFIG_RELOADED = Kind.CONFIG_RELOADED
+CONFIG_REJECTED = Kind.CONFIG_REJECTED
+LEFTOVER_STOPPED = Kind.LEFTOVER_STOPPED
 
 
 def select_targets(
@@ -207,9 +208,11 @@ class Watchdog:
         # Everything built so far lives as long as erpwatch: keep the cyclic GC from
         # re-scanning it in every full collection (a pause that delays probes at scale).
         gc.freeze()
-        log_rotation, resources, keepalive = WORKERS
+        log_rotation, resources, keepalive, retention = WORKERS
         self.tasks.spawn(log_rotation, self._rotate_logs)
         self.tasks.spawn(resources, self.resources.run)
+        days = self.settings.retention_days
+        self.tasks.spawn(retention, lambda: self.bus.retention_worker(days, RETENTION_INTERVAL))
         sdnotify.ready(f"supervising {len(self.targets)} target(s)")
         # Returns at once outside systemd (no WATCHDOG_USEC): a normal end, not a fault.
         self.tasks.spawn(keepalive, lambda: sdnotify.keepalive(self.clock, alive=self.alive))
@@ -325,7 +328,7 @@ class Watchdog:
 
     # -- erpwatch's own health ------------------------------------------------------------
 
-    def health_problem(self) -> str | None:
+    def health_problem(self, *, store: bool = True) -> str | None:
         """None when erpwatch itself is sound, else what is wrong, naming the worker(s): a
         worker waiting for its restart after a fault, a monitor that missed its ticks."""
         problems: list[str] = []
@@ -337,6 +340,9 @@ class Watchdog:
         names = [name for name in stalled if name not in dead_monitors]
         if names:
             problems.append("stalled: " + _names(names))
+        trouble = self.bus.store_problem() if store else None
+        if trouble:
+            problems.append(f"degraded: {trouble}")
         server = self.status_server.own_problem() if self.status_server is not None else None
         if server:
             problems.append(server)
@@ -344,7 +350,9 @@ class Watchdog:
 
     def alive(self) -> bool:
         """The systemd keepalive's question: ping only while nothing is wrong."""
-        return self.health_problem() is None
+        # A failing store degrades /health but must not make systemd restart erpwatch: a
+        # restart frees no disk space and would interrupt the supervision that still works.
+        return self.health_problem(store=False) is None
 
     async def _report_fault(self, name: str, exc: BaseException) -> None:
         """`TaskSupervisor` ``on_fault``: record a critical ``watchdog-fault`` event (the

@@ -44,6 +44,9 @@ class Kind(StrEnum):
     WATCHDOG_STARTED = "watchdog-started"
     WATCHDOG_STOPPED = "watchdog-stopped"
     WATCHDOG_FAULT = "watchdog-fault"  # a task of erpwatch's own raised and was restarted
+    CONFIG_RELOADED = "config-reloaded"
+    CONFIG_REJECTED = "config-rejected"  # a reload refused: nothing changed
+    LEFTOVER_STOPPED = "leftover-stopped"  # a child left by a killed erpwatch, ended at start
     # alert decisions (alerting/)
     ALERT_SENT = "alert-sent"
     ALERT_HELD = "alert-held"
@@ -71,6 +74,9 @@ DEFAULT_SEVERITY: Mapping[str, Severity] = {
     Kind.WATCHDOG_STARTED: Severity.INFO,
     Kind.WATCHDOG_STOPPED: Severity.INFO,
     Kind.WATCHDOG_FAULT: Severity.CRITICAL,
+    Kind.CONFIG_RELOADED: Severity.INFO,
+    Kind.CONFIG_REJECTED: Severity.WARNING,
+    Kind.LEFTOVER_STOPPED: Severity.WARNING,
     Kind.ALERT_SENT: Severity.INFO,
     Kind.ALERT_HELD: Severity.INFO,
     Kind.ALERT_FAILED: Severity.CRITICAL,
