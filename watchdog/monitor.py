@@ -354,8 +354,11 @@ class TargetMonitor:
             self._acted = self._acted or bool(effects)
             if self._state.held != held_before:
                 await self._notify(self._on_hold, self.name, self._state.held)
+            results = await self._carry_out(effects)
+            # Only once its effects are carried out (the event recorded): a caller told
+            # "restarted" finds the `restarted` event in the store.
             self._settle_operations(obs)
-            pending.extend(await self._carry_out(effects))
+            pending.extend(results)
 
     async def _carry_out(self, effects: list[Effect]) -> list[Observation]:
         """Do each effect; returns what that showed (spawned, spawn failed, stopped)."""
