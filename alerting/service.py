@@ -80,14 +80,9 @@ class AlertService:
         self.outbox = Outbox(store)
         self.transport = transport_for(settings)
         disk_paths = [settings.log_path]
-        self.renderer = Renderer(
-            hostname=hostname or socket.gethostname(),
-            sender=settings.alert_from,
-            stderr_lines=settings.alert_stderr_lines,
-            status_url=str(settings.status_page_url) if settings.status_page_url else None,
-            template_dir=settings.alert_template_dir,
-            snapshot=snapshot or (lambda: host_snapshot(disk_paths)),
-        )
+        self._hostname = hostname or socket.gethostname()
+        self._snapshot = snapshot or (lambda: host_snapshot(disk_paths))
+        self.renderer = self._renderer(settings)
         self.delivery = Delivery(
             self.outbox,
             bus,
@@ -117,6 +112,30 @@ class AlertService:
         self._unhook: Callable[[], None] | None = None
         self.direct_sent = 0  # store-trouble mails sent directly
         self.direct_failures = 0  # failed tries to send one (each retried or given up)
+
+    def _renderer(self, settings: Settings) -> Renderer:
+        return Renderer(
+            hostname=self._hostname,
+            sender=settings.alert_from,
+            stderr_lines=settings.alert_stderr_lines,
+            status_url=str(settings.status_page_url) if settings.status_page_url else None,
+            template_dir=settings.alert_template_dir,
+            snapshot=self._snapshot,
+        )
+
+    def apply_settings(self, settings: Settings) -> None:
+        """A configuration reload: recipients, ALERT_ON, grouping, rate limits, SMTP and
+        templates apply from the next step on; open incidents, the rate limiter's history
+        and queued mail are kept (queued mail goes out through the new transport)."""
+        self.settings = settings
+        self.policy = Policy.from_settings(settings)
+        self.transport = transport_for(settings)
+        self.delivery.transport = self.transport
+        self.delivery.sender = settings.alert_from
+        self.renderer = self._renderer(settings)
+        self.limiter.limit = self.policy.rate_limit
+        self.limiter.window = self.policy.rate_window
+        self._wake.set()
 
     # --- lifecycle ----------------------------------------------------------------------
 

@@ -348,3 +348,24 @@ def test_a_held_target_shows_who_why_and_since_in_status(tmp_path: Path, runs: l
     assert target["label"].startswith("Stopped by operator (")
     shown = erpwatch(tmp_path, "status", env={"ERPWATCH_STATUS_PORT": str(port)})
     assert "stopped (by operator (" in shown.stdout and "db upgrade" in shown.stdout
+
+
+def test_reload_applies_alerting_and_threshold_settings_in_place(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(f"ERPWATCH_COMMAND={SLEEPER}\nERPWATCH_ALERT_TO=old@example.com\n")
+    start(tmp_path, runs, {})
+    wait_until(lambda: healthy(tmp_path, "backend"), 20, what="healthy")
+    pid = pid_of(tmp_path, "backend")
+    dotenv.write_text(
+        f"ERPWATCH_COMMAND={SLEEPER}\nERPWATCH_ALERT_TO=new@example.com\n"
+        "ERPWATCH_CPU_THRESHOLD=80\nERPWATCH_SMTP_PASSWORD=hunter2-secret\n"
+    )
+    done = erpwatch(tmp_path, "reload")
+    assert done.returncode == 0, done.stderr
+    assert "ERPWATCH_ALERT_TO" in done.stdout and "ERPWATCH_CPU_THRESHOLD" in done.stdout
+    assert "hunter2" not in done.stdout  # names of changed settings, never their values
+    reloaded = [e for e in events(tmp_path) if e["kind"] == "config-reloaded"][-1]
+    assert "hunter2" not in json.dumps(reloaded)
+    assert pid_of(tmp_path, "backend") == pid and alive(pid or 0)

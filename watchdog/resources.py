@@ -297,6 +297,22 @@ class ResourceMonitor:
             clock=clock,
         )
 
+    def apply_settings(self, settings: Settings, configs: Sequence[TargetConfig]) -> None:
+        """A configuration reload: new thresholds, hysteresis, interval and RSS caps from the
+        next sample on (a value already over a threshold stays reported once)."""
+        self._settings = settings
+        for key, tracker in self._host_trackers.items():
+            threshold = {"cpu": settings.cpu_threshold, "ram": settings.ram_threshold}.get(
+                key, settings.disk_threshold
+            )
+            tracker.threshold, tracker.hysteresis = threshold, settings.resource_hysteresis
+        self._rss_limits = {config.name: config.rss_limit_mb for config in configs}
+        self._rss_trackers = {
+            name: tracker
+            for name, tracker in self._rss_trackers.items()
+            if self._rss_limits.get(name) == tracker.threshold
+        }
+
     def latest_host(self) -> dict[str, Any]:
         return dict(self._latest_host)
 

@@ -620,3 +620,13 @@ async def test_a_delivery_worker_that_raises_is_restarted_and_the_mail_still_goe
     finally:
         await service.stop()
         await tasks.stop()
+
+
+async def test_apply_settings_sends_the_next_mail_to_the_new_recipients(
+    tmp_path: Path, smtp: SmtpServer, store: EventStore, bus: EventBus
+) -> None:
+    async with running(make_settings(tmp_path, smtp), store, bus) as service:
+        service.apply_settings(make_settings(tmp_path, smtp, alert_to=["new-oncall@example.com"]))
+        await bus.publish(Event.of("backend", Kind.DOWN, "down for 60s"))
+        await await_until(lambda: smtp.messages, what="the mail")
+    assert smtp.messages[0]["To"] == "new-oncall@example.com"
