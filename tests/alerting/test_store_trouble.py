@@ -13,7 +13,6 @@ import errno
 import logging
 import os
 import sqlite3
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from email.message import EmailMessage
@@ -25,7 +24,7 @@ import pytest
 from alerting.outbox import Outbox
 from alerting.service import AlertService
 from tests.alerting.conftest import SmtpServer
-from tests.helpers import await_until
+from tests.helpers import await_until, tmpfs
 from watchdog.bus import EventBus
 from watchdog.config import Settings, load_settings
 from watchdog.events import Event, Kind
@@ -231,22 +230,8 @@ async def test_outbox_hands_out_nothing_while_the_store_cannot_record_a_delivery
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs (needs root and mount rights; skipped elsewhere)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "tiny", "4m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
 
 
 def fill_disk(directory: Path) -> Path:

@@ -8,7 +8,6 @@ import errno
 import os
 import re
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -20,7 +19,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.helpers import await_until
+from tests.helpers import await_until, tmpfs
 from watchdog.demo.backend import CRASH_EXIT_CODE, CRASH_LINE
 from watchdog.process import (
     TAIL_LINE_MAX,
@@ -481,20 +480,8 @@ async def test_fast_child_logs_stay_within_the_bound(
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 8 MiB tmpfs (needs root), unmounted afterwards."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "disk", "8m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def fill(disk: Path, leave: int) -> Path:
