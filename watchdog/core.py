@@ -254,6 +254,7 @@ class State:
     restart_at: float | None = None  # a spawn is scheduled then
     restart_reason: str = ""
     restart_counted: bool = True
+    restart_delay: float = 0.0  # the backoff the scheduled restart waits (for its event)
     retry_at: float | None = None  # slow retry after the restart limit
     last_stop: Mapping[str, Any] | None = None  # how the last stop went, for the next event
     held: Mapping[str, str] | None = None  # an operator's stop: actor, reason, since
@@ -378,6 +379,7 @@ class Core:
 
     def _spawned(self, state: State, obs: Spawned, now: float, out: list[Effect]) -> State:
         reason, last_stop, start_by = state.restart_reason, state.last_stop, state.start_by
+        backoff = state.restart_delay
         restart = reason != "" and not start_by
         state = dataclasses.replace(
             state,
@@ -391,6 +393,7 @@ class Core:
             next_probe_at=now,
             unhealthy_since=None,
             restart_reason="",
+            restart_delay=0.0,
             start_by="",
             last_stop=None,
         )
@@ -401,6 +404,7 @@ class Core:
         if last_stop:
             details["previous_stop"] = dict(last_stop)
         if restart:
+            details["backoff_s"] = backoff
             if reason.startswith("by "):
                 details["actor"] = reason[3:].split(":", 1)[0]
             out.append(Emit(Kind.RESTARTED, f"restarted ({reason})", details))
@@ -734,6 +738,7 @@ class Core:
                 phase=S.RESTARTING,
                 retry_at=None,
                 restart_at=now + delay,
+                restart_delay=delay,
                 restart_reason=why,
                 restart_counted=counted,
             )

@@ -481,3 +481,15 @@ def test_shutdown_of_a_held_target_emits_nothing_more() -> None:
     d.feed(Stopped())
     assert d.kinds(d.feed(Shutdown())) == []
     assert d.state.settled
+
+
+def test_restarted_event_names_the_backoff_it_waited() -> None:
+    d = Driver()
+    d.healthy(100)
+    d.feed(Exited(100, "exit code 1"), at=1.0)
+    first = d.spawn(101)
+    d.feed(Exited(101, "exit code 1"), at=1.5)
+    d.feed(Tick(), at=2.5)  # backoff 1 s
+    second = d.spawn(102)
+    backoffs = [e.details["backoff_s"] for e in first + second if isinstance(e, Emit)]
+    assert backoffs == [0.0, 1.0]
