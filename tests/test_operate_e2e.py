@@ -10,12 +10,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
-import pytest
 
 from tests.helpers import free_port, wait_until
 from tests.test_run_e2e import Run, alive
@@ -74,20 +72,6 @@ def pid_of(tmp_path: Path, target: str) -> int | None:
 
 def healthy(tmp_path: Path, target: str, count: int = 1) -> bool:
     return kinds(tmp_path, target).count("healthy") >= count
-
-
-@pytest.fixture
-def runs() -> Iterator[list[Run]]:
-    started: list[Run] = []
-    yield started
-    for run in started:
-        if run.proc.poll() is None:
-            run.proc.send_signal(signal.SIGTERM)
-            try:
-                run.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                run.proc.kill()
-                run.proc.wait(10)
 
 
 def start(tmp_path: Path, runs: list[Run], env: dict[str, str]) -> Run:

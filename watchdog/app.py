@@ -559,7 +559,9 @@ def end_leftovers(settings: Settings) -> list[Cleanup]:
         for record in records:
             ledger.forget(record.target)
     except Exception as exc:
-        print(f"erpwatch: warning: could not end the previous run's children: {exc}")
+        print(
+            f"erpwatch: warning: could not end the previous run's children: {exc}", file=sys.stderr
+        )
         return []
     finally:
         store.close()

@@ -38,7 +38,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "ERPWATCH_"
 MAX_DURATION_S = 30 * 86400.0  # no duration setting is longer: 30 days
-# Set by erpwatch in each child's environment (`watchdog.leftovers.MARKER`), not a setting.
+# Set by erpwatch in each child's environment (`watchdog.reaper.MARKER`), not a setting.
 _OWN_MARKERS = frozenset({"ERPWATCH_TARGET", "ERPWATCH_ENV_FILE"})
 
 

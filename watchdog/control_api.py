@@ -25,6 +25,7 @@ from watchdog.control import Peer
 
 Control = Callable[[Mapping[str, Any], Peer], Awaitable[dict[str, Any]]]
 ACTIONS = ("restart", "stop", "start")
+_API = Peer(None, None, "api")  # recorded as the actor "operator (api)"
 MAX_BODY = 16 * 1024
 
 
@@ -57,7 +58,7 @@ def control_routes(settings: Settings, control: Control | None) -> list[Route]:
         assert control is not None
         answer = await control(
             {"command": action, "targets": [request.path_params["name"]], "reason": reason},
-            Peer(None, None, "api"),
+            _API,
         )
         return _answer(answer)
 
@@ -72,9 +73,6 @@ def control_routes(settings: Settings, control: Control | None) -> list[Route]:
         Route("/api/targets/{name}/{action}", act, methods=["POST"]),
         Route("/api/reload", reload, methods=["POST"]),
     ]
-
-
-_API = Peer(None, None, "api")
 
 
 async def _reason(request: Request) -> str | JSONResponse:

@@ -69,12 +69,12 @@ def register(subparsers: Any) -> None:
         parser.add_argument(
             "--timeout", type=_seconds, default=120.0, help="give up waiting after (s)"
         )
-        parser.set_defaults(handler=operate_command, command=command)
+        parser.set_defaults(handler=operate_command)
     parser = subparsers.add_parser(
         "reload", help="re-read the configuration (like SIGHUP): apply what changed"
     )
     parser.add_argument("--timeout", type=_seconds, default=120.0, help=argparse.SUPPRESS)
-    parser.set_defaults(handler=operate_command, command="reload")
+    parser.set_defaults(handler=operate_command)
 
 
 def _seconds(text: str) -> float:

@@ -540,25 +540,35 @@ class Core:
         if state.shutting_down or state.held:
             return state  # held already: the first hold's who/why/since stay
         held = {"actor": obs.actor, "reason": obs.reason, "since": obs.since}
-        state = dataclasses.replace(
+        why = f"stopped by {obs.actor}" + (f": {obs.reason}" if obs.reason else "")
+        state, idle = self._stop_for_good(
             state,
-            phase=S.STOPPED,
+            why,
+            out,
             held=held,
-            restart_at=None,
-            retry_at=None,
-            probe_sent_at=None,
             unhealthy_since=None,
             bad_since=None,
             down_reported=False,
             start_by="",
         )
-        if state.stopping or state.spawning:
-            return state  # `Stopped` / `Spawned` finish the job
-        if state.pid is not None:
-            why = f"stopped by {obs.actor}" + (f": {obs.reason}" if obs.reason else "")
-            return self._begin_stop(state, self.params.stop_timeout, why, out)
-        out.append(Emit(Kind.STOPPED, "stopped" + _held_text(held), {"held": held}))
+        if idle:
+            out.append(Emit(Kind.STOPPED, "stopped" + _held_text(held), {"held": held}))
         return state
+
+    def _stop_for_good(
+        self, state: State, why: str, out: list[Effect], **changes: Any
+    ) -> tuple[State, bool]:
+        """Stopped on purpose (an operator's hold, erpwatch's shutdown): nothing scheduled,
+        the child stopped if one runs. True when nothing runs any more, so the caller records
+        ``stopped`` now; otherwise `Stopped` (or `Spawned`, then `Stopped`) does."""
+        state = dataclasses.replace(
+            state, phase=S.STOPPED, restart_at=None, retry_at=None, probe_sent_at=None, **changes
+        )
+        if state.stopping or state.spawning:
+            return state, False
+        if state.pid is not None:
+            return self._begin_stop(state, self.params.stop_timeout, why, out), False
+        return state, True
 
     def _release(self, state: State, actor: str, now: float, out: list[Effect]) -> State:
         """Start a held (or given-up) target now, with a fresh restart window."""
@@ -585,22 +595,10 @@ class Core:
     def _shutdown(self, state: State, reason: str, out: list[Effect]) -> State:
         if state.shutting_down:
             return state
-        was_stopped = state.phase is S.STOPPED and state.pid is None
-        state = dataclasses.replace(
-            state,
-            phase=S.STOPPED,
-            restart_at=None,
-            retry_at=None,
-            probe_sent_at=None,
-            shutting_down=True,
-        )
-        if state.stopping or state.spawning:
-            return state  # `Stopped` / `Spawned` finish the job
-        if was_stopped:
-            return state  # held (its stop was recorded then)
-        if state.pid is not None:
-            return self._begin_stop(state, self.params.stop_timeout, reason, out)
-        out.append(Emit(Kind.STOPPED, "stopped"))
+        was_stopped = state.phase is S.STOPPED and state.pid is None  # held: recorded then
+        state, idle = self._stop_for_good(state, reason, out, shutting_down=True)
+        if idle and not was_stopped:
+            out.append(Emit(Kind.STOPPED, "stopped"))
         return state
 
     # --- timers ----------------------------------------------------------------------

@@ -30,7 +30,8 @@ from typing import Any
 
 import psutil
 
-from watchdog.process import descendants
+from watchdog.process import descendants, is_alive
+from watchdog.reaper import carries_marker
 from watchdog.store import EventStore
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,6 @@ SCHEMA = (
     # An operator's stop: the target stays stopped, also across an erpwatch restart.
     "CREATE TABLE IF NOT EXISTS holds (target TEXT PRIMARY KEY, held TEXT NOT NULL)",
 )
-MARKER = "ERPWATCH_TARGET"
 _POLL = 0.02
 _CREATE_TIME_SLACK = 0.05  # psutil's create_time is derived from jiffies: allow rounding
 
@@ -187,18 +187,14 @@ def verified(record: ChildRecord) -> psutil.Process | None:
 
 def marked(target: str, *, exclude: Sequence[int] = ()) -> list[psutil.Process]:
     """Processes whose environment carries ``ERPWATCH_TARGET=<target>`` (one host scan)."""
-    needle = f"{MARKER}={target}"
     found: list[psutil.Process] = []
     me = os.getpid()
     for proc in psutil.process_iter():
         if proc.pid == me or proc.pid in exclude:
             continue
-        try:
-            if proc.environ().get(MARKER) == target:
+        with contextlib.suppress(psutil.Error, OSError):
+            if carries_marker(proc.pid, target):
                 found.append(proc)
-        except (psutil.Error, OSError):
-            continue
-    log.debug("%d process(es) carry %s", len(found), needle)
     return found
 
 
@@ -218,14 +214,14 @@ def end_tree(root: psutil.Process, target: str, grace: float) -> tuple[list[int]
         with contextlib.suppress(psutil.Error):
             proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in procs.values()):
+    while time.monotonic() < deadline and any(is_alive(p) for p in procs.values()):
         time.sleep(_POLL)
-    survivors = [p for p in procs.values() if _alive(p)]
+    survivors = [p for p in procs.values() if is_alive(p)]
     for proc in survivors:
         with contextlib.suppress(psutil.Error):
             proc.send_signal(signal.SIGKILL)
     deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline and any(_alive(p) for p in survivors):
+    while time.monotonic() < deadline and any(is_alive(p) for p in survivors):
         time.sleep(_POLL)
     return sorted(procs), bool(survivors)
 
@@ -256,10 +252,3 @@ def clean_up(
         killed, escalated = end_tree(proc, marker_of(record.target), grace)
         results.append(Cleanup(record, True, tuple(killed), escalated))
     return results
-
-
-def _alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False

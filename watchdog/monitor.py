@@ -63,6 +63,8 @@ _MIN_WAIT = 0.01
 class ManagedProcessLike(Protocol):
     """What the monitor needs of a child process (`watchdog.process.ManagedProcess`)."""
 
+    stop_timeout: float
+
     @property
     def pid(self) -> int | None: ...
     @property
@@ -545,9 +547,7 @@ class TargetMonitor:
             self._cancel_probe()
             self._prober = prober if config.health_url else None
         self.max_tick = min(config.check_interval, MAX_TICK)
-        stop_timeout = getattr(self.process, "stop_timeout", None)
-        if stop_timeout is not None:
-            self.process.stop_timeout = config.stop_timeout  # type: ignore[attr-defined]
+        self.process.stop_timeout = config.stop_timeout
         self._wake.set()
 
     def stalled(self, now: float) -> bool:

@@ -109,6 +109,7 @@ _REAP_GRACE = 1.0  # seconds to wait for SIGKILLed descendants to disappear
 _POLL = 0.01  # only while stopping: descendants are not our children, we cannot wait() on them
 _EXIT_POLL = 0.05  # only when no pidfd could be opened for the child
 _KILL_WAIT = 5.0  # a SIGKILLed child that is still not reaped after this is an error
+_ESCAPED_MAX_AGE = 0.5  # seconds a scan for escaped processes serves `tree_pids`
 _APPEND = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
 # Never inherited: systemd's per-service variables and erpwatch's own settings (secrets).
 _NOT_INHERITED = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
@@ -239,7 +240,7 @@ def descendants(pid: int) -> list[int]:
     return [child for child, _parent in _walk(pid)]
 
 
-def _is_alive(proc: psutil.Process) -> bool:
+def is_alive(proc: psutil.Process) -> bool:
     """Running and not a zombie (psutil's is_running also guards against pid reuse)."""
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
@@ -890,7 +891,7 @@ class ManagedProcess:
                 # Descendants get what is left of the grace period.
                 await self._wait_gone(tree, deadline)
                 # Look again: a daemon may have forked away during the grace.
-                survivors = [p for p in self._snapshot(pid) if _is_alive(p)]
+                survivors = [p for p in self._snapshot(pid) if is_alive(p)]
                 escalated = self.running or bool(survivors)
                 await self._kill_and_reap(pid, survivors)
                 try:
@@ -916,15 +917,15 @@ class ManagedProcess:
         for proc in self.escaped():
             self._known.setdefault(proc.pid, proc)
         for proc in list(self._known.values()):
-            if _is_alive(proc):
+            if is_alive(proc):
                 with contextlib.suppress(psutil.Error):
                     self._remember(_walk(proc.pid))
         return list(self._known.values())
 
-    def escaped(self) -> list[psutil.Process]:
+    def escaped(self, *, max_age: float = 0.0) -> list[psutil.Process]:
         """This target's processes that left its tree and were re-parented to erpwatch (when
-        it is the subreaper), with their descendants."""
-        found = reaper.adopted(self.marker)
+        it is the subreaper), with their descendants. ``max_age``: see `reaper.adopted`."""
+        found = reaper.adopted(self.marker, max_age=max_age)
         result = list(found)
         for proc in found:
             with contextlib.suppress(psutil.Error):
@@ -964,7 +965,7 @@ class ManagedProcess:
         """SIGKILL the group and every process given still alive; returns the ones signalled."""
         if pgid is not None:
             self._signal_group(pgid, signals.SIGKILL)
-        alive = [p for p in procs if _is_alive(p)]
+        alive = [p for p in procs if is_alive(p)]
         for proc in alive:
             _send(proc, signals.SIGKILL)
         return alive
@@ -996,7 +997,7 @@ class ManagedProcess:
     async def _wait_gone(self, procs: list[psutil.Process], deadline: float) -> None:
         # Polling, because they are not our children: no wait() and no exit notification.
         # Only runs while stopping, for a bounded time.
-        while any(_is_alive(p) for p in procs) and time.monotonic() < deadline:  # noqa: ASYNC110
+        while any(is_alive(p) for p in procs) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(_POLL)
 
     def tree_pids(self, ppids: Mapping[int, int] | None = None) -> list[int]:
@@ -1012,7 +1013,9 @@ class ManagedProcess:
             self._remember(pairs)
             result = [self.pid, *(pid for pid, _ in pairs)]
             seen = set(result)
-            for proc in self.escaped():
+            # Every round of every monitor comes here: a scan a moment old serves them all;
+            # stopping and the clean-up after an exit scan afresh.
+            for proc in self.escaped(max_age=_ESCAPED_MAX_AGE):
                 self._known.setdefault(proc.pid, proc)
                 if proc.pid not in seen:
                     seen.add(proc.pid)

@@ -41,6 +41,7 @@ import ctypes
 import functools
 import logging
 import os
+import time
 from collections.abc import Collection, Iterable
 
 import psutil
@@ -53,6 +54,7 @@ PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
 
 _claimed: set[int] = set()
+_index: tuple[float, dict[str, list[psutil.Process]]] | None = None  # see `adopted`
 
 
 def claim(pid: int) -> None:
@@ -164,29 +166,51 @@ async def run(interval: float = REAP_INTERVAL) -> None:
         await asyncio.sleep(interval)
 
 
-def _environ(pid: int) -> list[bytes]:
+def carries_marker(pid: int, value: str) -> bool:
+    """``ERPWATCH_TARGET=<value>`` is in the process's environment (OSError if unreadable)."""
     with open(f"/proc/{pid}/environ", "rb") as handle:
-        return handle.read().split(b"\0")
+        return f"{MARKER}={value}".encode() in handle.read().split(b"\0")
 
 
-def adopted(target: str, children: Iterable[int] | None = None) -> list[psutil.Process]:
+def adopted(
+    target: str, children: Iterable[int] | None = None, *, max_age: float = 0.0
+) -> list[psutil.Process]:
     """Children of this process (when it is a subreaper) that carry ``target``'s marker:
     processes that escaped the target's tree and were re-parented here. ``children`` may
-    pass the pids already known to be ours (from a shared ``ppid_map``).
+    pass the pids already known to be ours (from a shared ``ppid_map``). ``max_age``: an
+    index of all targets' escapees at most this old will do (every monitor asks on every
+    round; one scan of erpwatch's children then serves them all).
 
     Each is proven ours: the psutil.Process is made first (it pins the start time, so it
     is safe against pid reuse), then its environment is read, then its parent is checked to
     still be this process: a child's pid cannot be reused before we reap it."""
     if not is_subreaper():
         return []
+    global _index
+    now = time.monotonic()
+    if children is None and _index is not None and now - _index[0] <= max_age:
+        return list(_index[1].get(target, ()))
+    index = _escapees(own_children() if children is None else children)
+    if children is None:
+        _index = (now, index)
+    return list(index.get(target, ()))
+
+
+def _escapees(children: Iterable[int]) -> dict[str, list[psutil.Process]]:
+    """Marker value → the unclaimed children of this process that carry it."""
     me = os.getpid()
-    needle = f"{MARKER}={target}".encode()
-    found: list[psutil.Process] = []
-    for pid in own_children() if children is None else children:
+    prefix = f"{MARKER}=".encode()
+    index: dict[str, list[psutil.Process]] = {}
+    for pid in children:
         if pid in _claimed:
             continue  # a target's own child: not an escapee
         with contextlib.suppress(psutil.Error, OSError):
             proc = psutil.Process(pid)
-            if needle in _environ(pid) and proc.ppid() == me:
-                found.append(proc)
-    return found
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                entries = handle.read().split(b"\0")
+            values = [
+                e[len(prefix) :].decode(errors="replace") for e in entries if e.startswith(prefix)
+            ]
+            if values and proc.ppid() == me:
+                index.setdefault(values[0], []).append(proc)
+    return index

@@ -72,7 +72,7 @@ _PROCESS_FIELDS = ("argv", "workdir", "env")
 
 
 def _process_changed(old: TargetConfig, new: TargetConfig) -> bool:
-    return any(getattr(old, f, None) != getattr(new, f, None) for f in _PROCESS_FIELDS)
+    return any(getattr(old, f) != getattr(new, f) for f in _PROCESS_FIELDS)
 
 
 @dataclass
@@ -160,7 +160,7 @@ class Supervisor:
                 log_max_bytes=log_max_bytes,
                 log_backups=log_backups,
                 clock=clock,
-                env=dict(getattr(config, "env", ()) or ()) or None,
+                env=dict(config.env) or None,
                 marker=f"{config.name}@{instance}" if instance else None,
             )
 

@@ -17,6 +17,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from tests.helpers import free_port
 from watchdog.bus import EventBus
+from watchdog.config import Settings, load_settings
 from watchdog.store import EventStore
 
 USER = "alerts"
@@ -120,3 +121,19 @@ async def bus(store: EventStore) -> AsyncIterator[EventBus]:
     events = EventBus(store)
     yield events
     await events.close()
+
+
+def make_settings(tmp_path: Path, smtp: SmtpServer | None, **overrides: Any) -> Settings:
+    """Alerting settings for a test: short group wait and recovery, SMTP on ``smtp``."""
+    values: dict[str, Any] = {
+        "log_path": tmp_path / "logs",
+        "db_path": tmp_path / "erpwatch.db",
+        "alert_to": ["ops@example.com"],
+        "alert_from": "erpwatch@example.com",
+        "alert_group_wait": 0.05,
+        "alert_recovery_after": 0.2,
+    }
+    if smtp is not None:
+        values.update(smtp_host="127.0.0.1", smtp_port=smtp.port, smtp_security="none")
+    values.update(overrides)
+    return load_settings(**values)

@@ -17,33 +17,17 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from alerting.outbox import Outbox
 from alerting.service import AlertService
-from tests.alerting.conftest import SmtpServer
+from tests.alerting.conftest import SmtpServer, make_settings
 from tests.helpers import await_until, tmpfs
 from watchdog.bus import EventBus
-from watchdog.config import Settings, load_settings
+from watchdog.config import Settings
 from watchdog.events import Event, Kind
 from watchdog.store import EventStore
-
-
-def make_settings(tmp_path: Path, smtp: SmtpServer | None, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "log_path": tmp_path / "logs",
-        "db_path": tmp_path / "erpwatch.db",
-        "alert_to": ["ops@example.com"],
-        "alert_from": "erpwatch@example.com",
-        "alert_group_wait": 0.05,
-        "alert_recovery_after": 0.2,
-    }
-    if smtp is not None:
-        values.update(smtp_host="127.0.0.1", smtp_port=smtp.port, smtp_security="none")
-    values.update(overrides)
-    return load_settings(**values)
 
 
 @asynccontextmanager

@@ -17,28 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.watchdog.scenario import Recorder, until
 from watchdog.clock import RealClock
 from watchdog.config import load_settings
-from watchdog.events import Event
 from watchdog.states import TargetState
 from watchdog.supervisor import Supervisor
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    async def publish(self, event: Event) -> Event:
-        self.events.append(event)
-        return event
-
-
-async def until(predicate: object, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {predicate}")
-        await asyncio.sleep(0.01)
 
 
 async def main(log_dir: Path, port: int) -> dict[str, object]:

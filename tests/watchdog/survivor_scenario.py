@@ -15,38 +15,20 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.watchdog.scenario import Recorder, until
 from watchdog import reaper
 from watchdog.clock import RealClock
 from watchdog.config import load_settings
-from watchdog.events import Event
 from watchdog.supervisor import Supervisor
 
 COUNT = 200
 FORKER = Path(__file__).with_name("forker.py")
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    async def publish(self, event: Event) -> Event:
-        self.events.append(event)
-        return event
-
-
-async def until(predicate: Callable[[], object], within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {predicate}")
-        await asyncio.sleep(0.01)
 
 
 def read_pids(path: Path) -> list[tuple[int, str]]:

@@ -42,6 +42,7 @@ def target(**overrides: Any) -> TargetConfig:
 class FakeProcess:
     def __init__(self) -> None:
         self.pid: int | None = None
+        self.stop_timeout = 10.0
         self.starts = 0
         self.start_errors: list[Exception] = []
         self.stops: list[tuple[float, float]] = []  # (clock time, grace)
