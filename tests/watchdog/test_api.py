@@ -390,14 +390,16 @@ async def test_sse_heartbeat_comments(env: Env) -> None:
                     break
 
 
-async def test_stop_is_prompt_with_open_sse_stream(tmp_path: Path) -> None:
+async def test_stop_is_prompt_with_open_sse_stream(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     e = await make_env(tmp_path)
     try:
         async with e.client.stream("GET", "/events") as response:
             await await_until(lambda: e.server.hub.count == 1, timeout=5, what="stream open")
-            started = time.monotonic()
             await asyncio.wait_for(e.server.stop(), 5)
-            assert time.monotonic() - started < 2.0
+            # The stream was ended first: uvicorn never had to be forced out after its grace.
+            assert "did not stop within the grace" not in caplog.text
             async with asyncio.timeout(5):
                 async for _ in response.aiter_lines():
                     pass  # the server ended the stream
