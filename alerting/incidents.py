@@ -20,6 +20,11 @@ small details), never whole events, at most `RECENT_EVENTS` per incident and
 `STDERR_LINES_MAX` lines of `STDERR_LINE_MAX` bytes, `STDERR_BYTES_MAX` in all). A target's
 saved state stays below 20 KiB whatever its events carry (a crash loop with ordinary
 messages: about 4 KiB); the full events stay in the store, by id.
+
+Inhibition (``stages.py``): while a target that others start ``AFTER`` is down, the alerts of
+those dependents are folded into its incident (`Incident.affected`, at most `AFFECTED_MAX`
+dependents of `AFFECTED_KINDS_MAX` kinds each), and each dependent's incident remembers whose
+incident it was folded into (`Incident.inhibited_by`, `Incident.folded_into`).
 """
 
 from __future__ import annotations
@@ -60,6 +65,9 @@ STDERR_LINES_MAX = 50
 STDERR_LINE_MAX = 240
 STDERR_BYTES_MAX = 2048
 THREAD_KEPT = 10  # Message-IDs kept per incident: the first and the latest ones
+AFFECTED_MAX = 20  # dependents an incident lists as also affected
+AFFECTED_KINDS_MAX = 10  # kinds kept per affected dependent
+AFFECTED_NAME_MAX = 100  # bytes of a dependent's name or kind, as saved
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +212,12 @@ class Incident:
     closed: bool = False
     crash: EventSummary | None = None  # the latest crash
     stderr: list[str] = field(default_factory=list)  # the latest crash's tail that had one
+    # Dependents whose alerts were folded into this incident: target -> its alerting kinds.
+    affected: dict[str, list[str]] = field(default_factory=dict)
+    # While this incident's mail is withheld because a dependency is down: that target and
+    # the id of its incident (kept until this incident closes or is mailed again).
+    inhibited_by: str | None = None
+    folded_into: str | None = None
 
     def record(self, event: Event) -> None:
         self.add(EventSummary.of(event), stderr_of(event))
@@ -223,6 +237,21 @@ class Incident:
         self.thread_count += 1
         if len(self.thread) > THREAD_KEPT:
             del self.thread[1 : len(self.thread) - THREAD_KEPT + 1]
+
+    def fold(self, dependent: str, kinds: Iterable[str]) -> bool:
+        """Record ``dependent`` as also affected, with ``kinds`` added to the kinds already
+        recorded for it (bounded: a dependent beyond `AFFECTED_MAX` is not listed).
+        Returns whether anything changed."""
+        name = cut_text(dependent, AFFECTED_NAME_MAX)
+        known = self.affected.get(name)
+        if known is None and len(self.affected) >= AFFECTED_MAX:
+            return False
+        merged = sorted({*(known or []), *(cut_text(k, AFFECTED_NAME_MAX) for k in kinds)})
+        merged = merged[:AFFECTED_KINDS_MAX]
+        if merged == known:
+            return False
+        self.affected[name] = merged
+        return True
 
     @property
     def alert_kinds(self) -> list[str]:
@@ -265,6 +294,9 @@ class Incident:
             "closed": self.closed,
             "crash": self.crash.to_json() if self.crash else None,
             "stderr": self.stderr,
+            "affected": self.affected,
+            "inhibited_by": self.inhibited_by,
+            "folded_into": self.folded_into,
         }
 
     @classmethod
@@ -287,7 +319,11 @@ class Incident:
             restarts=int(data["restarts"]),
             held_reason=data["held_reason"],
             closed=bool(data["closed"]),
+            inhibited_by=data.get("inhibited_by"),
+            folded_into=data.get("folded_into"),
         )
+        for dependent, kinds in (data.get("affected") or {}).items():
+            incident.fold(str(dependent), (str(k) for k in kinds))
         incident.events.extend(EventSummary.from_json(e) for e in data["events"])
         if "stderr" in data:  # this version's form
             incident.stderr = bound_stderr(data["stderr"])

@@ -52,7 +52,9 @@ def phrase(kind: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Mail:
-    """A rendered mail, ready for the outbox."""
+    """A rendered notification for one receiver, ready for the outbox: a MIME mail for
+    ``email``; for other receivers (`alerting.payloads`) the body they are sent, with
+    ``subject`` a one-line summary and no recipients."""
 
     purpose: str
     target: str
@@ -62,6 +64,7 @@ class Mail:
     message_id: str
     data: bytes
     trigger_kinds: tuple[str, ...] = ()
+    receiver: str = "email"
 
 
 def _times(ts: datetime) -> dict[str, str]:
@@ -259,6 +262,11 @@ class Renderer:
             "signal": crash.details.get("signal") if crash else None,
             "stderr_tail": incident.stderr_tail(self.stderr_lines),
             "events": [_event_row(e) for e in list(incident.events)[-15:]],
+            # Dependents whose alerts were folded into this incident (inhibition).
+            "affected": [
+                {"target": name, "kinds": [phrase(k) for k in kinds]}
+                for name, kinds in sorted(incident.affected.items())
+            ],
         }
 
     def build(

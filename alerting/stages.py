@@ -7,20 +7,35 @@ returns ``(ctx, items)``. No I/O, no clock reads: ``ctx.now`` (monotonic) and ``
 
 Every choice that keeps a mail back is written to ``ctx.decisions`` (the notification log),
 and the service publishes those as ``alert-held`` events.
+
+Inhibition, after Alertmanager's: a target that starts ``AFTER`` others (``Policy.depends``,
+transitively) is *inhibited* while one of those is down, i.e. has an open incident that is not
+recovering. Its firing, update and reminder mails are withheld (its pending kinds stay
+pending), one decision says so, and its kinds are folded into the root cause's incident as
+``affected`` (which never causes a mail by itself: that would be the storm). The inhibition
+lifts when the root cause recovers and the dependent is still not healthy: its pending kinds
+then go out as usual. A dependent that recovers while inhibited stays folded until its incident
+closes: with a resolved mail if it had been mailed before, else with a recovery record only.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from alerting.incidents import SELF_KINDS, Incident, IncidentBook, TimeBase
+from alerting.incidents import (
+    SELF_KINDS,
+    SUMMARY_MESSAGE_MAX,
+    Incident,
+    IncidentBook,
+    TimeBase,
+)
 from alerting.silences import Silence, active_silence
-from watchdog.config import Settings
-from watchdog.events import Event, Kind
+from watchdog.config import ConfigError, Settings
+from watchdog.events import Event, Kind, cut_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +47,8 @@ class Policy:
     reminder_interval: float  # 0 = no reminders
     rate_limit: int
     rate_window: float
+    # target -> the targets it starts after (``ERPWATCH_TARGETS__<NAME>__AFTER``), direct only
+    depends: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -43,7 +60,71 @@ class Policy:
             reminder_interval=settings.alert_reminder_interval,
             rate_limit=settings.alert_rate_limit,
             rate_window=settings.alert_rate_window,
+            depends=depends_of(settings),
         )
+
+
+def depends_of(settings: Settings) -> dict[str, tuple[str, ...]]:
+    """Each configured target's ``AFTER`` list, by the names its events carry (the single
+    target keeps the spelling of ``ERPWATCH_TARGET_NAME``; ``AFTER`` names are lower-case)."""
+    try:
+        configs = settings.targets_resolved()
+    except ConfigError:  # a target without a command: the supervisor refuses to start anyway
+        return {}
+    names = {config.name.lower(): config.name for config in configs}
+    names.setdefault(settings.target_name.lower(), settings.target_name)
+    return {
+        config.name: tuple(names.get(dep, dep) for dep in config.after)
+        for config in configs
+        if config.after
+    }
+
+
+class Dependencies:
+    """``Policy.depends`` made transitive, for inhibition. Names compare case-insensitively;
+    a cycle (the supervisor refuses one, but alerting does not rely on that) cannot make it
+    loop, and targets on a cycle never inhibit each other."""
+
+    def __init__(self, depends: Mapping[str, tuple[str, ...]]) -> None:
+        self._edges: dict[str, list[str]] = {}
+        for target, deps in depends.items():
+            self._edges.setdefault(target.lower(), []).extend(d.lower() for d in deps)
+        self._ups: dict[str, list[str]] = {}
+
+    def ups(self, target: str) -> list[str]:
+        """Every target ``target`` starts after, directly or not, nearest first."""
+        key = target.lower()
+        found = self._ups.get(key)
+        if found is None:
+            found = []
+            queue = deque(self._edges.get(key, ()))
+            while queue:
+                name = queue.popleft()
+                if name == key or name in found:
+                    continue
+                found.append(name)
+                queue.extend(self._edges.get(name, ()))
+            self._ups[key] = found
+        return found
+
+    def _inhibitors(self, target: str, down: Mapping[str, Incident]) -> Iterator[Incident]:
+        key = target.lower()
+        for name in self.ups(key):
+            if name in down and key not in self.ups(name):
+                yield down[name]
+
+    def root_cause(self, target: str, down: Mapping[str, Incident]) -> Incident | None:
+        """The incident of a down target that ``target`` depends on and that is not itself
+        inhibited (the root cause), nearest first; ``down`` is keyed by lower-case name."""
+        for incident in self._inhibitors(target, down):
+            if next(self._inhibitors(incident.target, down), None) is None:
+                return incident
+        return None  # no down dependency (a root exists whenever one is down)
+
+
+def is_down(incident: Incident) -> bool:
+    """Whether ``incident``'s target is a root cause right now: open and not recovering."""
+    return not incident.closed and incident.healthy_since is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +315,7 @@ class GroupStage:
                     {"reason": "dedup", "count": count},
                 )
             )
+        self._inhibit(ctx)
         out: list[Notification] = []
         for track in ctx.book.targets.values():
             if track.incident is not None:
@@ -245,6 +327,38 @@ class GroupStage:
                     ctx.touched.add(track.name)
         return ctx, out
 
+    def _inhibit(self, ctx: Ctx) -> None:
+        """Sets or lifts each open incident's inhibition (``Incident.inhibited_by``) and folds
+        an inhibited one's kinds into its root cause's incident."""
+        deps = Dependencies(ctx.policy.depends)  # empty after a reload dropped AFTER: lifts
+        down = {i.target.lower(): i for i in ctx.book.open_incidents() if is_down(i)}
+        for track in ctx.book.targets.values():
+            incident = track.incident
+            if incident is None or incident.closed:
+                continue
+            root = deps.root_cause(track.name, down) if down else None
+            if root is not None:
+                if (incident.inhibited_by, incident.folded_into) != (root.target, root.id):
+                    incident.inhibited_by, incident.folded_into = root.target, root.id
+                    ctx.touched.add(track.name)
+                if root.fold(track.name, incident.alert_kinds):
+                    ctx.touched.add(root.target)
+                self._hold(
+                    ctx,
+                    incident,
+                    f"mail held: {track.name} starts after {root.target}, which is down; "
+                    f"its alerts are folded into {root.target}'s incident {root.id}",
+                    # "folded_into", not "incident": that names this incident's own id in
+                    # the alert-held event the service publishes.
+                    {"reason": "inhibited", "by": root.target, "folded_into": root.id},
+                )
+            elif incident.inhibited_by is not None and incident.healthy_since is None:
+                # The root cause recovered and this target is still in trouble: its own mail.
+                incident.inhibited_by = incident.folded_into = None
+                incident.held_reason = None
+                ctx.touched.add(track.name)
+            # else: recovering while folded: it stays folded until it closes or turns bad
+
     def _due(self, ctx: Ctx, incident: Incident) -> Notification | None:
         policy, now = ctx.policy, ctx.now
         silence = ctx.muted.get(incident.target)
@@ -255,12 +369,23 @@ class GroupStage:
             incident.closed = True
             ctx.touched.add(incident.target)
             if not incident.notified_kinds:
+                if incident.inhibited_by is not None:
+                    self._hold(
+                        ctx,
+                        incident,
+                        f"{incident.target} recovered; its alerts were folded into "
+                        f"{incident.inhibited_by}'s incident {incident.folded_into}",
+                        {"reason": "inhibited-recovered", "by": incident.inhibited_by},
+                    )
+                    return None
                 self._hold(ctx, incident, "closed before any mail was due; nothing to resolve")
                 return None
             if silence is not None:
                 self._hold(ctx, incident, f"recovery mail held: {silence.describe()}")
                 return None
             return Notification("resolved", incident.target, recipients, incident)
+        if incident.inhibited_by is not None:
+            return None  # withheld; `_inhibit` logged it
         if silence is not None:
             if incident.pending and incident.group_deadline is not None:
                 self._hold(ctx, incident, f"held: {silence.describe()}")
@@ -289,12 +414,17 @@ class GroupStage:
         return None
 
     @staticmethod
-    def _hold(ctx: Ctx, incident: Incident, reason: str) -> None:
-        if incident.held_reason == reason:
+    def _hold(
+        ctx: Ctx, incident: Incident, reason: str, details: Mapping[str, Any] | None = None
+    ) -> None:
+        key = cut_text(reason, SUMMARY_MESSAGE_MAX)  # as saved: a restart repeats no hold
+        if incident.held_reason == key:
             return
-        incident.held_reason = reason
+        incident.held_reason = key
         ctx.touched.add(incident.target)
-        ctx.decisions.append(Decision(incident.target, incident.id, reason, {"reason": "silence"}))
+        ctx.decisions.append(
+            Decision(incident.target, incident.id, reason, details or {"reason": "silence"})
+        )
 
 
 class RateLimitStage:
@@ -344,15 +474,27 @@ class RateLimitStage:
 
 
 def next_deadline(ctx: Ctx) -> float | None:
-    """The earliest monotonic instant at which a tick could produce something."""
+    """The earliest monotonic instant at which a tick could produce something (call it after
+    the pipeline ran on ``ctx``). Mail that is withheld is not due before what ends the hold:
+    the end of a silence, or for an inhibited target an event (its dependency's recovery)."""
     policy = ctx.policy
     times: list[float] = []
     for incident in ctx.book.open_incidents():
-        if incident.group_deadline is not None:
-            times.append(incident.group_deadline)
         if incident.healthy_since is not None:
             times.append(incident.healthy_since + policy.recovery_after)
-        elif policy.reminder_interval > 0 and incident.last_notified is not None:
+        if incident.inhibited_by is not None:
+            continue
+        silence = ctx.muted.get(incident.target)
+        if silence is not None:
+            times.append(ctx.now + (silence.until - ctx.wall).total_seconds())
+            continue
+        if incident.group_deadline is not None:
+            times.append(incident.group_deadline)
+        if (
+            incident.healthy_since is None
+            and policy.reminder_interval > 0
+            and incident.last_notified is not None
+        ):
             times.append(incident.last_notified + policy.reminder_interval)
     free = ctx.limiter.next_free(ctx.now)
     if free is not None:
@@ -374,7 +516,11 @@ class Pipeline:
         self.rate = RateLimitStage()
 
     def exec(self, ctx: Ctx, events: list[Event]) -> tuple[Ctx, list[Notification]]:
+        ctx, notes = self.notify(ctx, events)
+        return self.rate.exec(ctx, notes)
+
+    def notify(self, ctx: Ctx, events: list[Event]) -> tuple[Ctx, list[Notification]]:
+        """Every stage but the rate limit, which only mail has (it is per recipient)."""
         for stage in self.event_stages:
             ctx, events = stage.exec(ctx, events)
-        ctx, notes = self.group.exec(ctx, events)
-        return self.rate.exec(ctx, notes)
+        return self.group.exec(ctx, events)

@@ -389,3 +389,22 @@ def test_a_long_incident_thread_keeps_the_first_and_the_latest_message_ids() -> 
     assert len(incident.thread) == 10 and incident.thread[0] == mails[0].message_id
     assert incident.thread[-1] == mails[-1].message_id
     assert len({m.message_id for m in mails}) == 41  # every mail its own Message-ID
+
+
+def test_silenced_mail_is_due_when_the_silence_ends_not_in_a_busy_loop() -> None:
+    """A held mail whose group wait (or reminder) is long past is not due again before the
+    silence ends: the service waits until then instead of stepping without a pause."""
+    h = Harness(group_wait=0, reminder_interval=100)
+    assert len(h.run(ev(Kind.DOWN, target="other"))) == 1  # reminders elsewhere still count
+    h.silences.append(Silence("backend", h.wall + timedelta(minutes=30)))
+    assert h.run(ev(Kind.DOWN)) == []
+    assert h.after(50) == []
+    assert h.last_ctx and next_deadline(h.last_ctx) == h.clock.now() + 50  # other's reminder
+    h.after(50)
+    assert next_deadline(h.last_ctx) == h.clock.now() + 100  # not the past group deadline
+    h.after(1600)  # other's reminders while backend's silence lasts (30 min in all)
+    assert next_deadline(h.last_ctx) == h.clock.now() + 100
+    h.silences.append(Silence("other", h.wall + timedelta(seconds=1000)))
+    h.after(1)
+    assert next_deadline(h.last_ctx) == h.clock.now() + 99  # backend's silence ends first
+    assert [(n.target, n.purpose) for n in h.after(99)] == [("backend", "firing")]
