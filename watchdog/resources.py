@@ -3,6 +3,7 @@
     host_snapshot(paths) -> dict            # one-off sample (CPU % since psutil's last call)
     HostSampler(paths).sample() -> dict     # same shape; CPU % since *its* previous sample
     TreeSampler().sample(pids) -> dict|None # CPU %, RSS, threads, open fds summed over a tree
+                                            # (a reading that fails is left out, never raised)
     ThresholdTracker(threshold, hysteresis).update(value) -> Transition | None   (pure)
     ResourceMonitor(settings, bus, targets=..., rss_limits=..., ...)
         await step()      # one sample (psutil in a worker thread) + decide + publish changes
@@ -114,12 +115,58 @@ class HostSampler:
 # --- process trees ------------------------------------------------------------------------
 
 
+def _fd_count_from_stat() -> bool:
+    """Linux 6.2+ reports a process's number of open descriptors as the size of
+    ``/proc/<pid>/fd``: one stat, whatever the count. Older kernels report 0."""
+    try:
+        return os.stat(f"/proc/{os.getpid()}/fd").st_size > 0
+    except OSError:
+        return False
+
+
+_FD_COUNT_FROM_STAT = _fd_count_from_stat()
+
+
+def _num_fds(proc: psutil.Process) -> int:
+    """Open descriptors of ``proc`` at a bounded cost where the kernel allows (one stat, not
+    a directory listing of possibly a million entries); psutil's listing otherwise."""
+    if _FD_COUNT_FROM_STAT:
+        try:
+            return os.stat(f"/proc/{proc.pid}/fd").st_size
+        except FileNotFoundError:
+            raise psutil.NoSuchProcess(proc.pid) from None
+        except PermissionError:
+            raise psutil.AccessDenied(proc.pid) from None
+    return int(proc.num_fds())
+
+
+def _num_threads(proc: psutil.Process) -> int:
+    return int(proc.num_threads())
+
+
+def _optional(proc: psutil.Process, read: Callable[[psutil.Process], int]) -> int | None:
+    """One reading that may fail on its own (AccessDenied, EMFILE, ...): None then. A
+    process that went away (NoSuchProcess) is the caller's business."""
+    try:
+        return read(proc)
+    except psutil.NoSuchProcess:
+        raise
+    except (psutil.AccessDenied, OSError) as exc:
+        logger.debug("cannot read %s of pid %d: %r; left out", read.__name__, proc.pid, exc)
+        return None
+
+
 class TreeSampler:
     """Samples of one target's process tree, summed over its live processes.
 
     The `psutil.Process` objects are kept between samples, so ``cpu_percent`` means "since the
     previous sample" (it is 0.0 for a process seen for the first time). Processes that vanish
-    or turn zombie between listing and reading are left out of the sums.
+    or turn zombie between listing and reading are left out of the sums, and so is a process
+    whose CPU or memory cannot be read (AccessDenied, or an OSError such as EMFILE while
+    erpwatch is out of descriptors). Threads and open descriptors are read on their own: one
+    that fails is left out of its own sum only (``threads`` / ``open_files`` then count the
+    processes that could be read, and are None when none could). Sampling never raises for
+    such failures; with nothing readable at all the sample is None.
     """
 
     def __init__(self) -> None:
@@ -137,7 +184,7 @@ class TreeSampler:
         for root in pids:
             try:
                 members = [root, *descendants(root)]
-            except psutil.NoSuchProcess:
+            except (psutil.Error, OSError):  # gone, or unreadable (EMFILE): skipped
                 continue
             for pid in members:
                 if pid in tree:
@@ -145,7 +192,7 @@ class TreeSampler:
                 try:
                     # Our cached object keeps its cpu_percent baseline between samples.
                     tree[pid] = self._process(pid)
-                except psutil.NoSuchProcess:
+                except (psutil.Error, OSError):
                     continue
         return list(tree.values())
 
@@ -155,22 +202,28 @@ class TreeSampler:
         seen: list[int] = []
         cpu = 0.0
         rss = 0
-        threads = 0
-        open_fds = 0
+        threads: int | None = None
+        open_fds: int | None = None
         for proc in procs:
             try:
                 with proc.oneshot():
                     if proc.status() == psutil.STATUS_ZOMBIE:
                         continue
-                    cpu += proc.cpu_percent(interval=None)
-                    rss += proc.memory_info().rss
-                    threads += proc.num_threads()
-                    open_fds += proc.num_fds()
+                    proc_cpu = proc.cpu_percent(interval=None)
+                    proc_rss = proc.memory_info().rss
+                    proc_threads = _optional(proc, _num_threads)
+                    proc_fds = _optional(proc, _num_fds)
             except psutil.NoSuchProcess:  # includes ZombieProcess: it went away mid-read
                 continue
-            except psutil.AccessDenied:
-                logger.debug("access denied sampling pid %d; left out", proc.pid)
+            except (psutil.AccessDenied, OSError) as exc:
+                logger.debug("cannot sample pid %d: %r; left out", proc.pid, exc)
                 continue
+            cpu += proc_cpu
+            rss += proc_rss
+            if proc_threads is not None:
+                threads = (threads or 0) + proc_threads
+            if proc_fds is not None:
+                open_fds = (open_fds or 0) + proc_fds
             seen.append(proc.pid)
         for pid in list(self._procs):
             if pid not in seen:
@@ -182,6 +235,7 @@ class TreeSampler:
             "processes": len(seen),
             "cpu_percent": round(cpu, 1),
             "rss_mb": round(rss / _MB, 1),
+            "rss_bytes": rss,
             "threads": threads,
             "open_files": open_fds,
         }

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -265,3 +267,143 @@ async def test_for_targets_takes_limits_from_target_configs(hog: Hog, tmp_path: 
         ("worker", Kind.RESOURCE_WARNING)
     ]
     assert monitor.latest_target("backend") is not None
+
+
+# --- threads and open descriptors; failed reads left out ----------------------------------
+
+# A child holding N extra threads and M extra open files, then answering "ready".
+HOLDER = r"""
+import os, sys, threading
+threads, files = int(sys.argv[1]), int(sys.argv[2])
+stop = threading.Event()
+for _ in range(threads):
+    threading.Thread(target=stop.wait, daemon=True).start()
+held = [open(os.devnull, "rb") for _ in range(files)]
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def holder() -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, "6", "40"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    yield proc
+    proc.kill()
+    proc.wait(5)
+
+
+def test_tree_sampler_counts_threads_and_open_files(holder: subprocess.Popen[str]) -> None:
+    sample = TreeSampler().sample([holder.pid])
+    assert sample is not None
+    real = psutil.Process(holder.pid)
+    assert sample["threads"] == real.num_threads() >= 7
+    assert sample["open_files"] == real.num_fds() >= 40 + 3
+    assert sample["rss_bytes"] == pytest.approx(real.memory_info().rss, rel=0.05)
+    assert sample["rss_mb"] == round(sample["rss_bytes"] / 1024 / 1024, 1)
+
+
+def test_tree_sampler_leaves_out_a_failed_read_only(
+    holder: subprocess.Popen[str], hog: Hog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import watchdog.resources as resources
+
+    real_fds = resources._num_fds
+
+    def fds_denied_for_the_holder(proc: psutil.Process) -> int:
+        if proc.pid == holder.pid:
+            raise psutil.AccessDenied(proc.pid)
+        return real_fds(proc)
+
+    def threads_out_of_descriptors(proc: psutil.Process) -> int:
+        raise OSError(24, "Too many open files")  # EMFILE while reading /proc/<pid>/status
+
+    monkeypatch.setattr(resources, "_num_fds", fds_denied_for_the_holder)
+    monkeypatch.setattr(resources, "_num_threads", threads_out_of_descriptors)
+    sample = TreeSampler().sample([holder.pid, hog.pid])
+    assert sample is not None
+    assert sample["pids"] == sorted([holder.pid, hog.pid])  # both still counted for RSS
+    assert sample["rss_bytes"] > psutil.Process(holder.pid).memory_info().rss
+    assert sample["open_files"] == psutil.Process(hog.pid).num_fds()  # the hog's only
+    assert sample["threads"] is None  # nobody's could be read
+
+
+def test_tree_sampler_leaves_out_a_process_whose_memory_is_denied(
+    hog: Hog, holder: subprocess.Popen[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # psutil's platform layer (psutil.Process memoizes its own methods inside oneshot()).
+    platform = psutil._psplatform.Process  # type: ignore[attr-defined]
+    real_memory_info = platform.memory_info
+
+    def memory_info(self: Any) -> Any:
+        if self.pid == holder.pid:
+            raise psutil.AccessDenied(self.pid)
+        return real_memory_info(self)
+
+    monkeypatch.setattr(platform, "memory_info", memory_info)
+    sample = TreeSampler().sample([hog.pid, holder.pid])
+    assert sample is not None and sample["pids"] == [hog.pid]
+
+
+# Run in its own interpreter: erpwatch runs out of descriptors (a real EMFILE) right after the
+# tree was listed, so every read of the processes fails.
+EMFILE_SAMPLE = r"""
+import json, os, resource, subprocess, sys
+sys.path.insert(0, sys.argv[1])
+import watchdog.resources as resources
+
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+sampler = resources.TreeSampler()
+before = sampler.sample([child.pid])
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+hogged = []
+listed = resources.descendants
+
+
+def descendants_then_out_of_descriptors(pid):
+    found = listed(pid)
+    try:
+        while True:
+            hogged.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
+    return found
+
+
+resources.descendants = descendants_then_out_of_descriptors
+try:
+    during = sampler.sample([child.pid])
+    error = None
+except BaseException as exc:
+    during, error = None, repr(exc)
+resources.descendants = listed
+for fd in hogged:
+    os.close(fd)
+after = sampler.sample([child.pid])
+child.kill()
+child.wait()
+print(json.dumps({"hogged": len(hogged), "before": before, "during": during, "error": error,
+                  "after": after}))
+"""
+
+
+def test_tree_sampler_never_raises_on_emfile() -> None:
+    root = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run(
+        [sys.executable, "-c", EMFILE_SAMPLE, root],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    result = json.loads(done.stdout)
+    assert result["hogged"] > 0  # the descriptors really ran out
+    assert result["error"] is None
+    assert result["before"]["processes"] == 1
+    assert result["during"] is None  # nothing could be read: no sample, no exception
+    assert result["after"]["processes"] == 1 and result["after"]["open_files"] >= 3
