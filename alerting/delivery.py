@@ -46,9 +46,8 @@ from alerting.outbox import Outbox, OutboxRow
 from alerting.transport import (
     DELIVERY_ERRORS,
     DeliveryError,
-    EmlTransport,
     SessionContext,
-    SmtpTransport,
+    Transport,
     classify,
 )
 from watchdog.bus import EventBus
@@ -81,7 +80,7 @@ class Delivery:
         self,
         outbox: Outbox,
         bus: EventBus,
-        transport: SmtpTransport | EmlTransport,
+        transport: Transport,
         sender: str,
         clock: Clock,
         *,
@@ -89,7 +88,9 @@ class Delivery:
         retry_max: float = 300.0,
         batch: int = 1000,
         wall: Callable[[], datetime] = utcnow,
+        ordered: bool = False,
     ) -> None:
+        self.ordered = ordered
         self.outbox = outbox
         self.bus = bus
         self.transport = transport
@@ -100,7 +101,8 @@ class Delivery:
         self.batch = batch
         self.wall = wall
         self.retry_at: dict[int, float] = {}  # outbox id -> monotonic time of the next try
-        self._unrecorded: dict[int, OutboxRow] = {}  # accepted by the server, not yet marked
+        # Accepted by the receiver, not yet marked sent: the row and the receiver's answer.
+        self._unrecorded: dict[int, tuple[OutboxRow, str]] = {}
         self.sent = 0
         self.dead = 0
         self.failures = 0
@@ -132,8 +134,14 @@ class Delivery:
         while True:
             now = self.clock.now()
             self.retry_at = {i: at for i, at in self.retry_at.items() if at > now}
-            skip = tried | self.retry_at.keys() | self._unrecorded.keys()
-            rows = await self.bus.run_in_writer(self.outbox.due, self.batch, skip)
+            held = tried | self.retry_at.keys()
+            skip = set(self._unrecorded) | (set() if self.ordered else held)
+            rows = await self.bus.run_in_writer(
+                self.outbox.due, self.batch, skip, self.transport.receiver
+            )
+            if self.ordered:  # nothing overtakes a row that was tried or waits for its retry
+                waiting = next((i for i, r in enumerate(rows) if r.id in held), None)
+                rows = rows[:waiting]
             if not rows:
                 return accepted
             accepted += await self._send_batch(rows, tried)
@@ -159,45 +167,50 @@ class Delivery:
                     break  # closed after the last mail: the rest go on a fresh connection
                 tried.add(row.id)
                 try:
-                    await session.send(row.mail.data, self.sender, row.mail.recipients)
+                    response = await session.send(row.mail.data, self.sender, row.mail.recipients)
                 except DELIVERY_ERRORS as exc:
                     raise_if_cancelling()
                     error = classify(exc, secrets)
                     await self._failed([row], error)
-                    if error.whole_batch:
-                        break  # the connection is gone; the rest go on a fresh one
+                    if error.whole_batch or (self.ordered and not error.permanent):
+                        break  # gone (the rest go on a fresh one), or the rest must wait
                     continue
-                # Accepted (250 after DATA): recorded before the next mail is sent.
-                await self._accepted(row)
+                # Accepted (250 after DATA, 2xx, exit 0): recorded before the next one goes.
+                await self._accepted(row, response)
                 sent += 1
         return sent
 
-    async def _accepted(self, row: OutboxRow) -> None:
-        self._unrecorded[row.id] = row  # if the commit fails, it is retried, not the mail
-        await self._record_sent(row)
+    async def _accepted(self, row: OutboxRow, response: str) -> None:
+        self._unrecorded[row.id] = (row, response)  # a failed commit is retried, not the send
+        await self._record_sent(row, response)
 
     async def _record_unrecorded(self) -> None:
-        for row in list(self._unrecorded.values()):
-            await self._record_sent(row)
+        for row, response in list(self._unrecorded.values()):
+            await self._record_sent(row, response)
 
-    async def _record_sent(self, row: OutboxRow) -> None:
+    async def _record_sent(self, row: OutboxRow, response: str) -> None:
         wall, mail = self.wall(), row.mail
         await self.bus.run_in_writer(self.outbox.mark_sent, row, wall, self.transport.describe())
         del self._unrecorded[row.id]
         self.retry_at.pop(row.id, None)
         self.sent += 1
         self.last_delivery = wall.isoformat()
+        details: dict[str, Any] = {}
+        if mail.receiver != "email":
+            details["response"] = response[:500]
         await self.bus.publish(
             Event.of(
                 mail.target,
                 Kind.ALERT_SENT,
-                f"{mail.purpose} mail sent to {', '.join(mail.recipients)}: {mail.subject}",
+                self.transport.sent_text(mail, response),
                 to=list(mail.recipients),
                 incident=mail.incident_id,
                 purpose=mail.purpose,
                 message_id=mail.message_id,
                 outbox_id=row.id,
+                receiver=mail.receiver,
                 transport=self.transport.describe(),
+                **details,
             )
         )
 
@@ -211,10 +224,12 @@ class Delivery:
         if not error.permanent:
             await self.bus.run_in_writer(self.outbox.mark_retry, rows, error.reason, wall)
             now = self.clock.now()
+            asked = error.retry_after or 0.0  # a 429's Retry-After: never sooner than asked
             for row in rows:
-                self.retry_at[row.id] = now + self.backoff(row.attempts + 1)
+                self.retry_at[row.id] = now + max(self.backoff(row.attempts + 1), asked)
             log.warning(
-                "alert mail delivery via %s failed (%s); %d mail(s) queued, next try in %.3gs",
+                "%s delivery via %s failed (%s); %d queued, next try in %.3gs",
+                self.transport.noun,
                 self.transport.describe(),
                 error.reason,
                 len(rows),
@@ -226,8 +241,8 @@ class Delivery:
             self.retry_at.pop(row.id, None)
         self.dead += len(rows)
         log.error(
-            "alert mail delivery via %s failed permanently (%s); %d mail(s) moved to the "
-            "dead letters",
+            "%s delivery via %s failed permanently (%s); %d moved to the dead letters",
+            self.transport.noun,
             self.transport.describe(),
             error.reason,
             len(rows),
@@ -244,6 +259,7 @@ class Delivery:
             "to": sorted({r for row in rows for r in row.mail.recipients}),
             "outbox_ids": [row.id for row in rows],
             "incident": rows[0].mail.incident_id,
+            "receiver": self.transport.receiver,
             "transport": self.transport.describe(),
         }
         mails = [row.mail for row in rows]
@@ -252,6 +268,7 @@ class Delivery:
         return Event.of(
             target,
             Kind.ALERT_FAILED,
-            f"{len(rows)} alert mail(s) could not be delivered: {error.reason}",
+            f"{len(rows)} {self.transport.noun}(s) could not be delivered via "
+            f"{self.transport.describe()}: {error.reason}",
             **details,
         )

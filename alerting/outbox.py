@@ -7,7 +7,9 @@
   taken inside the store's single-writer transaction (``BEGIN IMMEDIATE``), so id order is
   commit order: no event can become visible behind the cursor.
 * ``alert_state`` — the pipeline's memory (targets, incidents, rate limiter) as JSON.
-* ``alert_outbox`` — rendered mails: ``pending`` → ``sent`` | ``dead`` (with the reason).
+* ``alert_outbox`` — rendered notifications, one lane per receiver (``receiver``: ``email``,
+  a webhook, an Alertmanager, the hook; `alerting.receivers`): ``pending`` → ``sent`` |
+  ``dead`` (with the reason).
   One pipeline step moves the cursor, saves the state and inserts its mails in one
   transaction, so a step happens entirely or not at all: across a SIGKILL an event is
   either wholly processed (its mail queued) or read again after the restart.
@@ -59,7 +61,7 @@ SCHEMA = (
         incident_id TEXT, recipients TEXT NOT NULL, subject TEXT NOT NULL,
         message_id TEXT NOT NULL, data BLOB NOT NULL, trigger_kinds TEXT NOT NULL,
         status TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
-        last_error TEXT, sent_at TEXT
+        last_error TEXT, sent_at TEXT, receiver TEXT NOT NULL DEFAULT 'email'
     )""",
     "CREATE INDEX IF NOT EXISTS alert_outbox_status ON alert_outbox (status, id)",
     "CREATE INDEX IF NOT EXISTS alert_outbox_status_created ON alert_outbox (status, created)",
@@ -71,6 +73,12 @@ SCHEMA = (
     silences.SCHEMA,
 )
 LEGACY_INBOX = "alert_inbox"
+# Added after the first release: created on an older database by `Outbox.ensure_schema`.
+RECEIVER_COLUMN = "ALTER TABLE alert_outbox ADD COLUMN receiver TEXT NOT NULL DEFAULT 'email'"
+RECEIVER_INDEX = (
+    "CREATE INDEX IF NOT EXISTS alert_outbox_receiver ON alert_outbox (receiver, status, id)"
+)
+REFRESH = "refresh"  # purpose of an Alertmanager re-send: one pending per incident at most
 
 PENDING, SENT, DEAD = "pending", "sent", "dead"
 
@@ -160,6 +168,10 @@ class Outbox:
         with self.store.transaction() as conn:
             for statement in SCHEMA:
                 conn.execute(statement)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(alert_outbox)")}
+            if "receiver" not in columns:
+                conn.execute(RECEIVER_COLUMN)
+            conn.execute(RECEIVER_INDEX)
             row = conn.execute("SELECT last_event_id FROM alert_cursor WHERE id = 1").fetchone()
             if row is not None:
                 start = CursorStart(int(row[0]), initialised=False, adopted=0)
@@ -221,7 +233,6 @@ class Outbox:
         at ``batch.start`` nothing is written and `CursorMoved` is raised, so a batch is never
         committed twice.
         """
-        ids: list[int] = []
         with self.store.transaction() as conn:
             moved = conn.execute(
                 "UPDATE alert_cursor SET last_event_id = ? WHERE id = 1 AND last_event_id = ?",
@@ -236,26 +247,51 @@ class Outbox:
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 [(key, json.dumps(value, default=str)) for key, value in state.items()],
             )
-            for mail in mails:
-                cursor = conn.execute(
-                    "INSERT INTO alert_outbox (created, purpose, target, incident_id, "
-                    "recipients, subject, message_id, data, trigger_kinds) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        format_ts(wall),
-                        mail.purpose,
-                        mail.target,
-                        mail.incident_id,
-                        json.dumps(list(mail.recipients)),
-                        mail.subject,
-                        mail.message_id,
-                        mail.data,
-                        json.dumps(list(mail.trigger_kinds)),
-                    ),
-                )
-                assert cursor.lastrowid is not None
-                ids.append(cursor.lastrowid)
+            ids = self._insert(conn, mails, wall)
             self._log(conn, wall, ((d, "held") for d in decisions))
+        return ids
+
+    def queue_refresh(self, mails: Sequence[Mail], wall: datetime) -> list[Mail]:
+        """Queue Alertmanager re-sends, each only if its receiver has nothing pending for
+        that incident (a pending row re-sends it anyway): a receiver that is down for hours
+        holds one row per incident, not one per interval. Returns the rows queued."""
+        with self.store.transaction() as conn:
+            fresh = [
+                mail
+                for mail in mails
+                if conn.execute(
+                    "SELECT 1 FROM alert_outbox WHERE receiver = ? AND incident_id IS ? "
+                    "AND status = ? LIMIT 1",
+                    (mail.receiver, mail.incident_id, PENDING),
+                ).fetchone()
+                is None
+            ]
+            self._insert(conn, fresh, wall)
+        return fresh
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, mails: Sequence[Mail], wall: datetime) -> list[int]:
+        ids: list[int] = []
+        for mail in mails:
+            cursor = conn.execute(
+                "INSERT INTO alert_outbox (created, purpose, target, incident_id, "
+                "recipients, subject, message_id, data, trigger_kinds, receiver) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    format_ts(wall),
+                    mail.purpose,
+                    mail.target,
+                    mail.incident_id,
+                    json.dumps(list(mail.recipients)),
+                    mail.subject,
+                    mail.message_id,
+                    mail.data,
+                    json.dumps(list(mail.trigger_kinds)),
+                    mail.receiver,
+                ),
+            )
+            assert cursor.lastrowid is not None
+            ids.append(cursor.lastrowid)
         return ids
 
     @staticmethod
@@ -280,16 +316,17 @@ class Outbox:
 
     # --- delivery -----------------------------------------------------------------------
 
-    def due(self, limit: int, skip: Iterable[int] = ()) -> list[OutboxRow]:
+    def due(self, limit: int, skip: Iterable[int] = (), receiver: str = "email") -> list[OutboxRow]:
+        """The oldest pending rows of ``receiver``'s lane, in id order."""
         if self.paused is not None:
             return []  # the store cannot record a delivery now: nothing goes out twice
         skipped = set(skip)
         with self.store.transaction() as conn:
             rows = conn.execute(
                 "SELECT id, purpose, target, incident_id, recipients, subject, message_id, "
-                "data, trigger_kinds, attempts FROM alert_outbox WHERE status = ? "
-                "ORDER BY id LIMIT ?",
-                (PENDING, limit + len(skipped)),
+                "data, trigger_kinds, attempts, receiver FROM alert_outbox "
+                "WHERE receiver = ? AND status = ? ORDER BY id LIMIT ?",
+                (receiver, PENDING, limit + len(skipped)),
             ).fetchall()
         out = [
             OutboxRow(
@@ -303,6 +340,7 @@ class Outbox:
                     message_id=r[6],
                     data=bytes(r[7]),
                     trigger_kinds=tuple(json.loads(r[8])),
+                    receiver=r[10],
                 ),
                 attempts=r[9],
             )
@@ -310,6 +348,14 @@ class Outbox:
             if r[0] not in skipped
         ]
         return out[:limit]
+
+    def receivers_pending(self) -> list[str]:
+        """Receivers with pending rows (a lane whose receiver is gone still has rows)."""
+        with self.store.transaction() as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT receiver FROM alert_outbox WHERE status = ?", (PENDING,)
+            ).fetchall()
+        return [str(r[0]) for r in rows]
 
     def mark_sent(self, row: OutboxRow, wall: datetime, transport: str) -> None:
         with self.store.transaction() as conn:
@@ -322,8 +368,14 @@ class Outbox:
             decision = Decision(
                 mail.target,
                 mail.incident_id,
-                f"{mail.purpose} mail sent via {transport}",
-                {"to": list(mail.recipients), "outbox_id": row.id, "message_id": mail.message_id},
+                f"{mail.purpose} {'mail' if mail.receiver == 'email' else 'notification'} "
+                f"delivered via {transport}",
+                {
+                    "to": list(mail.recipients),
+                    "receiver": mail.receiver,
+                    "outbox_id": row.id,
+                    "message_id": mail.message_id,
+                },
             )
             self._log(conn, wall, [(decision, "sent")])
 
@@ -350,7 +402,11 @@ class Outbox:
                             r.mail.target,
                             r.mail.incident_id,
                             f"dead letter: {reason}",
-                            {"outbox_id": r.id, "to": list(r.mail.recipients)},
+                            {
+                                "outbox_id": r.id,
+                                "to": list(r.mail.recipients),
+                                "receiver": r.mail.receiver,
+                            },
                         ),
                         "failed",
                     )
@@ -360,13 +416,17 @@ class Outbox:
 
     # --- reading ------------------------------------------------------------------------
 
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Rows per receiver and status: ``{"email": {"pending": 0, "sent": 3, "dead": 0}}``."""
         with self.store.transaction() as conn:
             rows = conn.execute(
-                "SELECT status, count(*) FROM alert_outbox GROUP BY status"
+                "SELECT receiver, status, count(*) FROM alert_outbox GROUP BY receiver, status"
             ).fetchall()
-        found = {status: int(n) for status, n in rows}
-        return {name: found.get(name, 0) for name in (PENDING, SENT, DEAD)}
+        out: dict[str, dict[str, int]] = {}
+        for receiver, status, n in rows:
+            lane = out.setdefault(str(receiver), {PENDING: 0, SENT: 0, DEAD: 0})
+            lane[str(status)] = int(n)
+        return out
 
     def last_sent(self) -> str | None:
         with self.store.transaction() as conn:

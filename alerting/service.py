@@ -33,10 +33,13 @@ import aiosmtplib
 
 from alerting.delivery import Delivery, raise_if_cancelling, wait_event
 from alerting.incidents import IncidentBook, TargetTrack, TimeBase
+from alerting.lanes import Lanes
 from alerting.outbox import EventBatch, Outbox
+from alerting.payloads import PayloadRenderer, note_severity
+from alerting.receivers import EMAIL, receivers_from
 from alerting.render import STORE_MAIL, Mail, Renderer
 from alerting.stages import Ctx, Pipeline, Policy, RateLimiter, next_deadline
-from alerting.transport import classify, transport_for
+from alerting.transport import Transport, classify
 from watchdog.bus import EventBus, StoreTrouble, Subscription
 from watchdog.clock import Clock, RealClock
 from watchdog.config import Settings
@@ -49,7 +52,7 @@ log = logging.getLogger(__name__)
 
 INBOX_BATCH = 500  # events read per pipeline step
 FAULT_TEXT_MAX = 500  # characters of an exception kept in a watchdog-fault event
-WORKERS = ("alerting-listen", "alerting-pipeline", "alerting-delivery")
+WORKERS = ("alerting-listen", "alerting-pipeline")  # and a delivery lane per receiver
 # What a direct send can raise besides bugs: SMTP replies, network/TLS/timeouts, bad address.
 _SEND_ERRORS = (aiosmtplib.SMTPException, OSError, ValueError, TimeoutError)
 
@@ -78,30 +81,31 @@ class AlertService:
         self.poll = poll
         self.policy = Policy.from_settings(settings)
         self.outbox = Outbox(store)
-        self.transport = transport_for(settings)
         disk_paths = [settings.log_path]
         self._hostname = hostname or socket.gethostname()
         self._snapshot = snapshot or (lambda: host_snapshot(disk_paths))
         self.renderer = self._renderer(settings)
-        self.delivery = Delivery(
+        self.payloads = self._payloads(settings)
+        self.receivers = receivers_from(settings)
+        self.tasks = tasks or TaskSupervisor(clock=self.clock)
+        self.lanes = Lanes(
             self.outbox,
             bus,
-            self.transport,
-            settings.alert_from,
             self.clock,
+            self.tasks,
             retry_initial=retry_initial,
             retry_max=retry_max,
             wall=wall,
         )
+        self.lanes.build(self.receivers, settings)
         self.book = IncidentBook()
         self.limiter = RateLimiter(self.policy.rate_limit, self.policy.rate_window)
         self.pipeline = Pipeline()
-        self._counts = {"pending": 0, "sent": 0, "dead": 0}
         self._last_sent: str | None = None
-        self._queued = 0  # mails this process put into the outbox
         self._wake = asyncio.Event()
         self._sub: Subscription | None = None
-        self.tasks = tasks or TaskSupervisor(clock=self.clock)
+        self._refresh_at: float | None = None  # next Alertmanager re-send of firing alerts
+        self._silences_active = 0
         self._deadline: float | None = None
         self._cursor = 0  # id of the last event taken into account (as committed)
         self._retry_initial = retry_initial
@@ -123,18 +127,37 @@ class AlertService:
             snapshot=self._snapshot,
         )
 
-    def apply_settings(self, settings: Settings) -> None:
-        """A configuration reload: recipients, ALERT_ON, grouping, rate limits, SMTP and
-        templates apply from the next step on; open incidents, the rate limiter's history
-        and queued mail are kept (queued mail goes out through the new transport)."""
+    def _payloads(self, settings: Settings) -> PayloadRenderer:
+        return PayloadRenderer(
+            hostname=self.renderer.hostname,
+            status_url=str(settings.status_page_url) if settings.status_page_url else None,
+            template_dir=settings.alert_template_dir,
+            hook_on=settings.hook_on,
+        )
+
+    @property
+    def delivery(self) -> Delivery:
+        """The mail lane."""
+        return self.lanes.by_name[EMAIL]
+
+    @property
+    def transport(self) -> Transport:
+        return self.delivery.transport
+
+    async def apply_settings(self, settings: Settings) -> None:
+        """A configuration reload: recipients, ALERT_ON, grouping, rate limits, SMTP,
+        receivers and templates apply from the next step on; open incidents, the rate
+        limiter's history and queued notifications are kept (they go out through the new
+        transports; those of a receiver no longer configured become dead letters)."""
         self.settings = settings
         self.policy = Policy.from_settings(settings)
-        self.transport = transport_for(settings)
-        self.delivery.transport = self.transport
-        self.delivery.sender = settings.alert_from
         self.renderer = self._renderer(settings)
+        self.payloads = self._payloads(settings)
+        self.receivers = receivers_from(settings)
+        await self.lanes.apply(self.receivers, settings)
         self.limiter.limit = self.policy.rate_limit
         self.limiter.window = self.policy.rate_window
+        self._refresh_at = None
         self._wake.set()
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -162,16 +185,25 @@ class AlertService:
             where,
             ", ".join(sorted(self.policy.alert_on)),
         )
+        others = [r.name for r in self.receivers if r.kind != "email"]
+        if others:
+            log.info("alerts also go to %s", ", ".join(others))
         if not self.settings.alert_to:
             log.warning("ERPWATCH_ALERT_TO is empty: alert mail goes to ERPWATCH_ALERT_FROM")
-        if self._counts["pending"]:
-            log.info("%d alert mail(s) still queued from before; sending", self._counts["pending"])
+        for name, counts in self.lanes.base.items():
+            if counts["pending"]:
+                log.info(
+                    "%d notification(s) for %s still queued from before; sending",
+                    counts["pending"],
+                    name,
+                )
+        await self.lanes.retire()
         sub = self._sub
         # Under the task supervisor: a worker that raises is recorded (watchdog-fault) and
         # restarted with backoff; its state is in SQLite, so a restart loses nothing.
         self.tasks.spawn("alerting-listen", lambda: self._listen(sub))
         self.tasks.spawn("alerting-pipeline", self._pipeline)
-        self.tasks.spawn("alerting-delivery", self.delivery.run)
+        self.lanes.start()
         self._unhook = self.bus.on_store_trouble(self._on_store_trouble)
 
     async def stop(self) -> None:
@@ -186,19 +218,23 @@ class AlertService:
                 raise_if_cancelling()  # our own cancel ends here; one of stop()'s propagates
         for name in WORKERS:
             await self.tasks.cancel(name)
+        await self.lanes.stop()
         if self._sub is not None:
             self._sub.close()
             self._sub = None
 
     def stats(self) -> dict[str, Any]:
-        sent, dead = self.delivery.sent, self.delivery.dead
+        """Totals over every receiver, and ``receivers``: the same per receiver."""
+        lanes = self.lanes.stats()
         return {
-            "pending": max(self._counts["pending"] + self._queued - sent - dead, 0),
-            "dead": self._counts["dead"] + dead,
-            "sent": self._counts["sent"] + sent,
+            "pending": sum(lane["pending"] for lane in lanes.values()),
+            "dead": sum(lane["dead"] for lane in lanes.values()),
+            "sent": sum(lane["sent"] for lane in lanes.values()),
             "last_delivery": self.delivery.last_delivery or self._last_sent,
-            "failures": self.delivery.failures,
+            "failures": sum(lane["failures"] for lane in lanes.values()),
             "transport": self.transport.describe(),
+            "receivers": lanes,
+            "silences_active": self._silences_active,
         }
 
     # --- workers ------------------------------------------------------------------------
@@ -266,9 +302,15 @@ class AlertService:
         events = batch.events
         silences = await self.bus.run_in_writer(self.outbox.silences)
         now, wall = self.clock.now(), self.wall()
+        self._silences_active = sum(1 for s in silences if s.until > wall)
         ctx = Ctx(now, wall, self.policy, self.book, self.limiter, silences)
-        ctx, notes = self.pipeline.exec(ctx, events)
-        ctx, mails = self.renderer.exec(ctx, notes)
+        ctx, notes = self.pipeline.notify(ctx, events)
+        email = self.receivers[0]
+        ctx, rated = self.pipeline.rate.exec(
+            ctx, [n for n in notes if email.accepts(note_severity(n))]
+        )
+        ctx, mails = self.renderer.exec(ctx, rated)
+        mails += self.payloads.exec(self.receivers, notes, events, wall)
         base = TimeBase(now, wall)
         state: dict[str, Any] = {
             f"target:{name}": self.book.track(name).to_json(base) for name in ctx.touched
@@ -278,10 +320,12 @@ class AlertService:
             self.outbox.commit_step, batch, state, mails, ctx.decisions, wall
         )
         self._cursor = batch.end
-        self._deadline = next_deadline(ctx)
-        if mails:
-            self._queued += len(mails)
-            self.delivery.wake()
+        for mail in mails:
+            self.lanes.queued_rows(mail.receiver, 1)
+        await self._refresh_firing(now, wall)
+        self._deadline = min(
+            (t for t in (next_deadline(ctx), self._refresh_at) if t is not None), default=None
+        )
         for decision in ctx.decisions:
             await self.bus.publish(
                 Event.of(
@@ -293,6 +337,20 @@ class AlertService:
                 )
             )
         return batch.read
+
+    async def _refresh_firing(self, now: float, wall: datetime) -> None:
+        """Re-send every firing alert to Alertmanager each ALERTMANAGER_RESEND_INTERVAL
+        (it resolves an alert on its own once the alert's ``endsAt`` has passed)."""
+        if not any(r.kind == "alertmanager" for r in self.receivers):
+            return
+        if self._refresh_at is not None and now < self._refresh_at:
+            return
+        self._refresh_at = now + self.settings.alertmanager_resend_interval
+        rows = self.payloads.refresh(self.receivers, self.book.open_incidents(), wall)
+        if rows:
+            queued = await self.bus.run_in_writer(self.outbox.queue_refresh, rows, wall)
+            for mail in queued:
+                self.lanes.queued_rows(mail.receiver, 1)
 
     # --- store trouble: one direct mail per episode -------------------------------------
 
@@ -431,5 +489,5 @@ class AlertService:
                 self.limiter.restore(value, base)
 
     async def _refresh_counts(self) -> None:
-        self._counts = await self.bus.run_in_writer(self.outbox.counts)
+        self.lanes.base = await self.bus.run_in_writer(self.outbox.counts)
         self._last_sent = await self.bus.run_in_writer(self.outbox.last_sent)

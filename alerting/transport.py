@@ -28,11 +28,14 @@ import ssl
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import aiosmtplib
 
 from watchdog.config import Settings
+
+if TYPE_CHECKING:
+    from alerting.render import Mail
 
 DEFAULT_PORTS = {"none": 25, "starttls": 587, "tls": 465}
 REASON_MAX = 500  # characters of a failure reason kept (outbox row, log, alert-failed event)
@@ -52,11 +55,23 @@ _CLOSING = 421  # "service not available, closing transmission channel"
 class DeliveryError(Exception):
     """A failed delivery, already classified; ``str()`` is safe to log and mail."""
 
-    def __init__(self, reason: str, *, permanent: bool, whole_batch: bool) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        permanent: bool,
+        whole_batch: bool,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
         self.whole_batch = whole_batch  # the connection is unusable, not just this message
+        self.retry_after = retry_after  # seconds the receiver asked to wait (429)
+
+
+# What other transports (HTTP, the hook) raise: already classified.
+DELIVERY_ERRORS = (*DELIVERY_ERRORS, DeliveryError)
 
 
 def redact(text: str, secrets: Sequence[str] = ()) -> str:
@@ -113,7 +128,16 @@ class Session(Protocol):
 
 
 class Transport(Protocol):
+    receiver: str  # the receiver's name (`alerting.receivers`)
+    noun: str  # what it delivers, in messages: "mail", "webhook", ...
+
     def describe(self) -> str: ...
+
+    def secrets(self) -> list[str]: ...
+
+    def sent_text(self, mail: Mail, response: str) -> str:
+        """The ``alert-sent`` message: what was delivered, where, truthfully."""
+        ...
 
     def session(self) -> SessionContext: ...
 
@@ -181,6 +205,9 @@ class _SmtpSession:
 
 
 class SmtpTransport:
+    receiver = "email"
+    noun = "mail"
+
     def __init__(self, settings: Settings) -> None:
         assert settings.smtp_host is not None
         self.host = settings.smtp_host
@@ -193,6 +220,9 @@ class SmtpTransport:
 
     def describe(self) -> str:
         return f"smtp {self.host}:{self.port}"
+
+    def sent_text(self, mail: Mail, response: str) -> str:
+        return f"{mail.purpose} mail sent to {', '.join(mail.recipients)}: {mail.subject}"
 
     def secrets(self) -> list[str]:
         """The password and the base64 forms AUTH PLAIN/LOGIN put on the wire (to redact)."""
@@ -260,11 +290,20 @@ class _EmlSession:
 class EmlTransport:
     """No SMTP server configured: each mail becomes an ``.eml`` file (the demo's inbox)."""
 
+    receiver = "email"
+    noun = "mail"
+
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
     def describe(self) -> str:
         return f"eml {self.directory}"
+
+    def sent_text(self, mail: Mail, response: str) -> str:
+        return (
+            f"{mail.purpose} mail for {', '.join(mail.recipients)} {response} "
+            f"(no ERPWATCH_SMTP_HOST: not sent): {mail.subject}"
+        )
 
     def secrets(self) -> list[str]:
         return []

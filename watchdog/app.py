@@ -298,7 +298,7 @@ class Watchdog:
             needs_restart = sorted(set(changed) & _RESTART_ONLY_SETTINGS)
             self.settings = settings
             self.targets = list(targets)
-            self.alerts.apply_settings(settings)
+            await self.alerts.apply_settings(settings)
             self.resources.apply_settings(settings, self.targets)
             message = f"configuration reloaded: {report.describe()}"
             if changed:

@@ -66,6 +66,8 @@ def _finite_duration(value: Any) -> Any:
 Seconds = Annotated[float, Field(ge=0), BeforeValidator(_finite_duration)]
 PositiveSeconds = Annotated[float, Field(gt=0), BeforeValidator(_finite_duration)]
 Percent = Annotated[float, Field(gt=0, le=100)]
+SeverityName = Literal["info", "warning", "critical"]
+WEBHOOK_TEMPLATES = ("auto", "json", "slack", "teams")  # shipped bodies; auto = by the URL's host
 
 
 class ConfigError(Exception):
@@ -241,6 +243,23 @@ class Settings(BaseSettings):
     alert_mail_dir: Path | None = None
     crash_loop_count: Annotated[int, Field(ge=2)] = 3
     status_page_url: AnyHttpUrl | None = None
+    email_min_severity: SeverityName = "info"
+
+    # --- other receivers (alerting/receivers.py), all through the same outbox ---------
+    webhook_urls: CsvList = []
+    webhook_templates: CsvList = []  # per URL, in order: json | slack | teams | <file>.j2
+    webhook_headers: SecretStr | None = None  # a JSON object of extra request headers
+    webhook_secret: SecretStr | None = None  # HMAC-SHA256 key of the signature header
+    webhook_timeout: PositiveSeconds = 10.0
+    webhook_min_severity: SeverityName = "info"
+    alertmanager_url: CsvList = []
+    alertmanager_resend_interval: PositiveSeconds = 60.0
+    alertmanager_timeout: PositiveSeconds = 10.0
+    alertmanager_min_severity: SeverityName = "info"
+    hook_command: str | None = None
+    hook_on: CsvList = ["restart-limit-reached", "crash-loop", "down", "watchdog-fault"]
+    hook_timeout: PositiveSeconds = 30.0
+    hook_min_severity: SeverityName = "info"
 
     # --- status server -------------------------------------------------------------
     status_enabled: bool = True
@@ -251,16 +270,57 @@ class Settings(BaseSettings):
     status_max_connections: Annotated[int, Field(ge=1, le=10_000)] = 100
     status_allowed_hosts: CsvList = []
 
-    _split_lists = field_validator("alert_to", "alert_on", "status_allowed_hosts", mode="before")(
-        _split_csv
-    )
+    _split_lists = field_validator(
+        "alert_to",
+        "alert_on",
+        "status_allowed_hosts",
+        "webhook_urls",
+        "webhook_templates",
+        "alertmanager_url",
+        "hook_on",
+        mode="before",
+    )(_split_csv)
     _check_env = field_validator("env")(_check_child_env)
 
-    @field_validator("command")
+    @field_validator("webhook_urls", "alertmanager_url")
+    @classmethod
+    def _http_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            scheme, _, rest = url.partition("://")
+            if scheme.lower() not in {"http", "https"} or not rest.split("/")[0]:
+                raise ValueError(
+                    f"{_url_shown(url)!r} is not an http(s) URL (comma-separated list expected)"
+                )
+        return urls
+
+    @field_validator("alert_on", "hook_on")
+    @classmethod
+    def _event_kinds(cls, kinds: list[str]) -> list[str]:
+        from watchdog.events import Kind
+
+        known = {kind.value for kind in Kind}
+        for kind in kinds:
+            if kind not in known:
+                close = difflib.get_close_matches(kind, sorted(known), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(
+                    f"{kind!r} is not an event kind{hint}; expected a comma-separated list of "
+                    "kinds such as down,crash-loop"
+                )
+        return kinds
+
+    @field_validator("webhook_headers")
+    @classmethod
+    def _headers_object(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_headers(value.get_secret_value())
+        return value
+
+    @field_validator("command", "hook_command")
     @classmethod
     def _command_parses(cls, value: str | None) -> str | None:
         if value is not None:
-            _split_command(value)
+            split_command(value)
         return value
 
     @model_validator(mode="after")
@@ -292,14 +352,46 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_webhook_templates(self) -> Settings:
+        if len(self.webhook_templates) > len(self.webhook_urls):
+            raise ValueError(
+                f"{ENV_PREFIX}WEBHOOK_TEMPLATES: {len(self.webhook_templates)} template(s) for "
+                f"{len(self.webhook_urls)} URL(s) in {ENV_PREFIX}WEBHOOK_URLS; expected at most "
+                "one per URL, in the same order"
+            )
+        for name in self.webhook_templates:
+            if name not in WEBHOOK_TEMPLATES and not name.endswith(".j2"):
+                raise ValueError(
+                    f"{ENV_PREFIX}WEBHOOK_TEMPLATES: {name!r} is neither one of "
+                    f"{', '.join(WEBHOOK_TEMPLATES)} nor a template file ending in .j2"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _check_targets(self) -> Settings:
         for name, target in self.targets.items():
             if target.command is not None:
-                _split_command(target.command)
+                split_command(target.command)
             for dep in target.after:
                 if dep.lower() not in self.targets and dep.lower() != self.target_name.lower():
                     raise ValueError(f"targets.{name}.after names unknown target {dep!r}")
         return self
+
+    def secret_values(self) -> list[str]:
+        """Every secret a log line must never show: passwords, tokens, signing keys, header
+        values, and webhook URLs with their paths (a Slack or Teams URL is its token)."""
+        found = [
+            secret.get_secret_value()
+            for secret in (self.smtp_password, self.status_token, self.webhook_secret)
+            if secret is not None
+        ]
+        if self.webhook_headers is not None:
+            found += parse_headers(self.webhook_headers.get_secret_value()).values()
+        for url in self.webhook_urls:
+            rest = url.partition("://")[2]
+            path = rest[len(rest.split("/", 1)[0]) :]
+            found += [url, path] if path.strip("/") else []
+        return [value for value in found if len(value) >= 4]
 
     @property
     def event_db_path(self) -> Path:
@@ -356,7 +448,7 @@ class Settings(BaseSettings):
         }
         return TargetConfig(
             name=name,
-            argv=tuple(_split_command(overrides.command)),
+            argv=tuple(split_command(overrides.command)),
             health_url=str(overrides.health_url) if overrides.health_url else None,
             workdir=overrides.workdir,
             after=tuple(dep.lower() for dep in overrides.after),
@@ -365,7 +457,30 @@ class Settings(BaseSettings):
         )
 
 
-def _split_command(command: str) -> list[str]:
+def _url_shown(url: str) -> str:
+    """A URL as it may be shown: scheme and host only (a webhook's path is its secret)."""
+    scheme, _, rest = url.partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    return f"{scheme}://{host}/…" if rest[len(host) :].strip("/") else f"{scheme}://{host}"
+
+
+def parse_headers(text: str) -> dict[str, str]:
+    """``ERPWATCH_WEBHOOK_HEADERS``: a JSON object of header names to string values."""
+    import json
+
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and k and isinstance(v, str) and "\n" not in v and "\r" not in v
+        for k, v in data.items()
+    ):
+        raise ValueError('a JSON object of header names to values, e.g. {"X-Token": "…"}')
+    return data
+
+
+def split_command(command: str) -> list[str]:
     try:
         argv = shlex.split(command)
     except ValueError as exc:
@@ -395,6 +510,12 @@ _EXPECTED = {
 }
 
 
+# Settings whose values are never echoed in an error (a webhook URL's path is its token).
+_SECRET_FIELDS = frozenset(
+    {"smtp_password", "status_token", "webhook_urls", "webhook_headers", "webhook_secret"}
+)
+
+
 def _variable_name(loc: tuple[int | str, ...]) -> str:
     parts = [str(part) for part in loc if not isinstance(part, int)]
     return ENV_PREFIX + "__".join(part.upper() for part in parts)
@@ -421,9 +542,12 @@ def describe_validation_error(exc: ValidationError) -> str:
             lines.append(f"{name}: not a known variable{hint}")
             continue
         got = err.get("input")
-        shown = "" if isinstance(got, dict) or got is None else f" (got {str(got)[:60]!r})"
-        if not loc:
-            lines.append(f"{name}: {expected.removeprefix('Value error, ')}")
+        secret = bool(loc) and str(loc[0]) in _SECRET_FIELDS
+        hidden = secret or isinstance(got, dict) or got is None
+        shown = "" if hidden else f" (got {str(got)[:60]!r})"
+        if not loc:  # a model validator: its message may name its variables itself
+            message = str(ctx.get("error", err["msg"])).removeprefix("Value error, ")
+            lines.append(message if message.startswith(ENV_PREFIX) else f"{name}: {message}")
         else:
             lines.append(f"{name}: expected {expected}{shown}")
     return "; ".join(lines)

@@ -320,12 +320,7 @@ def setup_logging(settings: Settings, *, stream: IO[str] | None = None) -> list[
     formatter: logging.Formatter = (
         JsonFormatter() if settings.log_format == "json" else TextFormatter()
     )
-    secrets = [
-        secret.get_secret_value()
-        for secret in (settings.smtp_password, settings.status_token)
-        if secret is not None
-    ]
-    redact = RedactSecrets(secrets)
+    redact = RedactSecrets(settings.secret_values())
     repeats = SuppressRepeats()
     console = logging.StreamHandler(sys.stderr if stream is None else stream)
     file = _RotatingFileHandler(

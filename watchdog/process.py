@@ -168,18 +168,54 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def child_environment(name: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """What target ``name`` inherits: erpwatch's environment without its own variables and
-    systemd's, then ``extra``, then ``ERPWATCH_TARGET=<name>`` (which nothing overrides: it
-    is how escaped processes are proven to be this target's)."""
-    env = {
+def inherited_environment() -> dict[str, str]:
+    """erpwatch's environment without its own variables (secrets) and systemd's."""
+    return {
         key: value
         for key, value in os.environ.items()
         if not key.startswith(_OWN_PREFIX) and key not in _NOT_INHERITED
     }
+
+
+def child_environment(name: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What target ``name`` inherits: `inherited_environment`, then ``extra``, then
+    ``ERPWATCH_TARGET=<name>`` (which nothing overrides: it is how escaped processes are
+    proven to be this target's)."""
+    env = inherited_environment()
     env.update(extra or {})
     env[reaper.MARKER] = name
     return env
+
+
+async def wait_exit(proc: subprocess.Popen[bytes]) -> int:
+    """``proc``'s exit status, told by a pidfd in the event loop: never by its pipes' EOF,
+    which a process it left behind can hold open (gh-119710). Polls when no pidfd can be
+    had (EMFILE, an old kernel)."""
+    loop = asyncio.get_running_loop()
+    try:
+        pidfd: int | None = os.pidfd_open(proc.pid)
+    except (OSError, AttributeError):
+        pidfd = None
+    if pidfd is not None:
+        try:
+            readable: asyncio.Future[None] = loop.create_future()
+
+            def told() -> None:
+                if not readable.done():
+                    readable.set_result(None)
+
+            loop.add_reader(pidfd, told)
+            try:
+                await readable
+            finally:
+                loop.remove_reader(pidfd)
+        except (OSError, ValueError):
+            pass  # not pollable here: fall back to polling below
+        finally:
+            os.close(pidfd)
+    while proc.poll() is None:  # noqa: ASYNC110 - no pidfd: nothing to wait on
+        await asyncio.sleep(_EXIT_POLL)
+    return proc.returncode
 
 
 def ppid_map() -> dict[int, int]:

@@ -611,7 +611,9 @@ async def test_apply_settings_sends_the_next_mail_to_the_new_recipients(
     tmp_path: Path, smtp: SmtpServer, store: EventStore, bus: EventBus
 ) -> None:
     async with running(make_settings(tmp_path, smtp), store, bus) as service:
-        service.apply_settings(make_settings(tmp_path, smtp, alert_to=["new-oncall@example.com"]))
+        await service.apply_settings(
+            make_settings(tmp_path, smtp, alert_to=["new-oncall@example.com"])
+        )
         await bus.publish(Event.of("backend", Kind.DOWN, "down for 60s"))
         await await_until(lambda: smtp.messages, what="the mail")
     assert smtp.messages[0]["To"] == "new-oncall@example.com"
