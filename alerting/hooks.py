@@ -37,11 +37,10 @@ import signal
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
 from alerting.receivers import Receiver
 from alerting.render import Mail
-from alerting.transport import DeliveryError
+from alerting.transport import ConnectionlessSession, DeliveryError
 from watchdog.process import inherited_environment, wait_exit
 
 EX_TEMPFAIL = 75
@@ -84,24 +83,9 @@ class HookTransport:
         return _HookSession(self)
 
 
-class _HookSession:
+class _HookSession(ConnectionlessSession):
     def __init__(self, transport: HookTransport) -> None:
         self._transport = transport
-
-    async def __aenter__(self) -> _HookSession:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
-
-    @property
-    def alive(self) -> bool:
-        return True
 
     async def send(self, data: bytes, sender: str, recipients: Sequence[str]) -> str:
         transport = self._transport

@@ -28,7 +28,7 @@ import ssl
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, Self
 
 import aiosmtplib
 
@@ -255,11 +255,10 @@ class SmtpTransport:
         return _SmtpSession(self)
 
 
-class _EmlSession:
-    def __init__(self, directory: Path) -> None:
-        self._dir = directory
+class ConnectionlessSession:
+    """A session with no connection to open or lose (files, a command): always alive."""
 
-    async def __aenter__(self) -> _EmlSession:
+    async def __aenter__(self) -> Self:
         return self
 
     @property
@@ -273,6 +272,11 @@ class _EmlSession:
         tb: TracebackType | None,
     ) -> None:
         return None
+
+
+class _EmlSession(ConnectionlessSession):
+    def __init__(self, directory: Path) -> None:
+        self._dir = directory
 
     async def send(self, data: bytes, sender: str, recipients: Sequence[str]) -> str:
         return await asyncio.to_thread(self._write, data)

@@ -136,11 +136,13 @@ class Metrics:
             registry=inner,
         )
         self._alerts_sent = Counter(
-            "erpwatch_alerts_sent", "Alert mails delivered.", registry=inner
+            "erpwatch_alerts_sent",
+            "Alert notifications delivered (every receiver).",
+            registry=inner,
         )
         self._alerts_failed = Counter(
             "erpwatch_alerts_failed",
-            "Alert mails that could not be delivered.",
+            "Alert notifications that could not be delivered (dead letters, every receiver).",
             registry=inner,
         )
         self._probe_latency = Histogram(

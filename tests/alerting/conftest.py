@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import ssl
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -137,3 +140,24 @@ def make_settings(tmp_path: Path, smtp: SmtpServer | None, **overrides: Any) -> 
         values.update(smtp_host="127.0.0.1", smtp_port=smtp.port, smtp_security="none")
     values.update(overrides)
     return load_settings(**values)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def spawn_alerting(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """Start ``alert_process.py`` (the alert service alone) and wait until it is ready."""
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "alerting" / "alert_process.py"), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def kill_alerting(proc: subprocess.Popen[str]) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)

@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 
 from alerting.service import AlertService
-from tests.alerting.conftest import PASSWORD, USER, SmtpServer, make_settings
+from tests.alerting.conftest import (
+    PASSWORD,
+    USER,
+    SmtpServer,
+    kill_alerting,
+    make_settings,
+    spawn_alerting,
+)
 from tests.helpers import await_until, wait_until
 from watchdog.bus import EventBus
 from watchdog.clock import RealClock
@@ -465,23 +472,6 @@ def test_test_email_command_reports_and_never_prints_the_password(
     assert PASSWORD.encode() not in server.messages[0].as_bytes()
 
 
-def _spawn(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "alerting" / "alert_process.py"), *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "ready"
-    return proc
-
-
-def _kill(proc: subprocess.Popen[str]) -> None:
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
-
-
 def _env(tmp_path: Path, server: SmtpServer) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ERPWATCH_")}
     env.update(
@@ -516,17 +506,17 @@ def test_event_committed_just_before_sigkill_is_mailed_once_after_restart(
             (committed,) = events.query(kinds=[Kind.RESTART_LIMIT_REACHED], limit=None)
         assert committed.id is not None and cursor_of(db) < committed.id  # not yet processed
         assert outbox_rows(db) == []
-        second = _spawn(env)
+        second = spawn_alerting(env)
         try:
             wait_until(lambda: [r[1] for r in outbox_rows(db)] == ["sent"], what="delivery")
             wait_until(lambda: cursor_of(db) >= (committed.id or 0))
         finally:
-            _kill(second)
-        third = _spawn(env)  # nothing left to do: no mail is made or sent again
+            kill_alerting(second)
+        third = spawn_alerting(env)  # nothing left to do: no mail is made or sent again
         try:
             wait_until(lambda: len(server.messages) >= 1)
         finally:
-            _kill(third)
+            kill_alerting(third)
         assert [r[1] for r in outbox_rows(db)] == ["sent"]
     finally:
         server.stop()
@@ -539,25 +529,25 @@ def test_pending_mail_survives_sigkill_and_is_sent_once(tmp_path: Path) -> None:
     server = SmtpServer()  # down while the first process runs
     db = tmp_path / "erpwatch.db"
     env = _env(tmp_path, server)
-    first = _spawn(env, "--publish", "backend")
+    first = spawn_alerting(env, "--publish", "backend")
     try:
         wait_until(lambda: any(r[2] >= 1 for r in outbox_rows(db)), what="a failed attempt")
     finally:
-        _kill(first)
+        kill_alerting(first)
     assert [r[1] for r in outbox_rows(db)] == ["pending"]
     server.start()
     try:
-        second = _spawn(env)
+        second = spawn_alerting(env)
         try:
             wait_until(lambda: [r[1] for r in outbox_rows(db)] == ["sent"], what="delivery")
         finally:
-            _kill(second)
+            kill_alerting(second)
         # A third start sends only its own new mail: the first one is not sent again.
-        third = _spawn(env, "--publish", "other")
+        third = spawn_alerting(env, "--publish", "other")
         try:
             wait_until(lambda: [r[1] for r in outbox_rows(db)] == ["sent", "sent"])
         finally:
-            _kill(third)
+            kill_alerting(third)
     finally:
         server.stop()
     subjects = [m["Subject"] for m in server.messages]

@@ -7,10 +7,7 @@ import hmac
 import json
 import logging
 import os
-import signal
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +19,7 @@ from alerting.http import HttpTransport
 from alerting.outbox import Outbox
 from alerting.receivers import Receiver, url_name
 from alerting.render import Mail
-from tests.alerting.conftest import SmtpServer, make_settings
+from tests.alerting.conftest import SmtpServer, kill_alerting, make_settings, spawn_alerting
 from tests.alerting.http_receiver import HttpReceiver, Reply
 from tests.alerting.test_service import REPO, running
 from tests.helpers import await_until, wait_until
@@ -306,23 +303,6 @@ def _env(tmp_path: Path, url: str) -> dict[str, str]:
     return env
 
 
-def _spawn(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "alerting" / "alert_process.py"), *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "ready"
-    return proc
-
-
-def _kill(proc: subprocess.Popen[str]) -> None:
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
-
-
 def webhook_rows(db: Path) -> list[tuple[str, int]]:
     with sqlite3.connect(db) as conn:
         rows = conn.execute(
@@ -336,24 +316,24 @@ def test_webhook_down_then_up_across_a_sigkill_is_delivered_once(tmp_path: Path)
     receiver = HttpReceiver()  # down while the first process runs
     db = tmp_path / "erpwatch.db"
     env = _env(tmp_path, receiver.url)
-    first = _spawn(env, "--publish", "backend")
+    first = spawn_alerting(env, "--publish", "backend")
     try:
         wait_until(lambda: any(a >= 1 for _, a in webhook_rows(db)), what="a refused POST")
     finally:
-        _kill(first)
+        kill_alerting(first)
     assert [s for s, _ in webhook_rows(db)] == ["pending"]
     receiver.start()
     try:
-        second = _spawn(env)
+        second = spawn_alerting(env)
         try:
             wait_until(lambda: [s for s, _ in webhook_rows(db)] == ["sent"], what="delivery")
         finally:
-            _kill(second)
-        third = _spawn(env, "--publish", "other")  # only its own new notification goes out
+            kill_alerting(second)
+        third = spawn_alerting(env, "--publish", "other")  # only its own new notification goes out
         try:
             wait_until(lambda: [s for s, _ in webhook_rows(db)] == ["sent", "sent"])
         finally:
-            _kill(third)
+            kill_alerting(third)
     finally:
         receiver.stop()
     assert [b["target"] for b in receiver.bodies()] == ["backend", "other"]
