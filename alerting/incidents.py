@@ -15,7 +15,8 @@ wall-clock instants and mapped back onto the new process's monotonic clock (`Tim
 
 Bounded memory: the state is saved as JSON in ``alert_state`` at every step, so it keeps
 *summaries* of events (`EventSummary`: id, time, kind, severity, a short message and a few
-small details), never whole events, at most `RECENT_EVENTS` per incident and
+small details: a crash's one-line ``cause``, the ``next_retry_at`` a restart limit, crash loop
+or down announces), never whole events, at most `RECENT_EVENTS` per incident and
 `STREAK_EVENTS` per streak, plus one bounded stderr tail (the latest crash's, at most
 `STDERR_LINES_MAX` lines of `STDERR_LINE_MAX` bytes, `STDERR_BYTES_MAX` in all). A target's
 saved state stays below 20 KiB whatever its events carry (a crash loop with ordinary
@@ -60,7 +61,19 @@ STREAK_EVENTS = 10  # summaries of the events since the last healthy one
 # Sizes are bytes of JSON as saved (so a non-ASCII text cannot make them grow).
 SUMMARY_MESSAGE_MAX = 160  # an event's message, in its summary
 SUMMARY_DETAIL_MAX = 100  # a kept detail value
-SUMMARY_DETAILS = ("reason", "exit_code", "returncode", "signal")  # what the mail uses
+# What the mail uses, each with its bound in bytes of JSON (a number is kept as it is).
+SUMMARY_DETAILS: Mapping[str, int] = {
+    "reason": SUMMARY_DETAIL_MAX,
+    "exit_code": 24,
+    "returncode": 24,
+    "signal": 32,
+}
+# Kept only for the kinds that carry them: a crash's one-line cause, and the automatic retry
+# a restart limit, crash loop or down schedules (``next_retry_at``: ISO-8601 UTC).
+CAUSE_MAX = 160
+RETRY_KINDS = frozenset({"restart-limit-reached", "crash-loop", "down"})
+RETRY_SECONDS = ("next_retry_in_s", "retry_in_s")
+RETRY_AT_MAX = 40
 STDERR_LINES_MAX = 50
 STDERR_LINE_MAX = 240
 STDERR_BYTES_MAX = 2048
@@ -126,6 +139,32 @@ def stderr_of(event: Event | Mapping[str, Any]) -> list[str]:
     return []
 
 
+def _parses_as_time(value: str) -> bool:
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+def summary_details(kind: str, details: Mapping[str, Any]) -> dict[str, Any]:
+    """The few small details a summary keeps of an event of ``kind`` (each bounded)."""
+    kept = {
+        key: _cut(details[key], limit) for key, limit in SUMMARY_DETAILS.items() if key in details
+    }
+    if kind == Kind.CRASHED and isinstance(details.get("cause"), str) and details["cause"]:
+        kept["cause"] = cut_text(details["cause"], CAUSE_MAX)
+    if kind in RETRY_KINDS:
+        at = details.get("next_retry_at")
+        if isinstance(at, str) and len(at) <= RETRY_AT_MAX and _parses_as_time(at):
+            kept["next_retry_at"] = at
+        for key in RETRY_SECONDS:
+            value = details.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                kept[key] = float(value)
+    return kept
+
+
 @dataclass(frozen=True, slots=True)
 class EventSummary:
     """What the pipeline remembers of an event: its id (the full event stays in the store)
@@ -146,11 +185,7 @@ class EventSummary:
             kind=event.kind,
             severity=str(event.severity),
             message=cut_text(event.message, SUMMARY_MESSAGE_MAX),
-            details={
-                key: _cut(event.details[key], SUMMARY_DETAIL_MAX)
-                for key in SUMMARY_DETAILS
-                if key in event.details
-            },
+            details=summary_details(event.kind, event.details),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -175,11 +210,7 @@ class EventSummary:
             kind=data["kind"],
             severity=str(Severity(data["severity"])),
             message=cut_text(str(data["message"]), SUMMARY_MESSAGE_MAX),
-            details={
-                key: _cut(details[key], SUMMARY_DETAIL_MAX)
-                for key in SUMMARY_DETAILS
-                if key in details
-            },
+            details=summary_details(str(data["kind"]), details),
         )
 
 

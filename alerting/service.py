@@ -37,7 +37,7 @@ from alerting.lanes import Lanes
 from alerting.outbox import EventBatch, Outbox
 from alerting.payloads import PayloadRenderer, note_severity
 from alerting.receivers import EMAIL, receivers_from
-from alerting.render import STORE_MAIL, Mail, Renderer
+from alerting.render import Mail, Renderer
 from alerting.stages import Ctx, Pipeline, Policy, RateLimiter, next_deadline
 from alerting.transport import Transport, classify
 from watchdog.bus import EventBus, StoreTrouble, Subscription
@@ -433,7 +433,7 @@ class AlertService:
         )
         await self._publish_direct(
             Kind.ALERT_SENT,
-            f"{STORE_MAIL} mail sent directly to {', '.join(mail.recipients)}: {mail.subject}",
+            f"{self.transport.sent_text(mail, response)} (directly, not through the outbox)",
             mail,
         )
 

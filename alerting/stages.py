@@ -8,6 +8,15 @@ returns ``(ctx, items)``. No I/O, no clock reads: ``ctx.now`` (monotonic) and ``
 Every choice that keeps a mail back is written to ``ctx.decisions`` (the notification log),
 and the service publishes those as ``alert-held`` events.
 
+One incident, one DOWN mail: its first notification (``firing``) goes out once the group wait
+has passed. Alerting kinds that arrive after it (escalations: crash loop → restart limit →
+down) are an ``update``, sent no sooner than ``ERPWATCH_ALERT_GROUP_INTERVAL`` after the
+incident's last mail (Alertmanager's group_interval; a due reminder ends the wait too), and
+carrying every kind folded in meanwhile: at most one update per interval (an
+``alert-failed`` is not held: it is news that alerts go missing). An update that
+becomes due while the target is recovering waits: the recovery mail tells it, or it goes out
+if the target turns bad again. The recovery (``resolved``) mail is never held by the interval.
+
 Inhibition, after Alertmanager's: a target that starts ``AFTER`` others (``Policy.depends``,
 transitively) is *inhibited* while one of those is down, i.e. has an open incident that is not
 recovering. Its firing, update and reminder mails are withheld (its pending kinds stay
@@ -47,6 +56,9 @@ class Policy:
     reminder_interval: float  # 0 = no reminders
     rate_limit: int
     rate_window: float
+    # Least time (s) between an incident's mails before an update: escalations meanwhile
+    # fold into one update (Alertmanager's group_interval); 0 = updates go out at once.
+    group_interval: float = 0.0
     # target -> the targets it starts after (``ERPWATCH_TARGETS__<NAME>__AFTER``), direct only
     depends: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
@@ -60,6 +72,7 @@ class Policy:
             reminder_interval=settings.alert_reminder_interval,
             rate_limit=settings.alert_rate_limit,
             rate_window=settings.alert_rate_window,
+            group_interval=settings.alert_group_interval,
             depends=depends_of(settings),
         )
 
@@ -390,7 +403,33 @@ class GroupStage:
             if incident.pending and incident.group_deadline is not None:
                 self._hold(ctx, incident, f"held: {silence.describe()}")
             return None
-        if incident.group_deadline is not None and now >= incident.group_deadline:
+        due = update_due(policy, incident)
+        if due is not None and now < due:
+            if incident.group_deadline is not None and now >= incident.group_deadline:
+                self._hold(
+                    ctx,
+                    incident,
+                    f"update mail held by the group interval ({policy.group_interval:g}s "
+                    f"between mails): {', '.join(sorted(incident.pending))} will go out "
+                    "together in one update",
+                    {
+                        "reason": "group-interval",
+                        "kinds": sorted(incident.pending),
+                        "due_in_s": round(due - now, 3),
+                    },
+                )
+            due = None  # not yet
+        elif due is not None and _held_for_recovery(incident):
+            # Recovering: the resolved mail tells these kinds, or a bad event ends the wait.
+            self._hold(
+                ctx,
+                incident,
+                f"update mail held: {incident.target} is recovering; the recovery mail "
+                f"will list {', '.join(sorted(incident.pending))}",
+                {"reason": "recovering", "kinds": sorted(incident.pending)},
+            )
+            due = None
+        if due is not None:
             kinds = list(incident.pending)
             purpose = "update" if incident.notified_kinds else "firing"
             incident.notified_kinds.update(kinds)
@@ -473,6 +512,34 @@ class RateLimitStage:
         return ctx, out
 
 
+# Kinds whose update the group interval never holds: a failed delivery is not an escalation
+# of the outage but news that alerts go missing (deduplicated: once per incident).
+UNGROUPED_KINDS = frozenset({Kind.ALERT_FAILED})
+
+
+def update_due(policy: Policy, incident: Incident) -> float | None:
+    """When the incident's pending kinds may go out: at the end of the group wait for its
+    first mail; for an update, not before the group interval since its last mail has passed
+    (or its reminder is due, whichever comes first). None: nothing pending."""
+    if incident.group_deadline is None:
+        return None
+    if not incident.notified_kinds or incident.last_notified is None:
+        return incident.group_deadline
+    if UNGROUPED_KINDS.intersection(incident.pending):
+        return incident.group_deadline  # news about the alert path itself is not held
+    wait = policy.group_interval
+    if policy.reminder_interval > 0:
+        wait = min(wait, policy.reminder_interval)
+    return max(incident.group_deadline, incident.last_notified + wait)
+
+
+def _held_for_recovery(incident: Incident) -> bool:
+    """An update (not a first mail) of a target that is recovering waits for an event."""
+    if not incident.notified_kinds or incident.healthy_since is None:
+        return False
+    return not UNGROUPED_KINDS.intersection(incident.pending)
+
+
 def next_deadline(ctx: Ctx) -> float | None:
     """The earliest monotonic instant at which a tick could produce something (call it after
     the pipeline ran on ``ctx``). Mail that is withheld is not due before what ends the hold:
@@ -488,8 +555,9 @@ def next_deadline(ctx: Ctx) -> float | None:
         if silence is not None:
             times.append(ctx.now + (silence.until - ctx.wall).total_seconds())
             continue
-        if incident.group_deadline is not None:
-            times.append(incident.group_deadline)
+        due = update_due(policy, incident)
+        if due is not None and not _held_for_recovery(incident):
+            times.append(due)  # (a held update of a recovering target waits for an event)
         if (
             incident.healthy_since is None
             and policy.reminder_interval > 0

@@ -234,6 +234,7 @@ class Settings(BaseSettings):
         "watchdog-fault",
     ]
     alert_group_wait: Seconds = 10.0
+    alert_group_interval: Seconds = 300.0
     alert_recovery_after: Seconds = 60.0
     alert_reminder_interval: Seconds = 4 * 3600.0
     alert_rate_limit: Annotated[int, Field(ge=1)] = 10

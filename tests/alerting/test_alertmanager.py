@@ -65,6 +65,9 @@ class Alertmanager:
         alerts: list[dict[str, Any]] = response.json()
         return alerts
 
+    def resolved(self) -> bool:
+        return not self.alerts()
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -127,7 +130,7 @@ async def test_firing_alert_reaches_both_instances_is_refreshed_and_resolved(
         views, seen_at = [am.alerts() for am in pair], datetime.now(UTC)
         await bus.publish(Event.of("backend", Kind.HEALTHY, "healthy again"))
         for am in pair:
-            await await_until(lambda am=am: not am.alerts(), what=f"resolved in {am.url}")
+            await await_until(am.resolved, what=f"resolved in {am.url}")
     for alerts in views:
         (alert,) = alerts
         assert alert["labels"] == {

@@ -3,6 +3,7 @@ server on 127.0.0.1."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from tests.alerting.conftest import (
 )
 from tests.helpers import await_until, wait_until
 from watchdog.bus import EventBus
-from watchdog.clock import RealClock
+from watchdog.clock import FakeClock, RealClock
 from watchdog.config import Settings
 from watchdog.events import SYSTEM_TARGET, Event, Kind, Severity
 from watchdog.store import EventStore
@@ -119,13 +121,14 @@ async def test_plain_smtp_mail_carries_the_incident_facts(
     (sent,) = kinds(store, Kind.ALERT_SENT)
     assert sent.target == "backend"
     assert sent.details["to"] == ["ops@example.com"]
+    assert sent.message.startswith("firing mail sent to ops@example.com: [erpwatch] DOWN")
     assert sent.details["incident"].startswith("backend-")
 
 
 async def test_incident_mails_form_one_thread_and_recovery_tells_the_outage(
     tmp_path: Path, smtp: SmtpServer, store: EventStore, bus: EventBus
 ) -> None:
-    settings = make_settings(tmp_path, smtp)
+    settings = make_settings(tmp_path, smtp, alert_group_interval=0)  # the update at once
     async with running(settings, store, bus):
         await bus.publish(Event.of("backend", Kind.DOWN, "down for 60s"))
         await await_until(lambda: len(smtp.messages) == 1)
@@ -136,7 +139,7 @@ async def test_incident_mails_form_one_thread_and_recovery_tells_the_outage(
         await await_until(lambda: len(smtp.messages) == 3, what="recovery mail")
     first, update, recovered = smtp.messages
     assert first["Subject"] == "[erpwatch] DOWN backend@testhost: down"
-    assert update["Subject"] == "[erpwatch] DOWN backend@testhost: restart limit reached"
+    assert update["Subject"] == "[erpwatch] UPDATE backend@testhost: restart limit reached"
     assert recovered["Subject"] == "[erpwatch] RECOVERED backend@testhost"
     root = first["Message-ID"]
     assert root and "In-Reply-To" not in first
@@ -144,7 +147,106 @@ async def test_incident_mails_form_one_thread_and_recovery_tells_the_outage(
     assert recovered["In-Reply-To"] == update["Message-ID"]
     assert recovered["References"].split() == [root, update["Message-ID"]]
     body = text_of(recovered, "plain")
-    assert "The outage lasted" in body and "restart reason: limit retry" in body
+    assert "the outage lasted" in body and "restart reason: limit retry" in body
+
+
+async def test_crash_loop_limit_and_down_within_57s_give_one_down_mail_and_one_update(
+    tmp_path: Path, smtp: SmtpServer, store: EventStore, bus: EventBus
+) -> None:
+    """The issue's incident (crash loop, restart limit, down within 57 s) through the real
+    pipeline, outbox and SMTP server, on fake time: one DOWN mail after the group wait, the
+    escalations folded into one update once the group interval has passed, then the
+    recovery. The mails name the commands to run and when erpwatch retries."""
+    clock = FakeClock()
+    origin = clock.now()
+    t0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+    def wall() -> datetime:
+        return t0 + timedelta(seconds=clock.now() - origin)
+
+    def iso(seconds: float) -> str:
+        return (t0 + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+
+    settings = make_settings(
+        tmp_path, smtp, alert_group_wait=10, alert_group_interval=300, alert_recovery_after=60
+    )
+    db = tmp_path / "erpwatch.db"
+    service = AlertService(
+        settings, store, bus, clock=clock, wall=wall, hostname="testhost", poll=0.05,
+        retry_initial=0.05, retry_max=0.2,
+    )  # fmt: skip
+    last_id = 0
+
+    async def at(seconds: float, *events: Event) -> None:
+        """Move fake time to ``seconds`` after the start; publish ``events`` then, and wait
+        until alerting has taken them in (its committed cursor)."""
+        nonlocal last_id
+        clock.advance(origin + seconds - clock.now())
+        for event in events:
+            published = await bus.publish(dataclasses.replace(event, ts=wall()))
+            assert published.id is not None
+            last_id = published.id
+        await await_until(lambda: cursor_of(db) >= last_id, what="alerting read the events")
+
+    def holds() -> list[Event]:
+        held = kinds(store, Kind.ALERT_HELD)
+        return [e for e in held if e.details.get("reason") == "group-interval"]
+
+    crash = Event.of(
+        "backend", Kind.CRASHED, "exited with code 1", exit_code=1,
+        stderr_tail=["Traceback (most recent call last):", "ConnectionError: no postgres"],
+        cause="exit code 1: ConnectionError: no postgres",
+    )  # fmt: skip
+    restarted = Event.of("backend", Kind.RESTARTED, "restarted (crashed)", reason="crashed")
+    await service.start()
+    try:
+        await at(0, Event.of("backend", Kind.HEALTHY, "healthy"), crash, restarted, crash)
+        await at(3, restarted, crash, Event.of(
+            "backend", Kind.CRASH_LOOP, "crash loop: 3 crashes within 600s",
+            next_retry_at=iso(19), next_retry_in_s=16.0,
+        ))  # fmt: skip
+        await at(13)  # the group wait since the crash loop
+        await await_until(lambda: len(smtp.messages) == 1, what="the DOWN mail")
+        limit = Event.of(
+            "backend", Kind.RESTART_LIMIT_REACHED, "restart limit reached, not restarting",
+            next_retry_at=iso(920), next_retry_in_s=900.0,
+        )  # fmt: skip
+        await at(20, restarted, crash, limit)
+        await at(57, Event.of("backend", Kind.DOWN, "down for 57s (failed)",
+                              next_retry_at=iso(920), next_retry_in_s=863.0))  # fmt: skip
+        (held,) = await await_until(holds, what="the update held by the interval")
+        assert held.details["kinds"] == ["down", "restart-limit-reached"]
+        assert len(smtp.messages) == 1 and len(outbox_rows(db)) == 1  # nothing queued
+        await at(313)  # the group interval since the DOWN mail (t = 13 s)
+        await await_until(lambda: len(smtp.messages) == 2, what="the one update")
+        await at(400, Event.of("backend", Kind.STARTED, "started by ops", actor="ops"),
+                 Event.of("backend", Kind.HEALTHY, "healthy"))  # fmt: skip
+        await at(460)
+        await await_until(lambda: len(smtp.messages) == 3, what="the recovery mail")
+        await await_until(lambda: len(kinds(store, Kind.ALERT_SENT)) == 3)
+    finally:
+        await service.stop()
+    assert subjects(smtp) == [
+        "[erpwatch] DOWN backend@testhost: crash loop",
+        "[erpwatch] UPDATE backend@testhost: restart limit reached, down",
+        "[erpwatch] RECOVERED backend@testhost",
+    ]
+    down, update, recovered = (text_of(m, "plain").replace("\r\n", "\n") for m in smtp.messages)
+    assert "Cause:         exit code 1: ConnectionError: no postgres" in down
+    assert "erpwatch retries by itself at 2026-01-01 12:00:19 UTC (in 6s)" in down
+    for command in ("erpwatch logs backend", "erpwatch restart backend",
+                    "erpwatch history --target backend"):  # fmt: skip
+        assert command in down, command
+    assert "erpwatch retries by itself at 2026-01-01 12:15:20 UTC (in 10m 07s)" in update
+    for command in ("erpwatch logs backend", "erpwatch start backend",
+                    "erpwatch history --target backend"):  # fmt: skip
+        assert command in update, command
+    assert "the outage lasted 6m 40s" in recovered
+    assert "Brought back:  started by ops at 2026-01-01 12:06:40 UTC" in recovered
+    assert "Traceback" not in recovered and "Exit code" not in recovered
+    assert "Last crash during the outage (not current): exit code 1" in recovered
+    html = text_of(smtp.messages[0], "html")
+    assert 'style="white-space: pre-wrap; word-break: break-all;' in html
 
 
 async def test_starttls_and_auth(
@@ -270,7 +372,12 @@ async def test_without_smtp_host_mail_is_written_as_eml_files(
         await bus.publish(Event.of("backend", Kind.DOWN, "down"))
         files = await await_until(lambda: list(mail_dir.glob("*.eml")))
         assert service.stats()["transport"] == f"eml {mail_dir}"
+        (sent,) = await await_until(lambda: kinds(store, Kind.ALERT_SENT), what="alert-sent")
     assert b"[erpwatch] DOWN backend@testhost" in files[0].read_bytes()
+    # The event tells the truth: the mail was written to a file, not sent.
+    assert f"written to {files[0]}" in sent.message and "not sent" in sent.message
+    assert "sent to" not in sent.message
+    assert sent.details["transport"] == f"eml {mail_dir}"
 
 
 async def test_event_committed_while_alerting_was_down_is_alerted_after_restart(

@@ -318,8 +318,13 @@ def test_state_of_a_hostile_target_stays_below_20_kib() -> None:
                 details={
                     "reason": text,
                     "exit_code": 1,
+                    "returncode": text,
                     "signal": text,
                     "stderr_tail": [text] * 100,
+                    "cause": text,
+                    "next_retry_at": text,
+                    "next_retry_in_s": text,
+                    "retry_in_s": 900.0,
                 },
             ).with_id(next(_ids))
             for kind in kinds
@@ -408,3 +413,128 @@ def test_silenced_mail_is_due_when_the_silence_ends_not_in_a_busy_loop() -> None
     h.after(1)
     assert next_deadline(h.last_ctx) == h.clock.now() + 99  # backend's silence ends first
     assert [(n.target, n.purpose) for n in h.after(99)] == [("backend", "firing")]
+
+
+# --- the group interval: one incident, one DOWN mail, escalations fold into one update ----
+
+
+def test_escalations_within_the_group_interval_fold_into_one_update() -> None:
+    """The issue's incident: crash loop, restart limit and down within 57 s. One DOWN mail
+    after the group wait; the later kinds wait for the interval and go out together."""
+    h = Harness(group_wait=10, group_interval=300)
+    assert h.run(ev(Kind.CRASH_LOOP)) == []
+    (first,) = h.after(10)
+    assert (first.purpose, first.kinds) == ("firing", ["crash-loop"])
+    assert h.after(20, ev(Kind.RESTART_LIMIT_REACHED)) == []
+    assert h.after(10) == []  # past its group wait: held by the interval, and logged
+    (held,) = [d for d in h.last_ctx.decisions if d.details.get("reason") == "group-interval"]
+    assert held.details["kinds"] == ["restart-limit-reached"]
+    assert held.details["due_in_s"] == 270.0
+    assert next_deadline(h.last_ctx) == h.start + 10 + 300  # the interval since the mail
+    assert h.after(17, ev(Kind.DOWN)) == []
+    assert h.after(10) == []
+    assert h.after(10) == []
+    holds = [d for d in h.decisions if "group interval" in d]
+    assert len(holds) == 2 and "down, restart-limit-reached" in holds[1]  # once per change
+    assert h.after(232.9) == []
+    (update,) = h.after(0.1)
+    assert (update.purpose, sorted(update.kinds)) == ("update", ["down", "restart-limit-reached"])
+    assert h.after(1000, ev(Kind.DOWN), ev(Kind.CRASH_LOOP)) == []  # all told: dedup only
+
+
+def test_group_interval_never_delays_the_first_mail() -> None:
+    h = Harness(group_wait=10, group_interval=3600)
+    h.run(ev(Kind.DOWN))
+    assert h.last_ctx and next_deadline(h.last_ctx) == h.clock.now() + 10
+    assert [n.purpose for n in h.after(10)] == ["firing"]
+
+
+def test_group_interval_counts_from_the_last_mail() -> None:
+    h = Harness(group_wait=0, group_interval=300)
+    h.run(ev(Kind.CRASH_LOOP))
+    (update,) = h.after(400, ev(Kind.RESTART_LIMIT_REACHED))  # long past: at once
+    assert (update.purpose, update.kinds) == ("update", ["restart-limit-reached"])
+    assert h.after(299, ev(Kind.DOWN)) == []  # counted from that update, not the first mail
+    assert [(n.purpose, n.kinds) for n in h.after(1)] == [("update", ["down"])]
+
+
+def test_a_late_escalation_goes_out_after_the_group_wait_once_the_interval_has_passed() -> None:
+    h = Harness(group_wait=10, group_interval=300)
+    h.run(ev(Kind.CRASH_LOOP))
+    h.after(10)
+    assert h.after(400, ev(Kind.RESTART_LIMIT_REACHED)) == []  # its own group wait first
+    assert [(n.purpose, n.kinds) for n in h.after(10)] == [("update", ["restart-limit-reached"])]
+
+
+def test_recovery_mail_is_never_held_by_the_group_interval() -> None:
+    h = Harness(group_wait=0, group_interval=300, recovery_after=60)
+    h.run(ev(Kind.CRASH_LOOP))
+    assert h.after(5, ev(Kind.RESTART_LIMIT_REACHED)) == []  # held by the interval
+    assert h.after(5, ev(Kind.STARTED), ev(Kind.HEALTHY)) == []
+    (resolved,) = h.after(60)  # 70 s after the first mail, well within the interval
+    assert resolved.purpose == "resolved"
+    assert resolved.incident is not None
+    assert resolved.incident.alert_kinds == ["crash-loop", "restart-limit-reached"]
+    assert h.book.open_incidents() == []
+
+
+def test_held_update_waits_while_recovering_and_goes_out_when_it_turns_bad_again() -> None:
+    h = Harness(group_wait=0, group_interval=300, recovery_after=600)
+    h.run(ev(Kind.CRASH_LOOP))
+    h.after(5, ev(Kind.RESTART_LIMIT_REACHED))
+    h.after(5, ev(Kind.HEALTHY))
+    assert h.after(400) == []  # interval over, but recovering: the resolved mail would tell
+    assert h.decisions[-1] == (
+        "update mail held: backend is recovering; the recovery mail will list restart-limit-reached"
+    )
+    assert next_deadline(h.last_ctx) == h.start + 10 + 600  # no past deadline: no busy loop
+    (update,) = h.after(1, ev(Kind.CRASHED))  # bad again: the held update goes out
+    assert (update.purpose, update.kinds) == ("update", ["restart-limit-reached"])
+
+
+def test_a_reminder_due_during_the_interval_carries_the_held_update() -> None:
+    h = Harness(group_wait=0, group_interval=300, reminder_interval=100)
+    h.run(ev(Kind.CRASH_LOOP))
+    assert h.after(50, ev(Kind.DOWN)) == []
+    assert next_deadline(h.last_ctx) == h.start + 100
+    (note,) = h.after(50)
+    assert (note.purpose, note.kinds) == ("update", ["down"])  # not a reminder and an update
+
+
+def test_alert_failed_is_not_held_by_the_group_interval() -> None:
+    h = Harness(group_wait=0, group_interval=300)
+    h.run(ev(Kind.RESTART_LIMIT_REACHED))
+    assert h.after(1, ev(Kind.DOWN)) == []
+    (note,) = h.after(1, ev(Kind.ALERT_FAILED, reason="535 authentication refused"))
+    assert (note.purpose, sorted(note.kinds)) == ("update", ["alert-failed", "down"])
+
+
+def test_group_interval_zero_sends_updates_at_once() -> None:
+    h = Harness(group_wait=0, group_interval=0)
+    h.run(ev(Kind.CRASH_LOOP))
+    assert [n.purpose for n in h.after(1, ev(Kind.DOWN))] == ["update"]
+
+
+def test_held_update_survives_a_restart_with_its_deadline() -> None:
+    h = Harness(group_wait=0, group_interval=300)
+    h.run(ev(Kind.CRASH_LOOP))
+    h.after(20, ev(Kind.DOWN))
+    base = TimeBase(h.clock.now(), h.wall)
+    saved = json.dumps(h.book.track("backend").to_json(base))
+    h.clock.advance(30 + 10_000.0)  # a new process: its monotonic clock has another origin
+    h.start += 10_000.0  # while the wall clock moved on by 30 s
+    later = TimeBase(h.clock.now(), h.wall)
+    h.book = IncidentBook()
+    h.book.targets["backend"] = TargetTrack.from_json(json.loads(saved), later)
+    assert h.run() == []
+    assert next_deadline(h.last_ctx) == h.start + 300  # the first mail was at wall T0
+    assert h.after(249.9) == []
+    assert [(n.purpose, n.kinds) for n in h.after(0.1)] == [("update", ["down"])]
+
+
+def test_policy_reads_the_group_interval_setting(tmp_path: Any) -> None:
+    from watchdog.config import load_settings
+
+    assert Policy.from_settings(load_settings(log_path=tmp_path)).group_interval == 300.0
+    settings = load_settings(log_path=tmp_path, alert_group_interval=0.5)
+    assert Policy.from_settings(settings).group_interval == 0.5
