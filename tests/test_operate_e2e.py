@@ -331,7 +331,8 @@ def test_a_held_target_shows_who_why_and_since_in_status(tmp_path: Path, runs: l
     assert target["held"]["actor"].startswith("operator (") and target["held"]["since"]
     assert target["label"].startswith("Stopped by operator (")
     shown = erpwatch(tmp_path, "status", env={"ERPWATCH_STATUS_PORT": str(port)})
-    assert "stopped (by operator (" in shown.stdout and "db upgrade" in shown.stdout
+    assert "Stopped by operator (" in shown.stdout and "db upgrade" in shown.stdout
+    assert shown.returncode == 0  # held on purpose: as it should be
 
 
 def test_reload_applies_alerting_and_threshold_settings_in_place(

@@ -37,10 +37,12 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
 import uvicorn
@@ -57,12 +59,27 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from alerting import silences as alert_silences
 from watchdog import __version__
+from watchdog.availability import AvailabilityCache, load_incidents
 from watchdog.bus import EventBus, Subscription
 from watchdog.clock import RealClock
 from watchdog.config import ConfigError, Settings, is_loopback, status_bind_problem
 from watchdog.control_api import Control, control_routes
 from watchdog.events import Event, Kind
+from watchdog.favicon import MEDIA_TYPE as FAVICON_TYPE
+from watchdog.favicon import (
+    RANK,
+    WORDS,
+    data_url,
+    favicon_svg,
+    favicon_variants,
+    headline,
+    page_title,
+    symbol,
+    tone,
+    worst_state,
+)
 from watchdog.history import UsageError, parse_kinds, parse_limit, parse_time
 from watchdog.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from watchdog.metrics import Metrics
@@ -81,7 +98,9 @@ OPEN_PATHS = frozenset({"/health"})
 HEARTBEAT_S = 15.0
 CATCH_UP_PAGE = 500
 HISTORY_MAX = 10_000
+INCIDENTS_MAX = 500
 RECENT_EVENTS = 30
+PAGE_INCIDENTS = 10  # incidents the page lists
 SHUTDOWN_GRACE_S = 2
 IDLE_TIMEOUT_S = 5.0  # a connection without a request is closed after this (uvicorn: 5 s)
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -264,18 +283,50 @@ def _redact(value: Any) -> Any:
     return value
 
 
-def target_entry(status: TargetStatus, now: datetime) -> dict[str, Any]:
+def target_entry(
+    status: TargetStatus,
+    now: datetime,
+    *,
+    availability: Mapping[str, float | None] | None = None,
+    silence: alert_silences.Silence | None = None,
+) -> dict[str, Any]:
     """`TargetStatus.to_dict()` plus the fields the page and the CLI read: a text label,
-    the last probe's latency in seconds and its wall-clock time."""
+    the last probe's latency in seconds and its wall-clock time, wall-clock forms of the
+    monitor's ages (``down_since``, ``next_retry_at``, ``latencies[].at``) and what the
+    store knows (``availability``, ``silence``).
+
+    A probe that got no answer (refused, timed out) has no latency: null, not the few
+    milliseconds that failing took."""
     state = TargetState(status.state)
     entry = dict(status.to_dict())
     probe = status.last_probe
     if probe is not None:
         probe_entry = dict(entry.get("last_probe") or {})
-        probe_entry["latency"] = round(probe.latency, 6)
+        probe_entry["latency"] = round(probe.latency, 6) if probe.answered else None
+        probe_entry["latency_ms"] = probe_entry.get("latency_ms") if probe.answered else None
+        probe_entry["answered"] = probe.answered
         if status.probe_age is not None:
             probe_entry["time"] = _iso(now - timedelta(seconds=status.probe_age))
         entry["last_probe"] = probe_entry
+    entry["down_since"] = _ago(now, status.down_for)
+    entry["next_retry_at"] = (
+        None
+        if status.next_retry_in is None
+        else _iso(now + timedelta(seconds=status.next_retry_in))
+    )
+    entry["latencies"] = [
+        {"at": _ago(now, age), "ms": ms, "ok": status_ == "ok", "status": status_}
+        for age, ms, status_ in status.latencies
+    ]
+    entry["availability"] = {
+        name: (None if value is None else round(value, 6))
+        for name, value in (availability or dict.fromkeys(("24h", "7d", "30d"))).items()
+    }
+    entry["silence"] = (
+        None
+        if silence is None
+        else {"until": _iso(silence.until.astimezone(UTC)), "reason": silence.reason}
+    )
     label = STATE_LABELS.get(state, str(state))
     if status.held:
         who, why = status.held.get("actor", "operator"), status.held.get("reason")
@@ -284,6 +335,25 @@ def target_entry(status: TargetStatus, now: datetime) -> dict[str, Any]:
     if status.resources is not None:
         entry["resources"] = _redact(dict(status.resources))
     return entry
+
+
+def _ago(now: datetime, seconds: float | None) -> str | None:
+    return None if seconds is None else _iso(now - timedelta(seconds=seconds))
+
+
+def _active_silences(path: Path, now: datetime) -> list[alert_silences.Silence]:
+    """Alerting's silences in force (its ``alert_silences`` table; none without it), read
+    on a connection of our own, read-only."""
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1.0)
+    except sqlite3.Error:
+        return []
+    try:
+        return alert_silences.load(conn, now)
+    except sqlite3.Error:  # no such table: alerting never ran on this database
+        return []
+    finally:
+        conn.close()
 
 
 def _store_info(store: EventStore) -> dict[str, Any]:
@@ -325,6 +395,8 @@ class _App:
         self.health_problem = health
         self.heartbeat = heartbeat
         self.cache = _Cache()
+        self.availability = AvailabilityCache(store)
+        self.incidents_cache: dict[tuple[str | None, int], tuple[float, bytes]] = {}
         self.started = time.monotonic()
         self.templates = environment()
         self.templates.filters["duration"] = format_duration
@@ -336,7 +408,17 @@ class _App:
         now_wall = datetime.now(UTC)
         statuses = self.source.statuses()
         self.metrics.observe_statuses(statuses)
-        targets = [target_entry(status, now_wall) for status in statuses]
+        names = [status.name for status in statuses]
+        availability, silences = await asyncio.to_thread(self._from_store, names, now_wall)
+        targets = [
+            target_entry(
+                status,
+                now_wall,
+                availability=availability.get(status.name),
+                silence=alert_silences.active_silence(silences, status.name, now_wall),
+            )
+            for status in statuses
+        ]
         store = await asyncio.to_thread(_store_info, self.store)
         return {
             "generated_at": _iso(now_wall),
@@ -351,6 +433,20 @@ class _App:
             "store": store,
             "alerting": _redact(dict(self.alert_stats())) if self.alert_stats else None,
         }
+
+    def _from_store(
+        self, names: Sequence[str], now: datetime
+    ) -> tuple[dict[str, dict[str, float | None]], list[alert_silences.Silence]]:
+        """Each target's availability and the silences in force (a worker thread). Neither
+        may take /status down: a failure leaves them empty, logged."""
+        availability: dict[str, dict[str, float | None]] = {}
+        try:
+            self.availability.retain(names)
+            for name in names:
+                availability[name] = self.availability.get(name, now)
+        except Exception as exc:
+            log.warning("status: cannot compute availability from the event store: %s", exc)
+        return availability, _active_silences(self.store.path, now)
 
     def _host(self) -> dict[str, Any]:
         """A sample of our own, when no resource monitor hands us its latest one."""
@@ -417,6 +513,29 @@ class _App:
         )
         return JSONResponse([event.to_dict() for event in events])
 
+    # -- /api/incidents ----------------------------------------------------------------
+
+    async def incidents(self, request: Request) -> Response:
+        """``?target=&limit=`` (default 50, at most `INCIDENTS_MAX`): newest first, cached
+        like /status for ``STATUS_CACHE_TTL``."""
+        params = request.query_params
+        try:
+            limit = min(parse_limit(params.get("limit") or "50") or INCIDENTS_MAX, INCIDENTS_MAX)
+        except UsageError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        key = (params.get("target") or None, limit)
+        now = time.monotonic()
+        cached = self.incidents_cache.get(key)
+        if cached is None or now - cached[0] >= self.settings.status_cache_ttl:
+            found = await asyncio.to_thread(load_incidents, self.store, target=key[0], limit=limit)
+            body = json.dumps({"incidents": found}, default=str, separators=(",", ":")).encode()
+            if len(self.incidents_cache) >= 64:  # bounded: one entry per (target, limit) asked
+                self.incidents_cache.clear()
+            cached = self.incidents_cache[key] = (time.monotonic(), body)
+        return Response(
+            cached[1], media_type="application/json", headers={"Cache-Control": "no-store"}
+        )
+
     # -- /events -----------------------------------------------------------------------
 
     async def events(self, request: Request) -> Response:
@@ -481,18 +600,52 @@ class _App:
     # -- / ---------------------------------------------------------------------------------
 
     async def page(self, request: Request) -> Response:
+        """The same information as ``/status``, ``/api/incidents`` and ``/events`` give the
+        page's script, rendered on the server: readable without JavaScript."""
         document = json.loads(await self.status_body(fresh=True))
-        recent = await asyncio.to_thread(self.store.query, limit=RECENT_EVENTS)
+        alert_kinds = [str(Kind.ALERT_SENT), str(Kind.ALERT_HELD), str(Kind.ALERT_FAILED)]
+        other_kinds = [str(kind) for kind in Kind if str(kind) not in alert_kinds]
+        recent = await asyncio.to_thread(self.store.query, kinds=other_kinds, limit=RECENT_EVENTS)
+        alerts = await asyncio.to_thread(self.store.query, kinds=alert_kinds, limit=RECENT_EVENTS)
+        incidents = await asyncio.to_thread(
+            load_incidents, self.store, target=None, limit=PAGE_INCIDENTS
+        )
+        targets = document["targets"]
+        worst = worst_state(str(target["state"]) for target in targets)
         template = self.templates.get_template("status.html")
         html = template.render(
             status=document,
             events=[event.to_dict() for event in recent],
-            kinds=sorted(str(kind) for kind in Kind),
-            colours={"green": "ok", "yellow": "warn", "red": "bad"},
+            alerts=[event.to_dict() for event in alerts],
+            incidents=incidents,
+            now=datetime.fromisoformat(document["generated_at"]),
+            when=datetime.fromisoformat,
+            title=page_title(targets),
+            headline=headline(targets),
+            worst=str(worst or ""),
+            favicon=data_url(favicon_svg(worst)),
+            view={
+                "kinds": sorted(str(kind) for kind in Kind),
+                "alert_kinds": alert_kinds,
+                "favicons": favicon_variants(),
+                "rank": {str(state): rank for state, rank in RANK.items()},
+                "words": {str(state): word for state, word in WORDS.items()},
+                "symbols": {str(state): symbol(state) for state in TargetState},
+                "tones": {str(state): tone(state) for state in TargetState},
+                "incidents": PAGE_INCIDENTS,
+                "cache_ttl": self.settings.status_cache_ttl,
+            },
             # Operate buttons exist only when HTTP control can work (a token is configured).
             control_enabled=self.settings.status_token is not None,
         )
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    async def favicon(self, request: Request) -> Response:
+        """The favicon in the colour of the worst state (SVG, also at /favicon.ico)."""
+        worst = worst_state(status.state for status in self.source.statuses())
+        return Response(
+            favicon_svg(worst), media_type=FAVICON_TYPE, headers={"Cache-Control": "no-store"}
+        )
 
 
 class _TokenGuard:
@@ -548,11 +701,14 @@ def create_app(
     app = Starlette(
         routes=[
             Route("/", state.page),
+            Route("/favicon.svg", state.favicon),
+            Route("/favicon.ico", state.favicon),
             Route("/health", state.health),
             Route("/status", state.status),
             Route("/metrics", state.metrics_endpoint),
             Route("/events", state.events),
             Route("/api/history", state.history),
+            Route("/api/incidents", state.incidents),
             *control_routes(settings, control),
         ]
     )

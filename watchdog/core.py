@@ -14,12 +14,19 @@ plain numbers.
 
 An observation is handled, then the timers are checked in the same call, so a stop that
 completes with a zero backoff yields the `Spawn` at once.
+
+Why it is not healthy: `State.cause` (see `cause`) is set wherever trouble is decided (a
+crash, a failing probe or health check, the memory cap, the restart limit, an operator's
+stop) and cleared once it answers healthy. Events carry the same facts: ``crashed`` a one-line
+``cause`` (the last stderr line), ``degraded``/``unhealthy`` the body's ``checks`` with the
+failing ones named in the message, ``restart-limit-reached``/``down``/``crash-loop`` the
+``next_retry_in_s`` of a scheduled automatic start (`Core.next_retry`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +47,11 @@ LIVENESS_SETTLE = 1.0
 _MAX_EXPONENT = 60
 # A stop that raised (e.g. EPERM, EMFILE) is tried again this often.
 STOP_RETRY = 1.0
+CAUSE_LINE_MAX = 200  # characters of the stderr line a crash's cause quotes
+SUMMARY_MAX = 500  # characters of a cause's summary
+SUMMARY_CHECKS = 5  # failing checks named in a message or summary; the rest are counted
+# A health check in one of these states is not failing (the same set as watchdog.probe).
+OK_CHECK_STATUSES = frozenset({"ok", "pass", "passed", "up", "healthy"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +135,8 @@ class Probed:
     timed_out: bool = False
     details: Mapping[str, Any] = field(default_factory=dict)  # latency_ms, status_code
     gone: bool = False
+    # The body's check results: {"name", "status", "error", "latency_ms"} each (bounded).
+    checks: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +274,7 @@ class State:
     held: Mapping[str, str] | None = None  # an operator's stop: actor, reason, since
     start_by: str = ""  # the next spawn is an operator's start (its actor)
     shutting_down: bool = False
+    cause: Mapping[str, Any] | None = None  # why it is not healthy now (see `cause`)
 
     @property
     def settled(self) -> bool:
@@ -281,8 +296,11 @@ class Core:
         """The first start of the target, or, when an operator's hold survived an erpwatch
         restart, no start at all: it stays stopped until released."""
         if held:
-            state = State(phase=S.STOPPED, held=dict(held), next_probe_at=now)
             by = held.get("actor", "operator")
+            why = f"stopped by {by}" + (f": {held['reason']}" if held.get("reason") else "")
+            state = State(
+                phase=S.STOPPED, held=dict(held), next_probe_at=now, cause=cause("operator", why)
+            )
             message = f"held stopped by {by} since {held.get('since', '?')}; not started"
             return state, [Emit(Kind.STOPPED, message, {"held": dict(held)})]
         state = State(phase=S.STARTING, spawning=True, next_probe_at=now)
@@ -322,6 +340,21 @@ class Core:
         cutoff = now - self.params.restart_window
         return sum(1 for at in state.restarts if at > cutoff)
 
+    def next_retry(self, state: State) -> float | None:
+        """When an automatic start is scheduled: the backoff's restart, or the slow retry
+        after the restart limit (None: none is, e.g. running, held or shutting down)."""
+        if state.shutting_down or state.held:
+            return None
+        if state.phase is S.FAILED:
+            return state.retry_at
+        if state.phase is S.RESTARTING:
+            return state.restart_at
+        return None
+
+    def _retry_details(self, state: State, now: float) -> dict[str, Any]:
+        at = self.next_retry(state)
+        return {} if at is None else {"next_retry_in_s": round(max(at - now, 0.0), 3)}
+
     # --- observations --------------------------------------------------------------
 
     def _handle(self, state: State, obs: Observation, now: float, out: list[Effect]) -> State:
@@ -335,8 +368,10 @@ class Core:
                 if state.phase is S.STOPPED:
                     out.append(Emit(Kind.STOPPED, "stopped"))
                     return state
-                out.append(Emit(Kind.CRASHED, f"could not start: {error}", {"error": error}))
-                return self._crashed(state, f"could not start: {error}", now, out)
+                why = f"could not start: {error}"
+                state = dataclasses.replace(state, cause=cause("crash", why))
+                out.append(Emit(Kind.CRASHED, why, {"error": error, "cause": why[:SUMMARY_MAX]}))
+                return self._crashed(state, why, now, out)
             case Exited():
                 return self._exited(state, obs, now, out)
             case Probed():
@@ -354,6 +389,7 @@ class Core:
                 ):
                     return state
                 why = f"memory (RSS) {rss:.0f} MB over the {limit:g} MB limit"
+                state = dataclasses.replace(state, cause=cause("resource", why))
                 return self._restart(state, why, now, out, grace=self.params.stop_timeout)
             case RestartRequest(reason=reason, counted=counted, actor=actor):
                 if state.shutting_down:
@@ -364,6 +400,9 @@ class Core:
                     return state
                 if not counted:
                     reason = f"by {actor}: {reason}" if reason else f"by {actor}"
+                    state = dataclasses.replace(
+                        state, cause=cause("operator", f"restart requested {reason}")
+                    )
                 return self._restart(
                     state, reason, now, out, grace=self.params.stop_timeout, counted=counted
                 )
@@ -407,6 +446,8 @@ class Core:
             details["backoff_s"] = backoff
             if reason.startswith("by "):
                 details["actor"] = reason[3:].split(":", 1)[0]
+            if state.cause is not None:
+                details["cause_kind"] = state.cause["kind"]
             out.append(Emit(Kind.RESTARTED, f"restarted ({reason})", details))
         elif start_by:
             details["actor"] = start_by
@@ -421,11 +462,24 @@ class Core:
         state = dataclasses.replace(state, pid=None, probe_sent_at=None)
         if state.stopping or not state.phase.running:
             return state  # we stopped it (restart, limit, shutdown): `Stopped` reports that
+        line = last_line(obs.details.get("stderr_tail"))
+        summary = f"{obs.description}: {line}" if line else obs.description
+        details = obs.details
+        state = dataclasses.replace(
+            state,
+            cause=cause(
+                "crash",
+                summary,
+                exit_code=details.get("exit_code"),
+                signal=details.get("signal"),
+                stderr_line=line,
+            ),
+        )
         out.append(
             Emit(
                 Kind.CRASHED,
                 f"exited unexpectedly: {obs.description}",
-                {"pid": obs.pid, **obs.details},
+                {"pid": obs.pid, **details, "cause": summary},
             )
         )
         return self._crashed(state, f"crashed: {obs.description}", now, out)
@@ -448,7 +502,11 @@ class Core:
                 Emit(
                     Kind.CRASH_LOOP,
                     f"crash loop: {len(crashes)} crashes within {p.restart_window:g}s",
-                    {"crashes": len(crashes), "window_s": p.restart_window},
+                    {
+                        "crashes": len(crashes),
+                        "window_s": p.restart_window,
+                        **self._retry_details(state, now),
+                    },
                 )
             )
         return state
@@ -464,11 +522,17 @@ class Core:
                 state = dataclasses.replace(state, phase=S.HEALTHY)
                 out.append(Emit(Kind.HEALTHY, "healthy", obs.details))
             return state
+        failing = failing_checks(obs.checks)
+        checks_details = {"checks": [dict(c) for c in obs.checks]} if obs.checks else {}
         if obs.status == "degraded":
+            summary = checks_summary(failing) if failing else obs.reason
             state = self._answered(state, now, healthy=False)
+            kind = "checks" if failing else "probe"
+            state = dataclasses.replace(state, cause=cause(kind, summary, checks=failing))
             if state.phase is not S.DEGRADED:
                 state = dataclasses.replace(state, phase=S.DEGRADED)
-                out.append(Emit(Kind.DEGRADED, f"degraded: {obs.reason}", obs.details))
+                details = {**obs.details, **checks_details}
+                out.append(Emit(Kind.DEGRADED, f"degraded: {summary}", details))
             return state
         if obs.gone:
             return state  # it died under the probe: the exit reports that, not "unhealthy"
@@ -481,6 +545,7 @@ class Core:
         since = state.unhealthy_since
         if since is None:
             since = state.spawned_at if booting else sent_at
+        summary = obs.reason + (f"; {checks_summary(failing)}" if failing else "")
         state = dataclasses.replace(
             state,
             unhealthy_since=since,
@@ -488,11 +553,12 @@ class Core:
             last_failure=obs.reason,
             healthy_since=None,
             bad_since=state.bad_since if state.bad_since is not None else since,
+            cause=cause("checks" if failing else "probe", summary, checks=failing),
         )
-        details = {**obs.details, "unhealthy_for_s": round(now - since, 3)}
+        details = {**obs.details, **checks_details, "unhealthy_for_s": round(now - since, 3)}
         if state.phase is not S.UNHEALTHY:
             state = dataclasses.replace(state, phase=S.UNHEALTHY)
-            out.append(Emit(Kind.UNHEALTHY, f"unhealthy: {obs.reason}", details))
+            out.append(Emit(Kind.UNHEALTHY, f"unhealthy: {summary}", details))
         return self._check_overdue(state, obs.reason, now, out)
 
     def _stopped(self, state: State, obs: Stopped, now: float, out: list[Effect]) -> State:
@@ -546,6 +612,7 @@ class Core:
             why,
             out,
             held=held,
+            cause=cause("operator", why),
             unhealthy_since=None,
             bad_since=None,
             down_reported=False,
@@ -589,6 +656,7 @@ class Core:
             start_by=actor,
             bad_since=None,
             down_reported=False,
+            cause=None,
         )
         return state
 
@@ -596,7 +664,10 @@ class Core:
         if state.shutting_down:
             return state
         was_stopped = state.phase is S.STOPPED and state.pid is None  # held: recorded then
-        state, idle = self._stop_for_good(state, reason, out, shutting_down=True)
+        changes: dict[str, Any] = {"shutting_down": True}
+        if not state.held:
+            changes["cause"] = cause("operator", reason)
+        state, idle = self._stop_for_good(state, reason, out, **changes)
         if idle and not was_stopped:
             out.append(Emit(Kind.STOPPED, "stopped"))
         return state
@@ -646,6 +717,7 @@ class Core:
                     last_failure=reason,
                     healthy_since=None,
                     bad_since=state.bad_since if state.bad_since is not None else since,
+                    cause=cause("probe", reason),
                 )
                 if state.phase is not S.UNHEALTHY:
                     state = dataclasses.replace(state, phase=S.UNHEALTHY)
@@ -678,7 +750,7 @@ class Core:
                 Emit(
                     Kind.DOWN,
                     f"down for {down_for:.0f}s ({state.phase})",
-                    {"down_for_s": round(down_for, 3)},
+                    {"down_for_s": round(down_for, 3), **self._retry_details(state, now)},
                 )
             )
         return state
@@ -722,6 +794,13 @@ class Core:
             details: dict[str, Any] = {"restarts": len(restarts), "window_s": p.restart_window}
             if state.retry_at is not None:
                 details["retry_in_s"] = p.limit_retry
+                details.update(self._retry_details(state, now))
+            # Keep what the last trouble said (exit code, stderr line, checks).
+            last = dict(state.cause) if state.cause is not None else cause("limit", why)
+            if state.cause is None or last["kind"] != "limit":  # never "...; last: reached"
+                summary = f"restart limit reached; last: {last['summary']}"
+                last.update(kind="limit", summary=summary[:SUMMARY_MAX])
+            state = dataclasses.replace(state, cause=last)
             out.append(
                 Emit(
                     Kind.RESTART_LIMIT_REACHED,
@@ -801,6 +880,7 @@ class Core:
             last_failure="",
             bad_since=None,
             down_reported=False,
+            cause=None if healthy else state.cause,
         )
 
     def _unhealthy_since(self, state: State) -> float | None:
@@ -820,3 +900,51 @@ class Core:
 def _held_text(held: Mapping[str, str]) -> str:
     reason = held.get("reason")
     return f" by {held.get('actor', 'operator')}" + (f": {reason}" if reason else "")
+
+
+def cause(
+    kind: str,
+    summary: str,
+    *,
+    exit_code: int | None = None,
+    signal: str | None = None,
+    stderr_line: str | None = None,
+    checks: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """Why a target is not healthy, as ``/status`` shows it. ``kind``: "crash" | "probe" |
+    "checks" | "resource" | "operator" | "limit"."""
+    return {
+        "summary": summary[:SUMMARY_MAX],
+        "kind": kind,
+        "exit_code": exit_code,
+        "signal": signal,
+        "stderr_line": stderr_line,
+        "checks": [dict(check) for check in checks],
+    }
+
+
+def last_line(tail: object) -> str | None:
+    """The last non-empty line of a stderr tail, on one line, cut to `CAUSE_LINE_MAX`."""
+    if not isinstance(tail, list | tuple):
+        return None
+    for line in reversed(tail):
+        text = " ".join(str(line).split())
+        if text:
+            return text if len(text) <= CAUSE_LINE_MAX else text[: CAUSE_LINE_MAX - 1] + "…"
+    return None
+
+
+def failing_checks(checks: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [c for c in checks if str(c.get("status", "")).lower() not in OK_CHECK_STATUSES]
+
+
+def checks_summary(failing: Sequence[Mapping[str, Any]]) -> str:
+    """``database failed (ConnectionError: could not connect)``, several joined by ", "."""
+    parts = []
+    for check in failing[:SUMMARY_CHECKS]:
+        text = f"{check.get('name', '?')} {check.get('status') or 'failed'}"
+        error = check.get("error")
+        parts.append(f"{text} ({error})" if error else text)
+    if len(failing) > SUMMARY_CHECKS:
+        parts.append(f"and {len(failing) - SUMMARY_CHECKS} more")
+    return ", ".join(parts)

@@ -6,6 +6,10 @@ send a probe, publish an event. The process and the prober are handed in, so tes
 shell on a `FakeClock` with fakes; every failure of theirs becomes an observation (a spawn
 that raises is `SpawnFailed`, a stop that raises is `Stopped(error=...)`), never an exception
 that ends the loop. `run()` may be called again after it raised: it resumes where it was.
+
+For the status it keeps the last `LATENCY_HISTORY` probes (a ring buffer) and the pid a stop
+is still working on; an event whose details carry ``next_retry_in_s`` gains the wall-clock
+``next_retry_at`` here (the core has no wall clock).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Protocol
 
 import psutil
@@ -45,10 +50,11 @@ from watchdog.core import (
     Stopped,
     Tick,
 )
-from watchdog.events import Event
+from watchdog.events import Event, utcnow
 from watchdog.probe import ProbeResult, ProbeStatus
 from watchdog.process import ExitInfo, StopReport
 from watchdog.states import TargetState
+from watchdog.store import format_ts
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +63,7 @@ MAX_TICK = 5.0
 # A monitor that has not gone round its loop for this many ticks counts as stalled.
 STALL_TICKS = 3
 _STOP_SLACK = 7.0  # reaping after SIGKILL and its checks, on top of a stop's grace
+LATENCY_HISTORY = 30  # probes kept for the status's response-time history
 _MIN_WAIT = 0.01
 
 
@@ -100,10 +107,23 @@ class TargetStatus:
     resources: Mapping[str, Any] | None = None
     probe_age: float | None = None  # seconds since the last probe finished
     held: Mapping[str, str] | None = None  # stopped by an operator: actor, reason, since
+    down_for: float | None = None  # seconds since it stopped being healthy or degraded
+    cause: Mapping[str, Any] | None = None  # why it is not healthy now (`watchdog.core.cause`)
+    next_retry_in: float | None = None  # seconds until a scheduled automatic start
+    # The last probes, oldest first: (seconds ago, response time in ms or None without an
+    # answer, status).
+    latencies: tuple[tuple[float, float | None, str], ...] = ()
+    stopping_pid: int | None = None  # a stop is still working on this process
 
     @property
     def colour(self) -> str:
         return self.state.colour
+
+    @property
+    def checks(self) -> list[dict[str, Any]]:
+        """The last probe's health-check results ({name, status, error, latency_ms})."""
+        probe = self.last_probe
+        return [] if probe is None else [check.to_dict() for check in probe.checks]
 
     def to_dict(self) -> dict[str, Any]:
         probe = self.last_probe
@@ -128,7 +148,20 @@ class TargetStatus:
             "last_event": None if self.last_event is None else self.last_event.to_dict(),
             "resources": None if self.resources is None else dict(self.resources),
             "held": None if self.held is None else dict(self.held),
+            "down_for_s": _rounded(self.down_for),
+            "cause": None if self.cause is None else dict(self.cause),
+            "checks": self.checks,
+            "next_retry_in_s": _rounded(self.next_retry_in),
+            "latencies": [
+                {"age_s": round(age, 3), "ms": ms, "ok": status == ProbeStatus.OK, "status": status}
+                for age, ms, status in self.latencies
+            ],
+            "stopping_pid": self.stopping_pid,
         }
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +230,9 @@ class TargetMonitor:
         self._probe_pid: int | None = None
         self._busy_until: float | None = None  # a stop in progress may take this long
         self._last_sample_ts: object = None
+        # (checked_at, ms or None, status) of the last probes: bounded.
+        self._latencies: deque[tuple[float, float | None, str]] = deque(maxlen=LATENCY_HISTORY)
+        self._stopping_pid: int | None = None
         self._acted = True  # the last round produced effects
         self._operations: list[_Operation] = []
         self.held_at_start: Mapping[str, str] | None = None  # a hold kept in the store
@@ -406,13 +442,15 @@ class TargetMonitor:
         self._cancel_probe()
         log.debug("%s: stopping (%s; grace %.1fs)", self.name, reason, grace)
         self._busy_until = self._clock.now() + grace + _STOP_SLACK
+        self._stopping_pid = self.process.pid if self.process.running else self._stopping_pid
         try:
             report = await self.process.stop_tree(grace)
         except Exception as exc:
             log.error("%s: stopping failed: %s", self.name, exc)
-            return Stopped(error=str(exc) or type(exc).__name__)
+            return Stopped(error=str(exc) or type(exc).__name__)  # still ours to stop
         finally:
             self._busy_until = None
+        self._stopping_pid = None
         if self._exit_wait is not None and self._exit_wait.done():
             self._exit_wait = None  # the exit we caused: nothing to report
         if self._state is not None and self._state.phase is TargetState.STOPPED:
@@ -440,6 +478,9 @@ class TargetMonitor:
         state = self._state
         details = dict(emit.details)
         pid = details.pop("pid", state.pid)
+        retry_in = details.get("next_retry_in_s")
+        if isinstance(retry_in, int | float):
+            details["next_retry_at"] = format_ts(utcnow() + timedelta(seconds=retry_in))
         event = Event.of(
             self.name,
             emit.kind,
@@ -478,6 +519,8 @@ class TargetMonitor:
             now = self._clock.now()
             result = ProbeResult(ProbeStatus.FAILED, 0.0, None, f"probe error: {exc!r}", now)
         self.last_probe = result
+        ms = round(result.latency * 1000, 2) if result.answered else None
+        self._latencies.append((result.checked_at, ms, str(result.status)))
         for listener in self.probe_listeners:
             try:
                 listener(self.name, result)
@@ -492,6 +535,7 @@ class TargetMonitor:
             timed_out=result.timed_out,
             details=details,
             gone=failed and self._gone(pid),
+            checks=tuple(check.to_dict() for check in result.checks),
         )
 
     def _gone(self, pid: int) -> bool:
@@ -572,6 +616,13 @@ class TargetMonitor:
         running = state is not None and state.pid is not None and self.process.running
         probe = self.last_probe
         spawned_at = None if state is None else state.spawned_at
+        down_for: float | None = None
+        retry_at: float | None = None
+        if state is not None:
+            up = state.phase in (TargetState.HEALTHY, TargetState.DEGRADED, TargetState.STOPPED)
+            if state.bad_since is not None and not up:
+                down_for = max(now - state.bad_since, 0.0)
+            retry_at = self.core.next_retry(state)
         return TargetStatus(
             name=self.name,
             state=self.state,
@@ -584,4 +635,9 @@ class TargetMonitor:
             last_event=self.last_event,
             probe_age=None if probe is None else now - probe.checked_at,
             held=None if state is None or state.held is None else dict(state.held),
+            down_for=down_for,
+            cause=None if state is None or state.cause is None else dict(state.cause),
+            next_retry_in=None if retry_at is None else max(retry_at - now, 0.0),
+            latencies=tuple((now - at, ms, status) for at, ms, status in self._latencies),
+            stopping_pid=self._stopping_pid,
         )

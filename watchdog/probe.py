@@ -15,7 +15,9 @@ CONTRACT:
         checked_at: float           # monotonic: when the result became known
         timed_out: bool = False     # no answer within the deadline (a hang, not a refusal)
         sent_at: float | None = None  # monotonic: when the request was sent
+        checks: tuple[CheckResult, ...] = ()  # the body's check results (see parse_checks)
         sent: float                 # property: sent_at, or checked_at - latency if unset
+        answered: bool              # property: a response came back (status_code set)
 
     def classify(status_code: int | None, latency: float, body: object | None,
                  degraded_latency: float, error: str | None = None) -> tuple[ProbeStatus, str]
@@ -36,6 +38,11 @@ ADDITIONS:
     describe_error(exc: BaseException, timeout: float) -> str
     parse_body(content: bytes, content_type: str) -> object | None   # JSON document or None
     MAX_BODY = 64 KiB                           # the most of a body a check reads
+    CheckResult(name, status, error=None, latency_ms=None); .ok; .to_dict()
+    parse_checks(body: object) -> tuple[CheckResult, ...]
+        # the health body's "checks" (the health kit's {"db": {"status", "latency_ms",
+        # "error"}}, also the health-check draft's lists and "output"): at most MAX_CHECKS
+        # (failing ones kept first), names, statuses and errors cut to MAX_CHECK_TEXT chars.
 
 Sharing one client between many targets: measured here with httpx 0.28.1 / httpcore 1.0.9,
 one pool holding N keep-alive connections costs O(N^2) per request (its
@@ -73,6 +80,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import math
 import ssl
 from dataclasses import dataclass
 from enum import StrEnum
@@ -85,6 +93,9 @@ from watchdog.clock import Clock
 FAILED_BODY_STATUSES = frozenset({"down", "error", "unhealthy", "fail", "failed", "critical"})
 DEGRADED_BODY_STATUSES = frozenset({"degraded", "warn", "warning"})
 MAX_BODY = 64 * 1024  # larger bodies are not health documents: not read further, not parsed
+MAX_CHECKS = 20  # check results kept from one body
+MAX_CHECK_TEXT = 200  # characters of a check's name, status or error
+OK_CHECK_STATUSES = frozenset({"ok", "pass", "passed", "up", "healthy"})
 _MAX_REASON = 120
 # Raised when the server closed a (kept-alive) connection before answering: retried once.
 _CONNECTION_LOST = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
@@ -94,6 +105,28 @@ class ProbeStatus(StrEnum):
     OK = "ok"
     DEGRADED = "degraded"
     FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """One check named in a health body (the health kit's ``"database"``, ...)."""
+
+    name: str
+    status: str  # lower-case, as the body said: "ok", "failed", "warn", ...
+    error: str | None = None
+    latency_ms: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in OK_CHECK_STATUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "error": self.error,
+            "latency_ms": self.latency_ms,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,11 +141,18 @@ class ProbeResult:
     timed_out: bool = False
     # When the request was sent (the Prober sets it); None: derive it, see `sent`.
     sent_at: float | None = None
+    checks: tuple[CheckResult, ...] = ()
 
     @property
     def sent(self) -> float:
         """When the request was sent: `sent_at`, or ``checked_at - latency`` if not given."""
         return self.checked_at - self.latency if self.sent_at is None else self.sent_at
+
+    @property
+    def answered(self) -> bool:
+        """A response came back. Without one, `latency` is only how long failing took (a
+        refused connection "takes" 3 ms): not a response time."""
+        return self.status_code is not None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -120,6 +160,7 @@ class ProbeResult:
             "latency": round(self.latency, 4),
             "status_code": self.status_code,
             "reason": self.reason,
+            "checks": [check.to_dict() for check in self.checks],
         }
 
 
@@ -165,6 +206,61 @@ def parse_body(content: bytes, content_type: str) -> object | None:
     except ValueError:  # not JSON after all (UnicodeDecodeError is a ValueError too)
         return None
     return document
+
+
+def _text(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = " ".join(text.split())  # one line
+    return text if len(text) <= MAX_CHECK_TEXT else text[: MAX_CHECK_TEXT - 1] + "…"
+
+
+def _check(name: object, value: object) -> CheckResult:
+    """One entry of ``checks``: a mapping (kit), a list of mappings (the health-check draft:
+    the first failing one counts), or a bare status string."""
+    if isinstance(value, list):
+        entries = [item for item in value if isinstance(item, dict)]
+        failing = [
+            e for e in entries if _text(e.get("status", "")).lower() not in OK_CHECK_STATUSES
+        ]
+        value = (failing or entries or [{}])[0]
+    if not isinstance(value, dict):
+        return CheckResult(_text(name), _text(value).strip().lower() or "unknown")
+    status = value.get("status")
+    error = value.get("error", value.get("output"))
+    latency = value.get("latency_ms")
+    if (
+        not isinstance(latency, int | float)
+        or isinstance(latency, bool)
+        or not math.isfinite(latency)
+    ):
+        latency = None
+    return CheckResult(
+        _text(name),
+        _text(status).strip().lower() if status is not None else "unknown",
+        None if error is None or error == "" else _text(error),
+        None if latency is None else float(latency),
+    )
+
+
+def parse_checks(body: object) -> tuple[CheckResult, ...]:
+    """The check results of a health body, bounded: at most `MAX_CHECKS` (the failing ones
+    first, then in the body's order), every text at most `MAX_CHECK_TEXT` characters."""
+    checks = body.get("checks") if isinstance(body, dict) else None
+    if isinstance(checks, dict):
+        items = list(checks.items())
+    elif isinstance(checks, list):  # [{"name": "db", "status": ...}, ...]
+        items = [
+            (c.get("name", f"check {i + 1}"), c)
+            for i, c in enumerate(checks)
+            if isinstance(c, dict)
+        ]
+    else:
+        return ()
+    results = [_check(name, value) for name, value in items[: MAX_CHECKS * 50]]
+    if len(results) > MAX_CHECKS:
+        keep = sorted(range(len(results)), key=lambda i: (results[i].ok, i))[:MAX_CHECKS]
+        results = [results[i] for i in sorted(keep)]
+    return tuple(results)
 
 
 async def read_capped(response: httpx.Response, limit: int = MAX_BODY) -> bytes | None:
@@ -251,7 +347,10 @@ class Prober:
         finished = self._clock.now()
         latency = finished - started
         status, reason = classify(status_code, latency, body, self.degraded_latency, error)
-        return ProbeResult(status, latency, status_code, reason, finished, timed_out, started)
+        checks = parse_checks(body)
+        return ProbeResult(
+            status, latency, status_code, reason, finished, timed_out, started, checks
+        )
 
 
 def make_client(

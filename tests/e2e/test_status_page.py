@@ -2,7 +2,8 @@
 
 A demo backend runs under the real `Supervisor` (no restarts allowed); the test kills it with
 SIGKILL and the page, without a reload, must turn the card red within 2 s. Then the refresh
-button must fetch a fresh status. A screenshot lands in ``test-artifacts/status-page.png``.
+button must fetch a fresh status. Screenshots land in the artifacts directory (see
+`tests.e2e.browser`); the per-state tests are in ``test_status_page_states.py``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.browser import CHROMIUM, MARKS, screenshot
 from tests.helpers import await_until, free_port
 from watchdog.api import StatusServer
 from watchdog.bus import EventBus
@@ -27,29 +29,10 @@ from watchdog.states import TargetState
 from watchdog.store import EventStore
 from watchdog.supervisor import Supervisor
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-
-# On CI (CI=true) a missing browser is a failure, never a silent skip.
-_MISSING = "needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"
-if not CHROMIUM.exists() and os.environ.get("CI", "").lower() == "true":
-    raise RuntimeError(f"CI=true but the status page's browser tests cannot run: {_MISSING}")
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=_MISSING),
-]
+pytestmark = MARKS
 
 if CHROMIUM.exists():
-    from playwright.async_api import Browser, Page, async_playwright
+    from playwright.async_api import Browser, Page
 
 
 @dataclass
@@ -105,18 +88,6 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         store.close()
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
-
-
 CARD = '.card[data-target="erp-backend"]'
 
 
@@ -156,8 +127,7 @@ async def test_card_turns_red_on_crash_without_reload(stack: Stack, browser: Bro
     )
 
     await page.click(f"{CARD} summary")
-    ARTIFACTS.mkdir(exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / "status-page.png"), full_page=True)
+    await screenshot(page, "status-page.png")
     await page.close()
 
 
@@ -224,8 +194,7 @@ async def test_operate_buttons_need_the_entered_token_and_restart_the_target(
             timeout=15000,
         )
         assert supervisor.statuses()[0].pid != first
-        ARTIFACTS.mkdir(exist_ok=True)
-        await page.screenshot(path=str(ARTIFACTS / "status-operate.png"), full_page=True)
+        await screenshot(page, "status-operate.png")
         # A tab without the token sees no buttons, even on the same server.
         other = await browser.new_page()
         await other.goto(f"http://127.0.0.1:{server.port}/?token=page-token")

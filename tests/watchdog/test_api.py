@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import json
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,11 +19,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from alerting import silences
 from tests.helpers import await_until
 from watchdog.api import StatusServer, check_bind
 from watchdog.bus import EventBus
 from watchdog.config import ConfigError, Settings
-from watchdog.events import Event, Kind
+from watchdog.events import Event, Kind, utcnow
 from watchdog.monitor import TargetStatus
 from watchdog.probe import ProbeResult, ProbeStatus
 from watchdog.sse import EventHub, format_sse
@@ -29,6 +32,8 @@ from watchdog.states import TargetState
 from watchdog.store import EventStore
 
 T = TypeVar("T")
+H = timedelta(hours=1)
+M = timedelta(minutes=1)
 
 TOKEN = "s3cret-status-token"
 SMTP_PASSWORD = "hunter2-smtp-password"
@@ -257,10 +262,122 @@ async def test_no_secret_in_status_or_page(secured: Env) -> None:
     assert "smtp_password" not in (await secured.client.get("/status", headers=headers)).text
 
 
+def iso(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+async def test_status_shows_why_since_when_what_next_and_how_available(env: Env) -> None:
+    now = utcnow()
+    env.store.append_many(
+        [
+            Event("backend", "healthy", "healthy", details={"state": "healthy"}, ts=now - 2 * H),
+            Event("backend", "crashed", "exit 1", details={"state": "restarting"}, ts=now - H),
+        ]
+    )
+    with contextlib.closing(sqlite3.connect(env.store.path)) as conn:
+        silences.add(conn, silences.Silence("Backend", now + H, "maintenance"), now)
+        silences.add(conn, silences.Silence("other", now - H, "over"), now - 2 * H)
+    why = {
+        "summary": "exit code 1: ConnectionError: no db",
+        "kind": "crash",
+        "exit_code": 1,
+        "signal": None,
+        "stderr_line": "ConnectionError: no db",
+        "checks": [],
+    }
+    refused = ProbeResult(ProbeStatus.FAILED, 0.003, None, "connection refused", time.monotonic())
+    env.source.items = [
+        status(
+            state=TargetState.RESTARTING,
+            last_probe=refused,
+            down_for=60.0,
+            cause=why,
+            next_retry_in=120.0,
+            latencies=((5.0, 12.5, "ok"), (1.0, None, "failed")),
+            stopping_pid=77,
+        ),
+        status(name="other"),
+    ]
+    document = (await env.client.get("/status", params={"fresh": "1"})).json()
+    generated = iso(document["generated_at"])
+    backend, other = document["targets"]
+    assert backend["down_since"].endswith("Z")
+    assert generated - iso(backend["down_since"]) == timedelta(seconds=60)
+    assert iso(backend["next_retry_at"]) - generated == timedelta(seconds=120)
+    assert backend["cause"] == why and backend["checks"] == []
+    assert backend["stopping_pid"] == 77
+    assert [(generated - iso(p["at"]), p["ms"], p["ok"]) for p in backend["latencies"]] == [
+        (timedelta(seconds=5), 12.5, True),
+        (timedelta(seconds=1), None, False),
+    ]
+    # a refused connection took 3 ms: that is no response time
+    probe = backend["last_probe"]
+    assert (probe["latency"], probe["latency_ms"], probe["answered"]) == (None, None, False)
+    assert set(backend["availability"]) == {"24h", "7d", "30d"}
+    assert backend["availability"]["24h"] == pytest.approx(0.5, abs=0.01)
+    assert backend["silence"]["reason"] == "maintenance"
+    assert iso(backend["silence"]["until"]) == pytest.approx(now + H, abs=timedelta(seconds=1))
+    assert backend["silence"]["until"].endswith("Z")
+    assert other["silence"] is None and other["down_since"] is None
+    assert other["availability"] == {"24h": None, "7d": None, "30d": None}
+    assert other["next_retry_at"] is None and other["cause"] is None
+    assert other["last_probe"]["answered"] is True and other["last_probe"]["latency_ms"] == 12.0
+
+
+# --- /api/incidents ----------------------------------------------------------------------------
+
+
+async def test_incidents_newest_first_with_cause_restarts_and_notifications(env: Env) -> None:
+    now = utcnow()
+
+    def at(
+        minutes: float, kind: str, state: str | None, target: str = "backend", **extra: Any
+    ) -> Event:
+        details = {"state": state, **extra} if state else extra
+        return Event(target, kind, f"{kind} msg", details=details, ts=now + minutes * M)
+
+    env.store.append_many(
+        [
+            at(-60, "healthy", "healthy"),
+            at(-50, "crashed", "restarting", exit_code=3, cause="exit code 3: FATAL"),
+            at(-50, "restarted", "starting"),
+            at(-49, "alert-sent", None, receiver="email", purpose="alert"),
+            at(-45, "healthy", "healthy"),
+            at(-10, "healthy", "healthy", target="other"),
+            at(-5, "unhealthy", "unhealthy", target="other"),
+        ]
+    )
+    body = (await env.client.get("/api/incidents")).json()
+    assert [(i["target"], i["ended_at"] is None) for i in body["incidents"]] == [
+        ("other", True),
+        ("backend", False),
+    ]
+    backend = body["incidents"][1]
+    assert backend["duration_s"] == 300.0 and backend["restarts"] == 1
+    assert backend["cause"]["summary"] == "exit code 3: FATAL"
+    assert backend["cause"]["exit_code"] == 3
+    assert [n["purpose"] for n in backend["notifications"]] == ["alert"]
+    assert iso(backend["started_at"]) == pytest.approx(now - 50 * M, abs=timedelta(seconds=1))
+    only = (await env.client.get("/api/incidents", params={"target": "backend"})).json()
+    assert [i["id"] for i in only["incidents"]] == [backend["id"]]
+    one = (await env.client.get("/api/incidents", params={"limit": "1"})).json()
+    assert [i["target"] for i in one["incidents"]] == ["other"]
+    bad = await env.client.get("/api/incidents", params={"limit": "x"})
+    assert bad.status_code == 400 and bad.json()["error"]
+
+
+async def test_incidents_need_the_token(secured: Env) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    response = await secured.client.get("/api/incidents", headers=headers)
+    assert response.status_code == 200 and response.json() == {"incidents": []}
+
+
 # --- token ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/", "/status", "/metrics", "/events", "/api/history"])
+@pytest.mark.parametrize(
+    "path", ["/", "/status", "/metrics", "/events", "/api/history", "/api/incidents"]
+)
 async def test_token_required(secured: Env, path: str) -> None:
     response = await secured.client.get(path)
     assert response.status_code == 401

@@ -493,3 +493,208 @@ def test_restarted_event_names_the_backoff_it_waited() -> None:
     second = d.spawn(102)
     backoffs = [e.details["backoff_s"] for e in first + second if isinstance(e, Emit)]
     assert backoffs == [0.0, 1.0]
+
+
+# --- cause, checks and the next retry ---------------------------------------------------------
+
+POSTGRES = "ConnectionError: could not connect to postgres"
+DB_FAILED = {"name": "database", "status": "failed", "error": POSTGRES, "latency_ms": 2.0}
+CACHE_OK = {"name": "cache", "status": "ok", "error": None, "latency_ms": 0.3}
+
+
+def emitted(effects: list[Effect], kind: Kind) -> Emit:
+    return next(e for e in effects if isinstance(e, Emit) and e.kind is kind)
+
+
+def test_crash_cause_is_the_last_non_empty_stderr_line() -> None:
+    d = Driver()
+    d.healthy(100)
+    tail = ["Traceback (most recent call last):", '  File "erp.py", line 3', POSTGRES, "  ", ""]
+    effects = d.feed(Exited(100, "exit code 1", {"exit_code": 1, "stderr_tail": tail}), at=1.0)
+    crashed = emitted(effects, Kind.CRASHED)
+    assert crashed.details["cause"] == f"exit code 1: {POSTGRES}"
+    assert crashed.details["stderr_tail"] == tail  # still there in full
+    assert d.state.cause == {
+        "summary": f"exit code 1: {POSTGRES}",
+        "kind": "crash",
+        "exit_code": 1,
+        "signal": None,
+        "stderr_line": POSTGRES,
+        "checks": [],
+    }
+    d.spawn(101)
+    assert d.state.cause is not None  # still in trouble while it starts again
+    d.probe("ok", at=2.0)
+    assert d.state.cause is None
+
+
+def test_crash_cause_is_one_bounded_line_or_just_the_exit() -> None:
+    d = Driver()
+    d.healthy(100)
+    effects = d.feed(Exited(100, "killed by SIGKILL", {"signal": "SIGKILL", "stderr_tail": []}))
+    assert emitted(effects, Kind.CRASHED).details["cause"] == "killed by SIGKILL"
+    assert d.state.cause is not None and d.state.cause["signal"] == "SIGKILL"
+    d.spawn(101)
+    long_line = "x" * 5000
+    effects = d.feed(Exited(101, "exit code 2", {"stderr_tail": [long_line]}))
+    line = d.state.cause["stderr_line"] if d.state.cause else None
+    assert line is not None and len(line) == 200 and line.endswith("…")
+    assert emitted(effects, Kind.CRASHED).details["cause"] == f"exit code 2: {line}"
+
+
+def test_spawn_failure_cause() -> None:
+    d = Driver()
+    effects = d.feed(SpawnFailed("EMFILE: Too many open files"))
+    assert emitted(effects, Kind.CRASHED).details["cause"] == (
+        "could not start: EMFILE: Too many open files"
+    )
+    assert d.state.cause is not None and d.state.cause["kind"] == "crash"
+
+
+def test_degraded_names_the_failing_checks_and_their_errors() -> None:
+    d = Driver()
+    d.healthy(100)
+    effects = d.probe("degraded", reason="body status: degraded", checks=(DB_FAILED, CACHE_OK))
+    degraded = emitted(effects, Kind.DEGRADED)
+    assert degraded.message == f"degraded: database failed ({POSTGRES})"
+    assert degraded.details["checks"] == [DB_FAILED, CACHE_OK]
+    assert d.state.cause is not None
+    assert (d.state.cause["kind"], d.state.cause["checks"]) == ("checks", [DB_FAILED])
+    assert d.state.cause["summary"] == f"database failed ({POSTGRES})"
+    d.probe("ok")
+    assert d.state.cause is None
+
+
+def test_degraded_without_failing_checks_keeps_the_reason() -> None:
+    d = Driver()
+    d.healthy(100)
+    effects = d.probe("degraded", reason="slow: 2.31s > 2.0s", checks=(CACHE_OK,))
+    assert emitted(effects, Kind.DEGRADED).message == "degraded: slow: 2.31s > 2.0s"
+    assert d.state.cause is not None and d.state.cause["kind"] == "probe"
+
+
+def test_many_failing_checks_are_named_up_to_five() -> None:
+    d = Driver()
+    d.healthy(100)
+    failing = tuple({"name": f"c{i}", "status": "failed", "error": None} for i in range(8))
+    effects = d.probe("degraded", reason="body status: degraded", checks=failing)
+    message = emitted(effects, Kind.DEGRADED).message
+    assert message == "degraded: c0 failed, c1 failed, c2 failed, c3 failed, c4 failed, and 3 more"
+
+
+def test_unhealthy_with_checks_names_them_after_the_reason() -> None:
+    d = Driver()
+    d.healthy(100)
+    effects = d.probe("failed", reason="HTTP 503", checks=(DB_FAILED,))
+    unhealthy = emitted(effects, Kind.UNHEALTHY)
+    assert unhealthy.message == f"unhealthy: HTTP 503; database failed ({POSTGRES})"
+    assert unhealthy.details["checks"] == [DB_FAILED]
+    assert d.state.cause is not None and d.state.cause["kind"] == "checks"
+
+
+def test_unanswered_probe_cause() -> None:
+    d = Driver()
+    d.healthy()
+    d.feed(Tick(), at=1.5)
+    sent = d.state.probe_sent_at
+    assert sent is not None
+    d.feed(Tick(), at=sent + FAST.timeout_threshold)
+    assert d.state.cause is not None
+    assert (d.state.cause["kind"], d.state.cause["summary"]) == ("probe", "no answer for 3.0s")
+
+
+def test_restart_limit_carries_the_slow_retry_and_the_last_cause() -> None:
+    d = Driver(replace(FAST, max_restarts=0))
+    d.healthy(100)
+    tail = [POSTGRES]
+    effects = d.feed(Exited(100, "exit code 1", {"exit_code": 1, "stderr_tail": tail}), at=7.0)
+    limit = emitted(effects, Kind.RESTART_LIMIT_REACHED)
+    assert limit.details["retry_in_s"] == FAST.limit_retry
+    assert limit.details["next_retry_in_s"] == FAST.limit_retry
+    assert d.core.next_retry(d.state) == 7.0 + FAST.limit_retry
+    cause = d.state.cause
+    assert cause is not None and cause["kind"] == "limit"
+    assert cause["summary"] == f"restart limit reached; last: exit code 1: {POSTGRES}"
+    assert (cause["exit_code"], cause["stderr_line"]) == (1, POSTGRES)
+    down = emitted(d.feed(Tick(), at=7.0 + FAST.down_after), Kind.DOWN)
+    assert down.details["next_retry_in_s"] == FAST.limit_retry - FAST.down_after
+
+
+def test_no_retry_scheduled_means_no_next_retry() -> None:
+    d = Driver(replace(FAST, max_restarts=0, limit_retry=0))
+    d.healthy(100)
+    effects = d.feed(Exited(100, "exit code 1"), at=1.0)
+    assert "next_retry_in_s" not in emitted(effects, Kind.RESTART_LIMIT_REACHED).details
+    assert d.core.next_retry(d.state) is None
+    # unhealthy for long with the process still running: "down", nothing scheduled yet
+    d = Driver(replace(FAST, timeout_threshold=1000.0))
+    d.healthy(100)
+    d.probe("failed", at=1.0, reason="HTTP 500")
+    down = emitted(d.feed(Tick(), at=1.0 + FAST.down_after), Kind.DOWN)
+    assert "next_retry_in_s" not in down.details
+    assert d.core.next_retry(d.state) is None
+
+
+def test_crash_loop_carries_the_backoff_restart() -> None:
+    d = Driver(replace(FAST, max_restarts=10))
+    pid = 100
+    d.spawn(pid)
+    loop: Emit | None = None
+    while loop is None:
+        effects = d.feed(Exited(pid, "exit code 1"))
+        loop = next((e for e in effects if isinstance(e, Emit) and e.kind is Kind.CRASH_LOOP), None)
+        due = d.core.next_due(d.state)
+        assert due is not None
+        if loop is None:
+            d.feed(Tick(), at=due)
+            pid += 1
+            d.spawn(pid)
+    assert d.state.restart_at is not None
+    assert loop.details["next_retry_in_s"] == d.state.restart_at - d.now > 0
+    assert d.core.next_retry(d.state) == d.state.restart_at
+
+
+def test_resource_and_operator_causes() -> None:
+    d = Driver(replace(FAST, rss_limit_mb=100.0, restart_on_rss=True))
+    d.healthy(100)
+    d.feed(ResourceSample((100,), 150.0))
+    assert d.state.cause is not None and d.state.cause["kind"] == "resource"
+    d.feed(Stopped())
+    restarted = emitted(d.spawn(101), Kind.RESTARTED)
+    assert restarted.details["cause_kind"] == "resource"
+    d.probe("ok")
+    d.feed(RestartRequest("deploy", counted=False, actor="bob"))
+    assert d.state.cause is not None
+    assert d.state.cause["summary"] == "restart requested by bob: deploy"
+    d.feed(Stopped())
+    d.spawn(102)
+    d.probe("ok")
+    d.feed(Hold("bob", "upgrade"))
+    assert d.state.cause is not None
+    assert (d.state.cause["kind"], d.state.cause["summary"]) == (
+        "operator",
+        "stopped by bob: upgrade",
+    )
+    assert d.core.next_retry(d.state) is None
+    d.feed(Stopped())
+    d.feed(Release("bob"))
+    assert d.state.cause is None
+
+
+def test_shutdown_cause_and_a_kept_hold_cause() -> None:
+    d = Driver()
+    d.healthy(100)
+    d.feed(Shutdown())
+    assert d.state.cause is not None
+    assert (d.state.cause["kind"], d.state.cause["summary"]) == ("operator", "erpwatch is stopping")
+    state, _ = Core(FAST).start(0.0, held={"actor": "bob", "reason": "upgrade", "since": "x"})
+    assert state.cause is not None and state.cause["summary"] == "stopped by bob: upgrade"
+
+
+def test_limit_cause_without_an_earlier_one_names_the_last_reason() -> None:
+    d = Driver(replace(FAST, max_restarts=0))
+    d.healthy(100)
+    d.feed(RestartRequest("config changed"))  # counted: the limit of 0 is reached at once
+    assert d.state.cause is not None
+    assert d.state.cause["summary"] == "restart limit reached; last: config changed"
+    assert d.state.cause["kind"] == "limit"

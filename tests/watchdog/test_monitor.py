@@ -14,10 +14,14 @@ import httpx
 import psutil
 import pytest
 
+from erpwatch_healthkit import HealthKit
 from tests.helpers import await_until, free_port
+from tests.watchdog.test_probe import Postgres, serve_app
+from watchdog.api import StatusServer
 from watchdog.bus import EventBus
 from watchdog.clock import RealClock
-from watchdog.config import TargetConfig, load_settings
+from watchdog.config import Settings, TargetConfig, load_settings
+from watchdog.demo.backend import CRASH_EXIT_CODE, CRASH_LINE
 from watchdog.events import Event
 from watchdog.states import TargetState
 from watchdog.store import EventStore
@@ -514,3 +518,74 @@ async def test_hung_uvicorn_ignoring_sigterm_is_killed_after_the_hang_grace(
     assert previous["signal"] == "SIGKILL"
     assert "SIGTERM ignored, SIGKILL after" in previous["escalation"]
     await harness.wait_kind("healthy", count=2, within=30)
+
+
+# --- the cause reaches the events and /status ----------------------------------------------
+
+
+async def test_failing_health_kit_check_names_itself_in_the_event_and_on_status(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """A backend's health kit (real, on uvicorn) whose database check fails like a driver."""
+    postgres = Postgres()
+    kit = HealthKit(checks={"database": postgres}, cache_ttl=0.0)
+    async with serve_app(kit.app) as port:
+        supervisor = await harness.start(
+            harness.configs(
+                command=f"{sys.executable} -c 'import time; time.sleep(600)'",
+                health_url=f"http://127.0.0.1:{port}/status",
+            )
+        )
+        await harness.wait_kind("healthy")
+        postgres.down = True
+        degraded = await harness.wait_kind("degraded")
+        error = "ConnectionError: could not connect to postgres at 10.0.0.5:5432"
+        assert degraded.message == f"degraded: database failed ({error})"
+        (check,) = degraded.details["checks"]
+        assert (check["name"], check["status"], check["error"]) == ("database", "failed", error)
+        assert isinstance(check["latency_ms"], float)
+        settings = Settings(status_port=0, log_path=tmp_path / "logs", status_cache_ttl=0)
+        server = StatusServer(settings, source=supervisor, store=harness.store, bus=harness.bus)
+        await server.start()
+        try:
+            async with httpx.AsyncClient(base_url=server.url, trust_env=False) as client:
+                document = (await client.get("/status", params={"fresh": "1"})).json()
+                incidents = (await client.get("/api/incidents")).json()["incidents"]
+        finally:
+            await server.stop()
+    (target,) = document["targets"]
+    assert target["label"] == "Degraded" and target["down_since"] is None
+    assert target["cause"]["kind"] == "checks"
+    assert target["cause"]["summary"] == f"database failed ({error})"
+    assert [c["name"] for c in target["cause"]["checks"]] == ["database"]
+    assert target["checks"][0]["error"] == error
+    assert target["latencies"] and all(p["ms"] is not None for p in target["latencies"])
+    assert target["latencies"][-1]["at"].endswith("Z")
+    assert 0.0 < target["availability"]["24h"] <= 1.0  # starting counts as down
+    assert target["silence"] is None and target["next_retry_at"] is None
+    (incident,) = incidents
+    assert incident["ended_at"] is None and incident["cause"]["kind"] == "checks"
+
+
+async def test_crash_cause_is_the_backends_last_stderr_line(harness: Harness) -> None:
+    port = free_port()
+    await harness.start(
+        harness.configs(
+            command=backend_command(port),
+            health_url=f"http://127.0.0.1:{port}/health",
+            restart_backoff=30.0,
+        )
+    )
+    await harness.wait_kind("healthy")
+    await post(port, "/fault/crash")
+    await harness.wait_kind("healthy", count=2)  # the first restart has no backoff
+    await post(port, "/fault/crash")
+    crashed = await harness.wait_kind("crashed", count=2)
+    assert crashed.details["cause"] == f"exit code {CRASH_EXIT_CODE}: {CRASH_LINE}"
+    status = await await_until(
+        lambda: (s := monitor_of(harness).status()).state is TargetState.RESTARTING and s
+    )
+    assert status.cause is not None and status.cause["stderr_line"] == CRASH_LINE
+    assert status.cause["exit_code"] == CRASH_EXIT_CODE and status.cause["kind"] == "crash"
+    assert status.next_retry_in is not None and 0 < status.next_retry_in <= 30.0
+    assert status.down_for is not None

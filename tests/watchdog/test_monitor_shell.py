@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,8 +14,8 @@ from watchdog.clock import FakeClock
 from watchdog.config import TargetConfig, load_settings
 from watchdog.core import Hold, Release, RestartRequest
 from watchdog.events import Event
-from watchdog.monitor import TargetMonitor
-from watchdog.probe import ProbeResult, ProbeStatus
+from watchdog.monitor import LATENCY_HISTORY, TargetMonitor
+from watchdog.probe import CheckResult, ProbeResult, ProbeStatus
 from watchdog.process import ExitInfo, ProcessStartError, StopReport
 from watchdog.states import TargetState
 from watchdog.tasks import TaskSupervisor
@@ -48,6 +49,7 @@ class FakeProcess:
         self.stops: list[tuple[float, float]] = []  # (clock time, grace)
         self.ignore_sigterm = False
         self.stop_errors: list[Exception] = []
+        self.stop_gate: asyncio.Event | None = None  # while unset, a stop is under way
         self._exit: asyncio.Future[ExitInfo] | None = None
         self.clock: FakeClock | None = None
 
@@ -76,6 +78,8 @@ class FakeProcess:
         self.stops.append((self.clock.now(), grace))
         if self.stop_errors:
             raise self.stop_errors.pop(0)
+        if self.stop_gate is not None:
+            await self.stop_gate.wait()
         if not self.running:
             return StopReport(None, escalated=False, after=0.0)
         self.exit(-9 if self.ignore_sigterm else -15)
@@ -100,13 +104,19 @@ class FakeProber:
         self.clock = clock
         self.hang = False
         self.status = ProbeStatus.OK
+        self.status_code: int | None = 200
+        self.reason = "HTTP 200"
+        self.checks: tuple[CheckResult, ...] = ()
         self.sent: list[float] = []
 
     async def check(self) -> ProbeResult:
         self.sent.append(self.clock.now())
         if self.hang:
             await asyncio.Event().wait()
-        return ProbeResult(self.status, 0.001, 200, "HTTP 200", self.clock.now())
+        now = self.clock.now()
+        return ProbeResult(
+            self.status, 0.001, self.status_code, self.reason, now, checks=self.checks
+        )
 
 
 class FakeBus:
@@ -394,3 +404,81 @@ async def test_a_hold_kept_in_the_store_is_not_started() -> None:
     assert rig.process.starts == 0 and rig.monitor.state is TargetState.STOPPED
     assert rig.bus.kinds() == ["stopped"]
     await rig.close()
+
+
+# --- what the status shows: probes, the stop under way, the next retry, the cause ----------
+
+
+async def test_latency_history_is_bounded_and_an_unanswered_probe_has_no_ms(rig: Rig) -> None:
+    await rig.start()
+    await rig.advance(8.0)  # check_interval 0.2: ~40 probes
+    history = rig.monitor.status().latencies
+    assert len(history) == LATENCY_HISTORY
+    ages = [age for age, _ms, _status in history]
+    assert ages == sorted(ages, reverse=True)  # oldest first
+    assert {(ms, status) for _age, ms, status in history} == {(1.0, "ok")}
+    rig.prober.status, rig.prober.status_code = ProbeStatus.FAILED, None
+    rig.prober.reason = "connection refused"
+    await rig.advance(0.2)
+    _age, ms, status = rig.monitor.status().latencies[-1]
+    assert (ms, status) == (None, "failed")
+    entry = rig.monitor.status().to_dict()["latencies"][-1]
+    assert (entry["ms"], entry["ok"], entry["status"]) == (None, False, "failed")
+
+
+async def test_the_pid_being_stopped_is_shown_while_restarting(rig: Rig) -> None:
+    await rig.start()
+    old = rig.process.pid
+    rig.process.stop_gate = asyncio.Event()
+    rig.monitor.request_restart("test")
+    await rig.settle()
+    status = rig.monitor.status()
+    assert status.state is TargetState.RESTARTING and status.stopping_pid == old
+    rig.process.stop_gate.set()
+    await rig.advance(1.0)
+    status = rig.monitor.status()
+    assert status.stopping_pid is None and status.pid == rig.process.pid != old
+
+
+async def test_limit_events_and_status_carry_the_next_retry_and_down_since() -> None:
+    rig = Rig(max_restarts=0, limit_retry=120.0, down_after=5.0)
+    await rig.start()
+    await rig.advance(1.0)
+    rig.process.exit(1)  # stderr tail ("boom",)
+    await rig.settle()
+    limit = next(e for e in rig.bus.events if e.kind == "restart-limit-reached")
+    assert limit.details["next_retry_in_s"] == 120.0
+    retry_at = datetime.fromisoformat(limit.details["next_retry_at"])
+    assert limit.details["next_retry_at"].endswith("Z")
+    assert retry_at - limit.ts == pytest.approx(timedelta(seconds=120), abs=timedelta(seconds=1))
+    crashed = next(e for e in rig.bus.events if e.kind == "crashed")
+    assert crashed.details["cause"] == "exit code 1: boom"
+    await rig.advance(6.0)
+    down = next(e for e in rig.bus.events if e.kind == "down")
+    assert down.details["next_retry_in_s"] == pytest.approx(115.0, abs=0.1)  # at crash + 5 s
+    status = rig.monitor.status()
+    assert status.state is TargetState.FAILED
+    assert status.next_retry_in == pytest.approx(114.0, abs=0.2)
+    assert status.down_for == pytest.approx(6.0, abs=0.2)
+    assert status.cause is not None and status.cause["kind"] == "limit"
+    assert status.cause["exit_code"] == 1 and status.cause["stderr_line"] == "boom"
+    await rig.close()
+
+
+async def test_failing_checks_reach_the_event_and_the_status(rig: Rig) -> None:
+    await rig.start()
+    error = "ConnectionError: could not connect to postgres"
+    rig.prober.status, rig.prober.reason = ProbeStatus.DEGRADED, "body status: degraded"
+    rig.prober.checks = (CheckResult("database", "failed", error, 3.5),)
+    await rig.advance(0.4)
+    degraded = next(e for e in rig.bus.events if e.kind == "degraded")
+    assert degraded.message == f"degraded: database failed ({error})"
+    check = {"name": "database", "status": "failed", "error": error, "latency_ms": 3.5}
+    assert degraded.details["checks"] == [check]
+    status = rig.monitor.status()
+    assert status.checks == [check]
+    assert status.cause is not None and status.cause["checks"] == [check]
+    assert status.down_for is None  # degraded counts as up
+    rig.prober.status, rig.prober.reason, rig.prober.checks = ProbeStatus.OK, "HTTP 200", ()
+    await rig.advance(0.4)
+    assert rig.monitor.status().cause is None and rig.monitor.status().checks == []

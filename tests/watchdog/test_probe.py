@@ -3,20 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
+import json
 import re
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Self
 
 import httpx
 import pytest
+import uvicorn
+from starlette.types import ASGIApp
 
+from erpwatch_healthkit import HealthKit
 from tests.helpers import await_until, free_port
 from watchdog.clock import RealClock
 from watchdog.demo.backend import CRASH_EXIT_CODE, CRASH_LINE
-from watchdog.probe import MAX_BODY, Prober, ProbeResult, ProbeStatus, classify, make_client
+from watchdog.probe import (
+    MAX_BODY,
+    MAX_CHECK_TEXT,
+    MAX_CHECKS,
+    CheckResult,
+    Prober,
+    ProbeResult,
+    ProbeStatus,
+    classify,
+    make_client,
+    parse_checks,
+)
 from watchdog.process import ManagedProcess
 
 OK, DEGRADED, FAILED = ProbeStatus.OK, ProbeStatus.DEGRADED, ProbeStatus.FAILED
@@ -59,6 +75,70 @@ def test_classify(
     expected: tuple[ProbeStatus, str],
 ) -> None:
     assert classify(status_code, latency, body, 2.0, error) == expected
+
+
+# -- parse_checks: the health body's check results, bounded -----------------------------------
+
+
+def test_checks_of_the_health_kit_body() -> None:
+    body = {
+        "status": "degraded",
+        "checks": {
+            "database": {
+                "status": "failed",
+                "error": "ConnectionError: could not connect to postgres",
+                "latency_ms": 2.5,
+            },
+            "cache": {"status": "ok", "latency_ms": 0.4, "detail": {"hits": 3}},
+        },
+    }
+    assert parse_checks(body) == (
+        CheckResult("database", "failed", "ConnectionError: could not connect to postgres", 2.5),
+        CheckResult("cache", "ok", None, 0.4),
+    )
+    assert [c.ok for c in parse_checks(body)] == [False, True]
+
+
+def test_checks_of_the_health_check_draft_and_of_odd_bodies() -> None:
+    draft = {
+        "status": "fail",
+        "checks": {
+            "postgres:responseTime": [
+                {"status": "pass", "observedValue": 3},
+                {"status": "fail", "output": "timeout\nafter 2s"},
+            ],
+            "disk": "WARN",
+        },
+    }
+    assert parse_checks(draft) == (
+        CheckResult("postgres:responseTime", "fail", "timeout after 2s"),
+        CheckResult("disk", "warn"),
+    )
+    listed = {"checks": [{"name": "db", "status": "ok", "latency_ms": True}, "junk"]}
+    assert parse_checks(listed) == (CheckResult("db", "ok"),)  # a bool is no latency
+    assert parse_checks({"checks": {"db": {"latency_ms": float("nan")}}}) == (
+        CheckResult("db", "unknown"),
+    )
+    for body in (None, [], {"status": "ok"}, {"checks": 3}):
+        assert parse_checks(body) == ()
+
+
+def test_checks_are_bounded_and_the_failing_ones_kept() -> None:
+    entries = {f"ok{i:02d}": {"status": "ok"} for i in range(30)}
+    entries["zz-broken"] = {"status": "failed", "error": "E" * 5000}
+    checks = parse_checks({"checks": {"a" * 500: {"status": "ok"}, **entries}})
+    assert len(checks) == MAX_CHECKS
+    assert checks[-1].name == "zz-broken"  # kept although it came last, order preserved
+    assert checks[-1].error is not None and len(checks[-1].error) == MAX_CHECK_TEXT
+    assert checks[-1].error.endswith("…")
+    assert len(checks[0].name) == MAX_CHECK_TEXT
+
+
+def test_result_without_an_answer_is_no_latency() -> None:
+    refused = ProbeResult(FAILED, 0.003, None, "connection refused", 10.0)
+    assert not refused.answered
+    assert ProbeResult(FAILED, 0.2, 503, "HTTP 503", 10.0).answered
+    assert refused.to_dict()["checks"] == []
 
 
 # -- tiny servers on loopback that answer exactly as told --------------------------------------
@@ -269,6 +349,21 @@ async def test_degraded_body(server: HealthServer, client: httpx.AsyncClient) ->
     assert (result.status, result.reason) == (DEGRADED, "body status: degraded")
 
 
+async def test_checks_of_the_body_are_kept_also_with_a_failing_status_code(
+    server: HealthServer, client: httpx.AsyncClient
+) -> None:
+    server.status = 503
+    server.body = json.dumps(
+        {"status": "down", "checks": {"db": {"status": "failed", "error": "refused"}}}
+    ).encode()
+    result = await prober(server.url, client).check()
+    assert (result.status, result.reason) == (FAILED, "HTTP 503")
+    assert result.checks == (CheckResult("db", "failed", "refused"),)
+    assert result.to_dict()["checks"] == [
+        {"name": "db", "status": "failed", "error": "refused", "latency_ms": None}
+    ]
+
+
 async def test_body_at_the_cap_is_parsed_one_byte_more_is_not(
     server: HealthServer, client: httpx.AsyncClient
 ) -> None:
@@ -457,3 +552,56 @@ async def test_demo_backend_fault_file(
     info = await process.wait()
     assert info.returncode == CRASH_EXIT_CODE
     assert info.stderr_tail[-1] == CRASH_LINE
+
+
+# -- Prober against a real health kit on uvicorn ----------------------------------------------
+
+
+class QuietServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:  # leave pytest's signal handling alone
+        yield
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: ASGIApp) -> AsyncIterator[int]:
+    """``app`` on a real uvicorn at 127.0.0.1:<ephemeral port>; yields the port."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="off")
+    server = QuietServer(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        await await_until(lambda: server.started or task.done(), what="uvicorn started")
+        yield int(server.servers[0].sockets[0].getsockname()[1])
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+class Postgres:
+    """A database check that fails like a real driver while ``down``."""
+
+    def __init__(self) -> None:
+        self.down = False
+
+    async def __call__(self) -> str:
+        if self.down:
+            raise ConnectionError("could not connect to postgres at 10.0.0.5:5432")
+        return "connected"
+
+
+async def test_failing_health_kit_check_is_named_with_its_error(
+    client: httpx.AsyncClient,
+) -> None:
+    postgres = Postgres()
+    kit = HealthKit(checks={"database": postgres}, cache_ttl=0.0)
+    async with serve_app(kit.app) as port:
+        check = prober(f"http://127.0.0.1:{port}/status", client)
+        ok = await check.check()
+        assert ok.status is OK and [c.name for c in ok.checks] == ["database"]
+        assert ok.checks[0].ok and ok.checks[0].latency_ms is not None
+        postgres.down = True
+        degraded = await check.check()
+    assert (degraded.status, degraded.reason) == (DEGRADED, "body status: degraded")
+    (database,) = degraded.checks
+    assert (database.name, database.status) == ("database", "failed")
+    assert database.error == "ConnectionError: could not connect to postgres at 10.0.0.5:5432"
