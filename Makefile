@@ -2,19 +2,33 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
+# What the demo needs (erpwatch and its runtime dependencies) and, on top, what the tests,
+# the linters and the benchmarks need (the `dev` extra). Stamps, so each installs once per
+# change of the project files.
+RUNTIME = $(VENV)/.installed-runtime
+DEV     = $(VENV)/.installed-dev
+PROJECT = pyproject.toml healthkit/pyproject.toml
 
-.PHONY: demo test install lint typecheck check bench bench-quick clean
+.PHONY: demo test install install-runtime lint typecheck check bench bench-quick clean
 
-$(BIN)/erpwatch: pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+
+$(RUNTIME): $(PROJECT) | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
 	@touch $@
 
-install: $(BIN)/erpwatch
+$(DEV): $(PROJECT) | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@ $(RUNTIME)
+
+install-runtime: $(RUNTIME)
+
+## Everything: erpwatch, the test and lint tools (what .ci/run and `make test` use).
+install: $(DEV)
 
 ## The main job: a sample backend under supervision, a crash, a hang and a crash loop.
-demo: install
+demo: $(RUNTIME)
 	$(BIN)/erpwatch demo
 
 ## The test suite (real processes, HTTP, SMTP and SQLite on loopback).
@@ -38,4 +52,4 @@ bench-quick: install
 	$(BIN)/python bench/run_all.py --quick
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache watchdog_logs test-artifacts
+	rm -rf $(VENV) build dist *.egg-info healthkit/build healthkit/src/*.egg-info .pytest_cache .mypy_cache .ruff_cache watchdog_logs test-artifacts

@@ -2,9 +2,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +21,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
+from erpwatch_healthkit import HealthKit
 from tests.helpers import await_until
-from watchdog.healthkit import HealthKit
 
 
 class _Server(uvicorn.Server):
@@ -172,7 +175,7 @@ import asyncio, socket, sys
 import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Mount
-from watchdog.healthkit import HealthKit
+from erpwatch_healthkit import HealthKit
 
 async def db():
     await asyncio.sleep(0)
@@ -223,3 +226,135 @@ async def test_kit_in_a_real_backend_process(
     assert body["checks"]["db"]["detail"] == "connected"
     async with httpx.AsyncClient(timeout=2) as client:
         assert (await client.get(f"{url}/health")).json() == {"status": "ok"}
+
+
+def test_erpwatch_still_ships_the_kit_under_its_old_name() -> None:
+    import erpwatch_healthkit
+    import watchdog.healthkit
+
+    assert watchdog.healthkit.HealthKit is erpwatch_healthkit.HealthKit
+    assert watchdog.healthkit.Check is erpwatch_healthkit.Check
+
+
+# --- the kit as a distribution of its own, in a backend's environment --------------------
+
+REPO = Path(__file__).resolve().parents[2]
+# What a build leaves in a source tree, and what is not the project's: builds run on a copy.
+NOT_SOURCE = shutil.ignore_patterns(
+    ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "test-artifacts"
+)
+
+BACKEND_CHECK = """
+import asyncio, importlib.util, json
+
+# The backend's environment: the kit and its two dependencies, no erpwatch.
+missing = [n for n in ("watchdog", "alerting", "erpwatch_templates") if importlib.util.find_spec(n)]
+assert not missing, f"importable without erpwatch: {missing}"
+
+from erpwatch_healthkit import HealthKit
+
+
+async def get(app, path):
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "headers": [], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+    }
+    await app(scope, receive, send)
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], json.loads(body)
+
+
+async def db():
+    return "connected"
+
+
+async def main():
+    kit = HealthKit(version="7.0", checks={"db": db})
+    health = await get(kit.app, "/health")
+    status = await get(kit.app, "/status")
+    import erpwatch_healthkit
+    print(json.dumps({"health": health, "status": status, "file": erpwatch_healthkit.__file__}))
+
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+def test_the_kit_installs_into_a_backends_venv_without_watchdog(tmp_path: Path) -> None:
+    """`pip install ./healthkit` into a fresh venv: `erpwatch_healthkit` imports and serves,
+    and nothing named `watchdog` comes along (the backend may use the PyPI library)."""
+    source = shutil.copytree(REPO / "healthkit", tmp_path / "healthkit", ignore=NOT_SOURCE)
+    venv = tmp_path / "backend-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    pip = [sys.executable, "-m", "pip", "--python", str(python)]
+    installed = subprocess.run(
+        [*pip, "install", "--quiet", str(source)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    assert "would be ignored" not in installed.stderr
+    names = subprocess.run(
+        [*pip, "list", "--format=json"], capture_output=True, text=True, env=env, check=True
+    )
+    dists = {d["name"].lower() for d in json.loads(names.stdout)}
+    assert "erpwatch-healthkit" in dists and "erpwatch" not in dists
+    assert {"starlette", "psutil"} <= dists
+    ran = subprocess.run(
+        [str(python), "-I", "-c", BACKEND_CHECK],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    result = json.loads(ran.stdout)
+    assert result["health"] == [200, {"status": "ok"}]
+    status_code, status = result["status"]
+    assert status_code == 200 and status["status"] == "ok" and status["version"] == "7.0"
+    assert status["checks"]["db"]["detail"] == "connected"
+    assert Path(result["file"]).is_relative_to(venv)
+
+
+@pytest.mark.slow
+def test_erpwatchs_wheel_ships_the_kit_and_builds_without_warnings(tmp_path: Path) -> None:
+    """erpwatch's own wheel (what `pip install .` installs) carries `erpwatch_healthkit`, the
+    demo and every template, and the build names no "Package would be ignored"."""
+    source = shutil.copytree(REPO, tmp_path / "erpwatch", ignore=NOT_SOURCE)
+    out = tmp_path / "wheels"
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", str(source), "-w", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    output = built.stdout + built.stderr
+    assert built.returncode == 0, output
+    assert "would be ignored" not in output and "absent from the `packages`" not in output
+    (wheel,) = out.glob("erpwatch-*.whl")
+    files = set(zipfile.ZipFile(wheel).namelist())
+    assert {"erpwatch_healthkit/__init__.py", "erpwatch_healthkit/py.typed"} <= files
+    assert {"watchdog/healthkit.py", "watchdog/py.typed", "alerting/py.typed"} <= files
+    demo = {f"watchdog/demo/{p.name}" for p in (REPO / "watchdog" / "demo").glob("*.py")}
+    assert demo and demo <= files
+    templates = {
+        "erpwatch_templates/" + p.relative_to(REPO / "templates").as_posix()
+        for p in (REPO / "templates").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+    assert templates and templates - files == set()

@@ -3,10 +3,13 @@ erpwatch's health kit, with the same fault switches as `watchdog.demo.backend`.
 
     python -m watchdog.demo.erp_app --port P [--fault-file PATH]
 
-/health and /status come from `watchdog.healthkit.HealthKit`; a "database" check reports the
+/health and /status come from `erpwatch_healthkit.HealthKit`; a "database" check reports the
 fault state, so ``degrade`` shows up as ``"status": "degraded"`` on /status. Faults:
-``crash`` exits with code 3, ``hang`` blocks the event loop (a real deadlock: every request,
-/health included, stops answering), ``slow:X`` delays every request by X seconds.
+``crash`` exits with code 3 (at the next request; a fault file that says ``crash`` also
+makes every start die at once, before it listens), ``hang`` blocks the event loop (a real
+deadlock: every request, /health included, stops answering), ``slow:X`` delays every
+request by X seconds. A fault switched over HTTP (``POST /fault/hang``) lives in this
+process only, so the next start is clean; one in the fault file persists across restarts.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from erpwatch_healthkit import HealthKit
 from watchdog import __version__
 from watchdog.demo.backend import FAULTS, Faults, crash
-from watchdog.healthkit import HealthKit
 
 
 class DatabaseDegraded(RuntimeError):
@@ -83,7 +86,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--fault-file", type=Path)
     args = parser.parse_args(argv)
-    app = create_app(Faults(args.fault_file))
+    faults = Faults(args.fault_file)
+    if faults.current()[0] == "crash":
+        crash()  # a start that dies at once, as with a broken configuration or migration
+    app = create_app(faults)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 
 
