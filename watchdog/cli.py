@@ -1,47 +1,49 @@
 """The ``erpwatch`` command. Each sub-command lives in the module of its concept and
-registers itself through ``register(subparsers)``; this module only parses and dispatches.
+registers itself through ``register(subparsers)``; this module only parses and dispatches,
+and imports only the chosen command's module (`watchdog.commands.COMMANDS`).
 
 A command handler has the signature ``handler(args: argparse.Namespace) -> int`` and loads
-settings itself via `watchdog.config.load_settings` (so `history` works without a target).
+what it needs itself (settings, the store), so `history` works without a target.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
-from typing import Any, Protocol
 
 from watchdog import __version__
-from watchdog.config import ConfigError
+from watchdog.commands import COMMANDS
+from watchdog.errors import ConfigError
 
 EXIT_CONFIG = 2
 
 
-def build_parser() -> argparse.ArgumentParser:
+def chosen_command(argv: Sequence[str]) -> str | None:
+    """The sub-command named on the command line (the first word that is not an option)."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv``: the chosen command's module registers its sub-parsers; the
+    others are listed by name and help only (for ``erpwatch --help``)."""
     parser = argparse.ArgumentParser(
         prog="erpwatch", description="Supervise an ERP backend and alert when it is down."
     )
     parser.add_argument("--version", action="version", version=f"erpwatch {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in _command_modules():
-        module.register(subparsers)
+    chosen = chosen_command(sys.argv[1:] if argv is None else argv)
+    if chosen in COMMANDS:
+        importlib.import_module(COMMANDS[chosen][0]).register(subparsers)
+    else:
+        for name, (_module, help_text) in COMMANDS.items():
+            subparsers.add_parser(name, help=help_text)
     return parser
 
 
-class CommandModule(Protocol):
-    def register(self, subparsers: Any) -> None: ...
-
-
-def _command_modules() -> list[CommandModule]:
-    from watchdog import commands
-
-    return list(commands.MODULES)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return int(args.handler(args))
     except ConfigError as exc:

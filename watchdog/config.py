@@ -36,7 +36,13 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-ENV_PREFIX = "ERPWATCH_"
+from watchdog.errors import ConfigError as ConfigError
+from watchdog.paths import DB_FILE_NAME, DEFAULT_LOG_PATH
+from watchdog.paths import ENV_PREFIX as ENV_PREFIX  # paths.py: the one precedence
+from watchdog.paths import control_socket_path as control_socket_path
+from watchdog.paths import env_file as env_file
+from watchdog.paths import raw_setting as raw_setting
+
 MAX_DURATION_S = 30 * 86400.0  # no duration setting is longer: 30 days
 # Set by erpwatch in each child's environment (`watchdog.reaper.MARKER`), not a setting.
 _OWN_MARKERS = frozenset({"ERPWATCH_TARGET", "ERPWATCH_ENV_FILE"})
@@ -68,10 +74,6 @@ PositiveSeconds = Annotated[float, Field(gt=0), BeforeValidator(_finite_duration
 Percent = Annotated[float, Field(gt=0, le=100)]
 SeverityName = Literal["info", "warning", "critical"]
 WEBHOOK_TEMPLATES = ("auto", "json", "slack", "teams")  # shipped bodies; auto = by the URL's host
-
-
-class ConfigError(Exception):
-    """A setting is wrong; the message names the variable and the expected form."""
 
 
 def _split_csv(value: Any) -> Any:
@@ -185,7 +187,7 @@ class Settings(BaseSettings):
     max_restarts: Annotated[int, Field(ge=0)] = 5
     check_interval: PositiveSeconds = 15.0
     timeout_threshold: Seconds = 45.0
-    log_path: Path = Path("watchdog_logs")
+    log_path: Path = Path(DEFAULT_LOG_PATH)
     debug: bool = False
     restart_window: PositiveSeconds = 600.0
     restart_backoff: Seconds = 1.0
@@ -396,7 +398,7 @@ class Settings(BaseSettings):
 
     @property
     def event_db_path(self) -> Path:
-        return self.db_path if self.db_path is not None else self.log_path / "erpwatch.db"
+        return self.db_path if self.db_path is not None else self.log_path / DB_FILE_NAME
 
     @property
     def instance_id(self) -> str:
@@ -650,38 +652,6 @@ def status_bind_problem(settings: Settings) -> str | None:
         f"{ENV_PREFIX}STATUS_TOKEN to serve the status API there, or use 127.0.0.1 "
         f"(or {ENV_PREFIX}STATUS_ENABLED=false)"
     )
-
-
-def env_file() -> Path:
-    """The env file read on top of the process environment (which wins): ``.env`` in the
-    working directory, or the file ``ERPWATCH_ENV_FILE`` names."""
-    return Path(os.environ.get(f"{ENV_PREFIX}ENV_FILE") or ".env")
-
-
-def raw_setting(name: str) -> str | None:
-    """One variable as the environment or the env file gives it (the environment wins), for
-    commands that need a path (the control socket) but not the daemon's validated settings:
-    a running erpwatch must stay reachable while its env file has an error."""
-    key = f"{ENV_PREFIX}{name.upper()}"
-    for source_name, value in os.environ.items():
-        if source_name.upper() == key and value:
-            return value
-    path = env_file()
-    if path.is_file():
-        from dotenv import dotenv_values  # python-dotenv: pydantic-settings' own parser
-
-        for source_name, file_value in dotenv_values(path).items():
-            if source_name.upper() == key and file_value:
-                return file_value
-    return None
-
-
-def control_socket_path() -> Path:
-    """`Settings.control_socket_path` without validating the rest (see `raw_setting`)."""
-    explicit = raw_setting("control_socket")
-    if explicit:
-        return Path(explicit)
-    return Path(raw_setting("log_path") or "watchdog_logs") / "erpwatch.sock"
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -19,8 +19,8 @@ EXIT_NOT_RUNNING = 3
 
 
 def operate_command(args: argparse.Namespace) -> int:
-    from watchdog.config import control_socket_path
     from watchdog.control import NotRunning, call
+    from watchdog.paths import control_socket_path
 
     names: list[str] = list(getattr(args, "names", []) or [])
     if args.command != "reload":

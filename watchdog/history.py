@@ -195,9 +195,9 @@ def register(subparsers: Any) -> None:
 
 
 def _default_db_path() -> Path:
-    from watchdog.config import load_settings
+    from watchdog.paths import event_db_path  # the path only: no settings validated
 
-    return load_settings().event_db_path
+    return event_db_path()
 
 
 def run_history(args: argparse.Namespace, stdout: TextIO | None = None) -> int:

@@ -1,0 +1,85 @@
+"""The parser imports only the chosen command's module (`watchdog.commands.COMMANDS`)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from watchdog.commands import COMMANDS
+
+REPO = Path(__file__).resolve().parents[2]
+HEAVY = ("pydantic_settings", "httpx", "uvicorn", "starlette", "jinja2", "sqlite_utils",
+         "prometheus_client", "aiosmtplib")  # fmt: skip
+
+
+def test_the_static_table_matches_what_each_module_registers() -> None:
+    registered: dict[str, tuple[str, str]] = {}
+    for module_name in sorted({module for module, _ in COMMANDS.values()}):
+        parser = argparse.ArgumentParser()
+        subparsers = parser.add_subparsers()
+        importlib.import_module(module_name).register(subparsers)
+        for action in subparsers._choices_actions:
+            registered[action.dest] = (module_name, str(action.help))
+    assert registered == COMMANDS
+
+
+def imported_by(args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> set[str]:
+    """The top-level modules a fresh interpreter has imported after running the CLI."""
+    code = (
+        "import sys, json\nfrom watchdog.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})), file=sys.stderr)"
+    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ERPWATCH_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        env={**base, "PYTHONPATH": str(REPO), **(env or {})},
+    )  # fmt: skip
+    return set(json.loads(done.stderr.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize(
+    "args", [["--version"], ["--help"], ["history", "--limit", "5"], ["restart", "--help"]]
+)
+def test_light_commands_import_no_heavy_library(args: list[str], tmp_path: Path) -> None:
+    assert not imported_by(args, tmp_path) & set(HEAVY)
+
+
+def test_history_finds_the_store_from_env_and_env_file_without_validating_settings(
+    tmp_path: Path,
+) -> None:
+    from watchdog.events import Event, Kind
+    from watchdog.store import EventStore
+
+    db = tmp_path / "elsewhere" / "events.db"
+    db.parent.mkdir()
+    with EventStore(db) as store:
+        store.append(Event.of("backend", Kind.CRASHED, "exit code 3"))
+    # A broken setting beside the path: history still reads (only the path matters).
+    (tmp_path / ".env").write_text(f"ERPWATCH_DB_PATH={db}\nERPWATCH_CHECK_INTERVAL=soon\n")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ERPWATCH_")}
+    shown = subprocess.run(
+        [sys.executable, "-m", "watchdog.cli", "history", "--json"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        env={**base, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert [e["kind"] for e in json.loads(shown.stdout)] == ["crashed"]
+    other = tmp_path / "env-wins.db"
+    with EventStore(other) as store:
+        store.append(Event.of("backend", Kind.HEALTHY, "ok"))
+    shown = subprocess.run(
+        [sys.executable, "-m", "watchdog.cli", "history", "--json"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        env={**base, "PYTHONPATH": str(REPO), "ERPWATCH_DB_PATH": str(other)},
+    )  # fmt: skip
+    assert [e["kind"] for e in json.loads(shown.stdout)] == ["healthy"]
+    assert not imported_by(["history"], tmp_path) & {"pydantic_settings", "sqlite_utils"}
