@@ -37,7 +37,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from watchdog.errors import ConfigError as ConfigError
-from watchdog.paths import DB_FILE_NAME, DEFAULT_LOG_PATH
+from watchdog.paths import DB_FILE_NAME, DEFAULT_LOG_PATH, DEFAULT_STATUS_HOST, DEFAULT_STATUS_PORT
 from watchdog.paths import ENV_PREFIX as ENV_PREFIX  # paths.py: the one precedence
 from watchdog.paths import control_socket_path as control_socket_path
 from watchdog.paths import env_file as env_file
@@ -266,8 +266,8 @@ class Settings(BaseSettings):
 
     # --- status server -------------------------------------------------------------
     status_enabled: bool = True
-    status_host: str = "127.0.0.1"
-    status_port: Annotated[int, Field(ge=0, le=65535)] = 8765
+    status_host: str = DEFAULT_STATUS_HOST
+    status_port: Annotated[int, Field(ge=0, le=65535)] = DEFAULT_STATUS_PORT
     status_token: SecretStr | None = None
     status_cache_ttl: Seconds = 2.0
     status_max_connections: Annotated[int, Field(ge=1, le=10_000)] = 100

@@ -15,6 +15,8 @@ from pathlib import Path
 ENV_PREFIX = "ERPWATCH_"
 DEFAULT_LOG_PATH = "watchdog_logs"
 DB_FILE_NAME = "erpwatch.db"
+DEFAULT_STATUS_HOST = "127.0.0.1"
+DEFAULT_STATUS_PORT = 8765
 
 
 def env_file() -> Path:

@@ -21,12 +21,19 @@ import socket
 import sqlite3
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
-from watchdog.config import Settings, load_settings
 from watchdog.events import SYSTEM_TARGET, Kind
+from watchdog.paths import (
+    DEFAULT_STATUS_HOST,
+    DEFAULT_STATUS_PORT,
+    control_socket_path,
+    event_db_path,
+    raw_setting,
+)
 from watchdog.states import TargetState
 from watchdog.store import EventStore, StoreError, StoreNotFoundError
 
@@ -50,6 +57,81 @@ Colour: --color=auto (the default) colours on a terminal unless NO_COLOR is set
 (non-empty) or TERM=dumb; --color=always also colours through a pipe."""
 
 TIMEOUT_MAX_S = 600.0
+
+
+class _Secret(Protocol):
+    def get_secret_value(self) -> str: ...
+
+
+class StatusConfig(Protocol):
+    """What this command reads of the settings (`watchdog.config.Settings` has it all)."""
+
+    @property
+    def status_enabled(self) -> bool: ...
+    @property
+    def status_host(self) -> str: ...
+    @property
+    def status_port(self) -> int: ...
+    @property
+    def status_token(self) -> _Secret | None: ...
+    @property
+    def control_socket_path(self) -> Path: ...
+    @property
+    def event_db_path(self) -> Path: ...
+    def targets_resolved(self) -> Sequence[Any]: ...
+
+
+@dataclass(frozen=True)
+class _Token:
+    value: str
+
+    def get_secret_value(self) -> str:
+        return self.value
+
+
+class QuickConfig:
+    """The few settings a status read needs, from the environment and the env file with
+    the settings' own precedence (`watchdog.paths`), without pydantic-settings (~0.45 s).
+    Only the store fallback (erpwatch not running) loads and validates everything, for
+    the names of the configured targets."""
+
+    def __init__(self) -> None:
+        enabled = (raw_setting("status_enabled") or "true").strip().lower()
+        if enabled not in _BOOLEANS:
+            raise ValueError("ERPWATCH_STATUS_ENABLED")
+        self.status_enabled = _BOOLEANS[enabled]
+        self.status_host = raw_setting("status_host") or DEFAULT_STATUS_HOST
+        self.status_port = int(raw_setting("status_port") or DEFAULT_STATUS_PORT)
+        if not 0 <= self.status_port <= 65535:
+            raise ValueError("ERPWATCH_STATUS_PORT")
+        token = raw_setting("status_token")
+        self.status_token: _Secret | None = _Token(token) if token else None
+        self.control_socket_path = control_socket_path()
+        self.event_db_path = event_db_path()
+
+    def targets_resolved(self) -> Sequence[Any]:
+        from watchdog.config import load_settings
+
+        return load_settings().targets_resolved()
+
+
+# What pydantic reads as a bool; anything else goes to the full settings for its error.
+_BOOLEANS = {"1": True, "true": True, "t": True, "yes": True, "y": True, "on": True,
+             "0": False, "false": False, "f": False, "no": False, "n": False,
+             "off": False}  # fmt: skip
+
+
+def status_config() -> StatusConfig:
+    """`QuickConfig`, or the fully validated settings when a value it reads is wrong (so
+    the error names the variable and the expected form, as for every command)."""
+    try:
+        return QuickConfig()
+    except ValueError:
+        from watchdog.config import load_settings
+
+        return load_settings()
+
+
 MAX_BODY = 64 * 1024 * 1024  # a /status document larger than this is not one
 LABEL_MAX = 60  # characters of a state label (an operator's reason can be long)
 TEXT_MAX = 80  # characters of an event message or a cause in the table
@@ -97,7 +179,7 @@ class StatusUnreadable(Exception):
 # --- reading ----------------------------------------------------------------------------
 
 
-def _api_host(settings: Settings) -> str:
+def _api_host(settings: StatusConfig) -> str:
     host = settings.status_host
     if host in ("", "0.0.0.0"):
         return "127.0.0.1"
@@ -106,7 +188,7 @@ def _api_host(settings: Settings) -> str:
     return host.strip("[]")
 
 
-def api_base_url(settings: Settings) -> str:
+def api_base_url(settings: StatusConfig) -> str:
     """Where a local client reaches the API (a wildcard bind address means loopback)."""
     host = _api_host(settings)
     if ":" in host:
@@ -114,11 +196,11 @@ def api_base_url(settings: Settings) -> str:
     return f"http://{host}:{settings.status_port}"
 
 
-def api_enabled(settings: Settings) -> bool:
+def api_enabled(settings: StatusConfig) -> bool:
     return settings.status_enabled and settings.status_port != 0
 
 
-def fetch_status(settings: Settings, timeout: float = 2.0) -> dict[str, Any] | None:
+def fetch_status(settings: StatusConfig, timeout: float = 2.0) -> dict[str, Any] | None:
     """The running erpwatch's ``/status`` document, or None when nothing listens.
 
     Raises `StatusApiError` when something listens but gives no status: a refused token,
@@ -189,7 +271,7 @@ def label_for(state: str, held: Mapping[str, Any] | None = None) -> str:
 
 
 def status_from_store(
-    settings: Settings, store: EventStore, *, erpwatch_running: bool = False
+    settings: StatusConfig, store: EventStore, *, erpwatch_running: bool = False
 ) -> dict[str, Any]:
     """The last known state of each target (configured ones first, then any in the log)."""
     names = [config.name for config in settings.targets_resolved()]
@@ -229,7 +311,7 @@ def status_from_store(
     }
 
 
-def read_status(settings: Settings, timeout: float) -> dict[str, Any]:
+def read_status(settings: StatusConfig, timeout: float) -> dict[str, Any]:
     """The status document (``source``: ``api`` or ``store``). Raises `StatusUnreadable`."""
     try:
         document = fetch_status(settings, timeout=timeout)
@@ -639,7 +721,7 @@ def run_status(
     environ: Mapping[str, str] | None = None,
 ) -> int:
     out = stdout if stdout is not None else sys.stdout
-    settings = load_settings()
+    settings = status_config()
     try:
         document = read_status(settings, args.timeout)
     except StatusUnreadable as exc:

@@ -47,7 +47,8 @@ def imported_by(args: list[str], tmp_path: Path, env: dict[str, str] | None = No
 
 
 @pytest.mark.parametrize(
-    "args", [["--version"], ["--help"], ["history", "--limit", "5"], ["restart", "--help"]]
+    "args",
+    [["--version"], ["--help"], ["history", "--limit", "5"], ["restart", "--help"], ["status"]],
 )
 def test_light_commands_import_no_heavy_library(args: list[str], tmp_path: Path) -> None:
     assert not imported_by(args, tmp_path) & set(HEAVY)

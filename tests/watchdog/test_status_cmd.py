@@ -532,6 +532,7 @@ async def test_corrupt_database(tmp_path: Path) -> None:
 AS_NOBODY = """
 import os, sys
 import encodings.idna  # lazily imported by getaddrinfo
+import shutil, gettext  # argparse imports these lazily
 import watchdog.cli, watchdog.commands, watchdog.status_cmd
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
 sys.exit(watchdog.cli.main(["status"]))
