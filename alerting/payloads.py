@@ -30,16 +30,17 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-import jinja2
+from typing import TYPE_CHECKING, Any
 
 from alerting.incidents import Incident
 from alerting.receivers import SEVERITY_RANK, Receiver, severity_of
 from alerting.render import Mail, phrase
 from alerting.stages import Notification
 from watchdog.events import Event, Severity
-from watchdog.templating import environment
+from watchdog.templating import LazyEnvironment
+
+if TYPE_CHECKING:
+    from jinja2 import Template
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ class PayloadRenderer:
         self.hostname = hostname
         self.status_url = status_url
         self.template_dir = template_dir
-        self.env: jinja2.Environment = environment(template_dir)
+        self.env = LazyEnvironment(template_dir)
 
     def webhook(self, receiver: Receiver, note: Notification, wall: datetime) -> Mail:
         body = webhook_body(note, host=self.hostname, status_url=self.status_url, wall=wall)
@@ -285,6 +286,8 @@ class PayloadRenderer:
         )
 
     def _render_body(self, receiver: Receiver, body: Mapping[str, Any]) -> bytes:
+        from jinja2 import TemplateError
+
         if receiver.template == "json":
             return json.dumps(body).encode()
         name = (
@@ -295,7 +298,7 @@ class PayloadRenderer:
         try:
             text = self._template(name).render(body=body)
             json.loads(text)  # a template must render JSON
-        except (jinja2.TemplateError, OSError, ValueError) as exc:
+        except (TemplateError, OSError, ValueError) as exc:
             log.warning(
                 "webhook template %s for %s failed (%s: %s); sending the json body instead",
                 name,
@@ -306,7 +309,7 @@ class PayloadRenderer:
             return json.dumps(body).encode()
         return text.encode()
 
-    def _template(self, name: str) -> jinja2.Template:
+    def _template(self, name: str) -> Template:
         path = Path(name)
         if path.is_absolute():
             return self.env.from_string(path.read_text(encoding="utf-8"))

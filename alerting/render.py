@@ -31,8 +31,6 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from alerting.incidents import (
     ONE_SHOT_KINDS,
     RETRY_KINDS,
@@ -43,7 +41,7 @@ from alerting.incidents import (
 from alerting.stages import Ctx, Notification
 from watchdog.bus import StoreTrouble
 from watchdog.events import SYSTEM_TARGET, Event, Kind
-from watchdog.templating import environment
+from watchdog.templating import LazyEnvironment
 
 PHRASES: Mapping[str, str] = {
     Kind.RESTART_LIMIT_REACHED: "restart limit reached",
@@ -264,7 +262,7 @@ class Renderer:
         self.sender = sender
         self.stderr_lines = stderr_lines
         self.status_url = status_url
-        self.env: jinja2.Environment = environment(template_dir)
+        self.env = LazyEnvironment(template_dir)
         self._snapshot = snapshot
 
     def exec(self, ctx: Ctx, notes: list[Notification]) -> tuple[Ctx, list[Mail]]:

@@ -90,7 +90,7 @@ from watchdog.states import TargetState
 from watchdog.status_cmd import format_duration, format_latency
 from watchdog.store import EventStore
 from watchdog.tasks import TaskSupervisor
-from watchdog.templating import environment
+from watchdog.templating import LazyEnvironment
 
 log = logging.getLogger(__name__)
 
@@ -398,9 +398,9 @@ class _App:
         self.availability = AvailabilityCache(store)
         self.incidents_cache: dict[tuple[str | None, int], tuple[float, bytes]] = {}
         self.started = time.monotonic()
-        self.templates = environment()
-        self.templates.filters["duration"] = format_duration
-        self.templates.filters["latency"] = format_latency
+        self.templates = LazyEnvironment(
+            filters={"duration": format_duration, "latency": format_latency}
+        )
 
     # -- /status ----------------------------------------------------------------------
 

@@ -84,3 +84,20 @@ def test_history_finds_the_store_from_env_and_env_file_without_validating_settin
     )  # fmt: skip
     assert [e["kind"] for e in json.loads(shown.stdout)] == ["healthy"]
     assert not imported_by(["history"], tmp_path) & {"pydantic_settings", "sqlite_utils"}
+
+
+def test_the_run_path_loads_jinja2_only_when_something_is_rendered(tmp_path: Path) -> None:
+    code = (
+        "import sys\nimport watchdog.app, watchdog.api, alerting.service\n"
+        "assert 'jinja2' not in sys.modules, 'imported at start'\n"
+        "from alerting.render import Renderer\n"
+        "r = Renderer(hostname='h', sender='s@x', stderr_lines=5)\n"
+        "assert 'jinja2' not in sys.modules, 'imported by the renderer'\n"
+        "r.env.get_template('email/test.txt.j2')\n"
+        "assert 'jinja2' in sys.modules\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
