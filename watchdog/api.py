@@ -86,7 +86,7 @@ from watchdog.metrics import Metrics
 from watchdog.monitor import TargetStatus
 from watchdog.resources import host_snapshot
 from watchdog.sse import RESYNC, STOP, EventHub, Frame, format_sse
-from watchdog.states import TargetState
+from watchdog.states import STATE_LABELS, TargetState
 from watchdog.status_cmd import format_duration, format_latency
 from watchdog.store import EventStore
 from watchdog.tasks import TaskSupervisor
@@ -106,16 +106,6 @@ IDLE_TIMEOUT_S = 5.0  # a connection without a request is closed after this (uvi
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 EVENT_ID_MAX = 2**63 - 1  # SQLite's INTEGER
 _SECRET_WORDS = ("password", "secret", "token", "credential")
-
-STATE_LABELS: Mapping[TargetState, str] = {
-    TargetState.STARTING: "Starting",
-    TargetState.HEALTHY: "Healthy",
-    TargetState.DEGRADED: "Degraded",
-    TargetState.UNHEALTHY: "Unhealthy",
-    TargetState.RESTARTING: "Restarting",
-    TargetState.FAILED: "Down: restart limit reached",
-    TargetState.STOPPED: "Stopped",
-}
 
 
 class StatusSource(Protocol):

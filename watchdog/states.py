@@ -5,6 +5,7 @@ The decisions that move a target between them live in `watchdog.core`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 
 
@@ -34,3 +35,15 @@ class TargetState(StrEnum):
 _LIVE = frozenset(
     {TargetState.STARTING, TargetState.HEALTHY, TargetState.DEGRADED, TargetState.UNHEALTHY}
 )
+
+
+# The page's name of each state; `/status`, the page and `erpwatch status` all use it.
+STATE_LABELS: Mapping[str, str] = {
+    TargetState.STARTING: "Starting",
+    TargetState.HEALTHY: "Healthy",
+    TargetState.DEGRADED: "Degraded",
+    TargetState.UNHEALTHY: "Unhealthy",
+    TargetState.RESTARTING: "Restarting",
+    TargetState.FAILED: "Down: restart limit reached",
+    TargetState.STOPPED: "Stopped",
+}

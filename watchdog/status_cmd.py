@@ -34,7 +34,7 @@ from watchdog.paths import (
     event_db_path,
     raw_setting,
 )
-from watchdog.states import TargetState
+from watchdog.states import STATE_LABELS, TargetState
 from watchdog.store import EventStore, StoreError, StoreNotFoundError
 
 EXIT_OK = 0  # every target healthy or degraded, or stopped by an operator
@@ -136,17 +136,6 @@ MAX_BODY = 64 * 1024 * 1024  # a /status document larger than this is not one
 LABEL_MAX = 60  # characters of a state label (an operator's reason can be long)
 TEXT_MAX = 80  # characters of an event message or a cause in the table
 
-# The page's name of each state (`watchdog.api.STATE_LABELS`; kept here so that this
-# command does not import the server; a test checks that both agree).
-STATE_LABELS: Mapping[str, str] = {
-    TargetState.STARTING: "Starting",
-    TargetState.HEALTHY: "Healthy",
-    TargetState.DEGRADED: "Degraded",
-    TargetState.UNHEALTHY: "Unhealthy",
-    TargetState.RESTARTING: "Restarting",
-    TargetState.FAILED: "Down: restart limit reached",
-    TargetState.STOPPED: "Stopped",
-}
 UP_STATES = frozenset({TargetState.HEALTHY, TargetState.DEGRADED})
 
 # The state a target was last known to be in, by the kind of its last state-bearing event.

@@ -28,7 +28,6 @@ from typing import Any
 import pytest
 
 from tests.helpers import free_port
-from watchdog import api
 from watchdog.api import StatusServer
 from watchdog.bus import EventBus
 from watchdog.cli import main
@@ -40,7 +39,6 @@ from watchdog.status_cmd import (
     EXIT_NOT_RUNNING,
     EXIT_OK,
     EXIT_UNKNOWN,
-    STATE_LABELS,
     api_base_url,
     exit_code,
     format_api,
@@ -421,10 +419,6 @@ async def test_contract_fields_from_a_status_server(tmp_path: Path) -> None:
     assert f"{ESC}32mHealthy{ESC}0m" in result.out
     assert "down 5m" in result.out and "why: exit code 1" in result.out
     assert json.loads(as_json.out)["targets"][0]["next_retry_at"].endswith("Z")
-
-
-def test_page_and_command_use_the_same_state_names() -> None:
-    assert dict(STATE_LABELS) == {str(k): v for k, v in api.STATE_LABELS.items()}
 
 
 # --- from the event log (erpwatch not running) ------------------------------------------
