@@ -44,7 +44,9 @@ typecheck: install
 
 check: lint typecheck test
 
-## Benchmarks side by side with supervisord and monit (writes bench/RESULTS.md).
+## Benchmarks side by side with supervisord, monit, PM2 and circus (writes bench/RESULTS.md,
+## results.json, README-table.md; needs a quiet machine). bench-quick: a few-minute smoke
+## run that writes its report to /tmp/erpwatch-bench-quick instead.
 bench: install
 	$(BIN)/python bench/run_all.py
 

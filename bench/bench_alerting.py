@@ -24,6 +24,7 @@ from aiosmtpd.controller import Controller
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from alerting.outbox import EventBatch
 from alerting.render import Mail
 from alerting.service import AlertService
 from watchdog.bus import EventBus
@@ -100,7 +101,9 @@ async def bench_backlog(count: int, workdir: Path, port: int, sink: Sink) -> tup
         for i in range(count)
     ]
     wall = Event.of("x", Kind.DOWN, "").ts
-    await bus.run_in_writer(service.outbox.commit_step, [], {}, mails, [], wall)
+    cursor = await bus.run_in_writer(service.outbox.cursor)
+    batch = EventBatch(events=[], start=cursor, end=cursor, read=0)
+    await bus.run_in_writer(service.outbox.commit_step, batch, {}, mails, [], wall)
     before, peers_before = len(sink.accepted), set(sink.peers)
     start = time.perf_counter()
     await service.start()

@@ -1,6 +1,7 @@
 """erpwatch crash → restart latency alone (a script, not a test). Loopback only, bounded.
 
-Runs ``erpwatch run`` on the sample backend (1 s HTTP check, no restart backoff), SIGKILLs
+Runs ``erpwatch run`` on the seed backend (bench/seed_backend.py: uvicorn + the health kit;
+1 s HTTP check, no restart backoff), SIGKILLs
 the backend by its PID N times (each after it has answered and run 1.2 s) and times, from the
 kill, the new backend process appearing (/proc polled every 1 ms) and our own client's first
 200 from /health. Prints min / median / max.

@@ -2,8 +2,8 @@
 
 Everything here observes from the outside, the same way for every watchdog:
 
-- `BackendFinder` finds the sample backend's process by its command line in /proc (the
-  ``--port P`` makes it unique) and notices a *new* one within ~1 ms of its ``exec``.
+- `BackendFinder` finds the backend's process (`bench/seed_backend.py`) by its command line
+  in /proc (the ``--port P`` makes it unique) and notices a *new* one within ~1 ms of its ``exec``.
 - `health_ok` is our own raw HTTP/1.0 client for ``GET /health`` (no keep-alive, so it never
   rides on a connection to the old process).
 - `ResourceSampler` sums RSS and CPU time over a set of processes.
@@ -107,7 +107,7 @@ def _is_zombie(pid: int) -> bool:
 class BackendFinder:
     """The sample backend listening on ``port``, found by its command line."""
 
-    def __init__(self, port: int, module: bytes = b"watchdog.demo.backend") -> None:
+    def __init__(self, port: int, module: bytes = b"seed_backend.py") -> None:
         self.needle = module + b"\0--port\0" + str(port).encode() + b"\0"
 
     def matches(self, pid: int) -> bool:

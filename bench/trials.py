@@ -1,11 +1,13 @@
 """The measured trials, the same for every watchdog (see bench/run_all.py for the rows).
 
-Every trial starts from a healthy backend that has run for ``settle`` seconds (supervisord
+The backend is `bench/seed_backend.py` (uvicorn + the health kit). Every trial starts from a
+healthy backend that has run for ``settle`` seconds (supervisord
 counts a process as started after ``startsecs=1``), then injects the fault from outside:
 
 - crash: SIGKILL to the backend's PID;
-- hang: ``POST /fault/hang`` (the backend's /health stops answering; in memory, so the new
-  process is healthy), at a random phase of the watchdog's check period;
+- hang: ``POST /fault/hang`` (the backend's event loop blocks: /health stops answering and
+  SIGTERM is ignored; in memory, so the new process is healthy), at a random phase of the
+  watchdog's check period;
 
 and times, from that moment, the new backend process appearing (`BackendFinder`, 1 ms /proc
 poll) and our own client's first 200 from /health on it (1 ms poll).
@@ -48,6 +50,8 @@ class Trials:
         return {
             "restart_s": summary(self.restart),
             "healthy_s": summary(self.healthy),
+            "restart_each_s": [round(v, 4) for v in self.restart],
+            "healthy_each_s": [round(v, 4) for v in self.healthy],
             "failures": self.failures,
         }
 
@@ -104,7 +108,7 @@ def fault_trials(
     rng = random.Random(seed)
     out = Trials()
     peer.start(scenario)
-    finder = BackendFinder(scenario.port)
+    finder = scenario.finder()
     try:
         for _ in range(count):
             old = _ready(peer, finder, limit)
@@ -130,7 +134,7 @@ def hang_after_restart_trials(
     """Crash the backend, and as soon as the new one answers, make it hang: time that hang."""
     out = Trials()
     peer.start(scenario)
-    finder = BackendFinder(scenario.port)
+    finder = scenario.finder()
     try:
         for _ in range(count):
             old = _ready(peer, finder, limit)
@@ -168,7 +172,7 @@ def overhead(peer: Peer, scenario: Scenario, *, seconds: float, warmup: float = 
 def orphans(peer: Peer, scenario: Scenario, *, crashes: int) -> dict[str, Any]:
     """Leftover processes (the backend's setsid grandchildren) after crash restarts and stop."""
     peer.start(scenario)
-    finder = BackendFinder(scenario.port)
+    finder = scenario.finder()
     result: dict[str, Any] = {"crashes": 0}
     try:
         trials = Trials()
@@ -262,7 +266,7 @@ def scale(count: int, *, seconds: float, interval: float = 1.0, warmup: float = 
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        time.sleep(warmup + count / 100)
+        time.sleep(warmup + count / 50)  # 1000 targets: 28 s to spawn and settle
         started_in = None
         sampler = ResourceSampler([watchdog.pid])
         window_start = time.monotonic()
