@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import await_until, free_port
 from watchdog.api import StatusServer
 from watchdog.bus import EventBus
 from watchdog.cli import main
@@ -679,12 +679,14 @@ async def test_with_a_real_erpwatch_run(tmp_path: Path) -> None:
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while (up := await erpwatch(["status"], env)).code != EXIT_OK:
+
+        async def healthy() -> Any:
+            shown = await erpwatch(["status"], env)
             # starting (3), or not serving yet: no API, maybe no event log yet either (4)
-            assert up.code in (EXIT_NOT_RUNNING, EXIT_UNKNOWN), up.out + up.err
-            assert time.monotonic() < deadline, f"never healthy: {up.out}"
-            await asyncio.sleep(0.1)
+            assert shown.code in (EXIT_OK, EXIT_NOT_RUNNING, EXIT_UNKNOWN), shown.out + shown.err
+            return shown if shown.code == EXIT_OK else None
+
+        up = await await_until(healthy, timeout=60, interval=0.1, what="status says healthy")
         line = next(line for line in up.out.splitlines() if line.startswith("backend"))
         assert "Healthy" in line and " up " in line, up.out
         assert "healthy" in line.split("  ")[-1]  # the last event, "just now" or "1s ago"
