@@ -79,12 +79,7 @@ async def test_hook_gets_the_event_on_stdin_and_in_its_environment_but_no_secret
         await bus.publish(Event.of("backend", Kind.DOWN, "backend down for 60s", restarts=5))
         await bus.publish(Event.of("backend", Kind.CRASHED, "not a hook kind"))
         await await_until(lambda: hook_rows(store.path)[:1] == [("sent", 1, None)])
-        await await_until(
-            lambda: [
-                e for e in store.query(kinds=[Kind.ALERT_SENT], limit=None)
-                if e.details.get("receiver") == "hook"
-            ]
-        )  # fmt: skip
+        await await_until(lambda: hook_events(store, Kind.ALERT_SENT))
     seen = json.loads(_read(out))
     event, env = seen["event"], seen["env"]
     assert (event["target"], event["kind"], event["severity"]) == ("backend", "down", "critical")
@@ -95,10 +90,7 @@ async def test_hook_gets_the_event_on_stdin_and_in_its_environment_but_no_secret
     assert set(env) == {f"ERPWATCH_EVENT_{k}" for k in
                         ("ID", "TS", "TARGET", "HOST", "KIND", "SEVERITY", "MESSAGE")}  # fmt: skip
     assert len(hook_rows(store.path)) == 1  # the crash is not in HOOK_ON
-    (sent,) = [
-        e for e in store.query(kinds=[Kind.ALERT_SENT], limit=None)
-        if e.details.get("receiver") == "hook"
-    ]  # fmt: skip
+    (sent,) = hook_events(store, Kind.ALERT_SENT)
     assert "exit 0" in sent.message and "paged on-call for backend" in sent.details["response"]
 
 
@@ -110,12 +102,7 @@ async def test_failing_hook_is_a_dead_letter_with_its_exit_status_and_output(
     async with running(settings, store, bus):
         await bus.publish(Event.of("backend", Kind.DOWN, "down"))
         await await_until(lambda: [r[0] for r in hook_rows(store.path)] == ["dead"])
-        failed = await await_until(
-            lambda: [
-                e for e in store.query(kinds=[Kind.ALERT_FAILED], limit=None)
-                if e.details.get("receiver") == "hook"
-            ]
-        )  # fmt: skip
+        failed = await await_until(lambda: hook_events(store, Kind.ALERT_FAILED))
     ((_, attempts, reason),) = hook_rows(store.path)
     assert attempts == 1 and reason is not None
     assert "exit 3" in reason and "boom: the pager API said no" in reason
@@ -166,6 +153,11 @@ async def test_what_a_hook_leaves_running_in_its_group_is_killed_when_it_exits(
         await await_until(lambda: [r[0] for r in hook_rows(store.path)] == ["sent"])
     pid = int(_read(Path(f"{out}.pid")))
     await await_until(lambda: not _alive(pid), what="the left-behind sleep killed")
+
+
+def hook_events(store: EventStore, kind: Kind) -> list[Event]:
+    """The ``kind`` events about the hook's deliveries."""
+    return [e for e in store.query(kinds=[kind], limit=None) if e.details.get("receiver") == "hook"]
 
 
 def _read(path: Path) -> str:
