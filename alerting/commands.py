@@ -12,12 +12,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiosmtplib
-
 from alerting import silences
 from alerting.render import Renderer
 from alerting.stages import Notification
-from alerting.transport import SmtpTransport, classify, transport_for
+from alerting.transport import DELIVERY_ERRORS, SmtpTransport, classify, transport_for
 from watchdog.config import Settings, load_settings
 from watchdog.events import SYSTEM_TARGET
 from watchdog.resources import host_snapshot
@@ -190,7 +188,7 @@ async def send_test_email(settings: Settings, hostname: str | None = None) -> tu
     try:
         async with transport.session() as session:
             response = await session.send(mail.data, settings.alert_from, recipients)
-    except (aiosmtplib.SMTPException, OSError, ValueError) as exc:  # reported to the user
+    except DELIVERY_ERRORS as exc:  # reported to the user
         error = classify(exc, transport.secrets())
         kind = "permanent" if error.permanent else "transient"
         return False, f"FAILED ({kind}): {error.reason}"

@@ -10,10 +10,11 @@ is remembered as accepted and only the commit is retried: this process never sen
 (SMTP itself adds RFC 1047's window, which no client can close: a connection lost after the
 final ``.`` but before the reply looks like any loss during DATA, so the mail is retried.)
 
-**Failures belong to a mail, never to the worker.** Whatever the SMTP layer raises
+**Failures belong to a mail, never to the worker.** Whatever a transport raises
 (`transport.DELIVERY_ERRORS`: refused, reset, EOF mid-DATA, timeout, TLS, a malformed or
-unexpected reply, 4xx, 5xx) is classified by `transport.classify` and recorded on the mail's
-outbox row (``attempts`` + 1, ``last_error`` without secrets); nothing of it leaves `drain`.
+unexpected reply, 4xx, 5xx) is classified (by `transport.classify`, or already by the SMTP
+session, `alerting.smtp`) and recorded on the mail's outbox row (``attempts`` + 1,
+``last_error`` without secrets); nothing of it leaves `drain`.
 
 * Transient: the mail stays ``pending`` and is retried after ``retry_initial`` doubling per
   attempt up to ``retry_max`` (from the row's ``attempts``, so the backoff also continues

@@ -29,8 +29,6 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-import aiosmtplib
-
 from alerting.delivery import Delivery, raise_if_cancelling, wait_event
 from alerting.incidents import IncidentBook, TargetTrack, TimeBase
 from alerting.lanes import Lanes
@@ -39,7 +37,7 @@ from alerting.payloads import PayloadRenderer, note_severity
 from alerting.receivers import EMAIL, receivers_from
 from alerting.render import Mail, Renderer
 from alerting.stages import Ctx, Pipeline, Policy, RateLimiter, next_deadline
-from alerting.transport import Transport, classify
+from alerting.transport import DELIVERY_ERRORS, Transport, classify
 from watchdog.bus import EventBus, StoreTrouble, Subscription
 from watchdog.clock import Clock, RealClock
 from watchdog.config import Settings
@@ -53,8 +51,6 @@ log = logging.getLogger(__name__)
 INBOX_BATCH = 500  # events read per pipeline step
 FAULT_TEXT_MAX = 500  # characters of an exception kept in a watchdog-fault event
 WORKERS = ("alerting-listen", "alerting-pipeline")  # and a delivery lane per receiver
-# What a direct send can raise besides bugs: SMTP replies, network/TLS/timeouts, bad address.
-_SEND_ERRORS = (aiosmtplib.SMTPException, OSError, ValueError, TimeoutError)
 
 
 class AlertService:
@@ -399,7 +395,7 @@ class AlertService:
                         mail.data, self.settings.alert_from, mail.recipients
                     )
                 break
-            except _SEND_ERRORS as exc:
+            except DELIVERY_ERRORS as exc:
                 self.direct_failures += 1
                 error = classify(exc, self.transport.secrets())
                 if error.permanent:

@@ -1,12 +1,17 @@
 """Mail transports: SMTP (aiosmtplib, one connection per batch) or ``.eml`` files.
 
-`classify` sorts what a delivery can raise (`DELIVERY_ERRORS`) into:
+What a delivery can raise (`DELIVERY_ERRORS`) is sorted into a `DeliveryError`:
 
 * **transient** — retried with backoff: connection refused or reset, EOF (also mid-DATA),
   timeouts, TLS errors (handshake and certificate), an unexpected or malformed reply, any
   4xx (a 4xx to AUTH included);
 * **permanent** — dead letter: authentication refused (5xx), any other 5xx, an address that
   cannot be sent, an extension the mail needs and the server lacks (`SMTPNotSupported`).
+
+`classify` sorts the errors any transport can raise; aiosmtplib's own (replies, AUTH, a
+missing extension) are sorted by `alerting.smtp.classify_smtp`, where aiosmtplib is imported:
+the SMTP session raises them already classified. aiosmtplib (~1 MiB) is thus loaded with the
+first SMTP session, not by `erpwatch run` writing ``.eml`` files or sending nothing.
 
 ``whole_batch`` says whether the connection is still usable after the failure: a 4xx/5xx to
 one mail's MAIL/RCPT/DATA leaves it in a clean state (aiosmtplib sent RSET), while a lost
@@ -24,32 +29,19 @@ import asyncio
 import base64
 import hashlib
 import os
-import ssl
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self
 
-import aiosmtplib
-
 from watchdog.config import Settings
 
 if TYPE_CHECKING:
     from alerting.render import Mail
+    from alerting.smtp import SmtpSession
 
 DEFAULT_PORTS = {"none": 25, "starttls": 587, "tls": 465}
 REASON_MAX = 500  # characters of a failure reason kept (outbox row, log, alert-failed event)
-
-# What a delivery can raise besides bugs: SMTP replies and protocol errors, network, TLS and
-# timeouts (`OSError`), an EOF, an address or message that cannot be sent (`ValueError`).
-DELIVERY_ERRORS: tuple[type[Exception], ...] = (
-    aiosmtplib.SMTPException,
-    OSError,
-    EOFError,
-    ValueError,
-)
-
-_CLOSING = 421  # "service not available, closing transmission channel"
 
 
 class DeliveryError(Exception):
@@ -70,8 +62,10 @@ class DeliveryError(Exception):
         self.retry_after = retry_after  # seconds the receiver asked to wait (429)
 
 
-# What other transports (HTTP, the hook) raise: already classified.
-DELIVERY_ERRORS = (*DELIVERY_ERRORS, DeliveryError)
+# What a delivery can raise besides bugs: network, TLS and timeouts (`OSError`), an EOF, an
+# address or message that cannot be sent (`ValueError`), and what the transports (SMTP, HTTP,
+# the hook) raise already classified.
+DELIVERY_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, ValueError, DeliveryError)
 
 
 def redact(text: str, secrets: Sequence[str] = ()) -> str:
@@ -84,34 +78,12 @@ def redact(text: str, secrets: Sequence[str] = ()) -> str:
     return text
 
 
-def _connection_broken(code: int) -> bool:
-    """A reply code after which the connection cannot carry another mail."""
-    return code == _CLOSING or not 400 <= code < 600
-
-
 def classify(exc: BaseException, secrets: Sequence[str] = ()) -> DeliveryError:
     """Sort a delivery failure (see the module docstring); the reason is redacted."""
     if isinstance(exc, DeliveryError):
         return exc
     reason = redact(f"{type(exc).__name__}: {exc}", secrets)
-    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
-        if 400 <= exc.code < 500:
-            return DeliveryError(
-                f"authentication failed temporarily ({reason})", permanent=False, whole_batch=True
-            )
-        return DeliveryError(f"authentication refused ({reason})", permanent=True, whole_batch=True)
-    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
-        codes = [r.code for r in exc.recipients]
-        permanent = bool(codes) and all(code >= 500 for code in codes)
-        broken = any(_connection_broken(code) for code in codes)
-        return DeliveryError(reason, permanent=permanent and not broken, whole_batch=broken)
-    if isinstance(exc, aiosmtplib.SMTPResponseException):
-        if _connection_broken(exc.code):  # 421, malformed (-1) or out-of-place (2xx/3xx) reply
-            return DeliveryError(reason, permanent=False, whole_batch=True)
-        return DeliveryError(reason, permanent=exc.code >= 500, whole_batch=False)
-    if isinstance(exc, aiosmtplib.SMTPNotSupported):
-        return DeliveryError(reason, permanent=True, whole_batch=True)
-    if isinstance(exc, aiosmtplib.SMTPException | OSError | EOFError | asyncio.TimeoutError):
+    if isinstance(exc, OSError | EOFError | asyncio.TimeoutError):
         return DeliveryError(reason, permanent=False, whole_batch=True)  # lost, TLS, timeout
     if isinstance(exc, ValueError):  # aiosmtplib refuses an address or message before sending
         return DeliveryError(reason, permanent=True, whole_batch=False)
@@ -153,57 +125,6 @@ class SessionContext(Protocol):
     ) -> None: ...
 
 
-class _SmtpSession:
-    """One SMTP connection: connect (EHLO, STARTTLS, AUTH) on enter, QUIT on a clean exit."""
-
-    def __init__(self, transport: SmtpTransport) -> None:
-        self._transport = transport
-        self._client: aiosmtplib.SMTP | None = None
-
-    async def __aenter__(self) -> _SmtpSession:
-        client = self._transport.client()
-        await client.connect()  # on any failure aiosmtplib closes what it opened
-        self._client = client
-        return self
-
-    @property
-    def alive(self) -> bool:
-        return self._client is not None and self._client.is_connected
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        client, self._client = self._client, None
-        if client is None or not client.is_connected:
-            return
-        if exc is not None:
-            client.close()  # leaving on an error (or a cancel): no QUIT on a doubtful stream
-            return
-        try:
-            await client.quit()
-        except DELIVERY_ERRORS:
-            client.close()  # the mails are already accepted; a failed QUIT changes nothing
-
-    async def send(self, data: bytes, sender: str, recipients: Sequence[str]) -> str:
-        """Send one mail; returns the server's reply to DATA once it accepted it (2xx)."""
-        client = self._client
-        if client is None or not client.is_connected:
-            raise aiosmtplib.SMTPServerDisconnected("connection lost before this mail")
-        try:
-            errors, response = await client.sendmail(sender, list(recipients), data)
-        except DELIVERY_ERRORS as exc:
-            if classify(exc).whole_batch:
-                client.close()  # unusable: the next mail of the batch must not use it
-            raise
-        if errors:
-            refused = ", ".join(f"{r}: {resp.code} {resp.message}" for r, resp in errors.items())
-            return f"{response} (refused: {refused})"
-        return response
-
-
 class SmtpTransport:
     receiver = "email"
     noun = "mail"
@@ -236,23 +157,10 @@ class SmtpTransport:
             base64.b64encode(password.encode()).decode(),
         ]
 
-    def client(self) -> aiosmtplib.SMTP:
-        context = None
-        if self.security != "none":
-            context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
-        return aiosmtplib.SMTP(
-            hostname=self.host,
-            port=self.port,
-            username=self.username if self._password is not None else None,
-            password=self._password.get_secret_value() if self._password else None,
-            use_tls=self.security == "tls",
-            start_tls=self.security == "starttls",
-            tls_context=context,
-            timeout=self.timeout,
-        )
+    def session(self) -> SmtpSession:
+        from alerting.smtp import SmtpSession  # aiosmtplib loads with the first SMTP session
 
-    def session(self) -> _SmtpSession:
-        return _SmtpSession(self)
+        return SmtpSession(self, self._password)
 
 
 class ConnectionlessSession:
