@@ -44,16 +44,15 @@ ADDITIONS:
         # "error"}}, also the health-check draft's lists and "output"): at most MAX_CHECKS
         # (failing ones kept first), names, statuses and errors cut to MAX_CHECK_TEXT chars.
 
-Sharing one client between many targets: measured here with httpx 0.28.1 / httpcore 1.0.9,
-one pool holding N keep-alive connections costs O(N^2) per request (its
-`_assign_requests_to_connections` rescans every connection for every idle one): with 500
-targets on one client a check cost ~8 ms of CPU and most checks timed out. One small client
-per target (``make_client(max_connections=2)``) kept it at ~1 ms a check. Without the
-`sniffio` package installed, httpcore also retries a failing import on every request.
+One client per target, on `watchdog.probe_transport` rather than httpcore's pool: measured
+here with httpx 0.28.1 / httpcore 1.0.9, a check through httpcore on anyio cost ~1.3 ms of
+CPU (one shared pool of N connections even O(N^2): ~8 ms at 500 targets), through the probe
+transport ~0.3 ms (`bench/bench_probe.py`), which is what lets 1000 targets be checked every
+second within one core.
 
 Details: 2xx and 3xx count as answers (redirects are not followed), like the kubelet's HTTP
 probe. Body statuses also understand the health-check draft's "pass"/"warn"/"fail". The
-timeout is one deadline for the whole check (connect, pool wait, headers, body and a retry),
+timeout is one deadline for the whole check (connect, headers, body and a retry),
 `sent_at` is when the check sent its (first) request and `checked_at` when the result became
 known, so `latency == checked_at - sent_at`.
 
@@ -61,14 +60,14 @@ Keep-alive race: a server closes an idle keep-alive connection after its own tim
 (uvicorn: 5 s); a request sent on it at that moment fails with RemoteProtocolError ("Server
 disconnected without sending a response"), ReadError or WriteError before any answer arrives.
 That is not a failed check: such an error before the response head is retried once, within
-the same deadline. httpcore discards the connection that failed, so the retry goes out on a
-new connection (or on another idle one the pool still holds and has not seen closed). A
+the same deadline. The transport discards the connection that failed, so the retry goes out
+on a new connection (or on another idle one it holds and has not seen closed). A
 server that drops the connection twice gives FAILED "connection closed". Timeouts, refused
 connections and errors while reading the body are never retried.
 
 Bounded read: the body is streamed and read up to MAX_BODY (64 KiB, plus at most the one
 network read that crossed it), then the response is closed (an unfinished body closes the
-connection instead of returning it to the pool). A body larger than that is not parsed:
+connection instead of keeping it for the next check). A body larger than that is not parsed:
 classification goes by status code and latency alone. An endless body therefore costs one
 64 KiB read, and a trickling one runs into the check's deadline like any other slow answer.
 The request asks for ``Accept-Encoding: identity`` so that 64 KiB means 64 KiB of document;
@@ -89,6 +88,7 @@ from typing import Any
 import httpx
 
 from watchdog.clock import Clock
+from watchdog.probe_transport import ProbeTransport
 
 FAILED_BODY_STATUSES = frozenset({"down", "error", "unhealthy", "fail", "failed", "critical"})
 DEGRADED_BODY_STATUSES = frozenset({"degraded", "warn", "warning"})
@@ -358,15 +358,12 @@ def make_client(
 ) -> httpx.AsyncClient:
     """A client for Probers: keep-alive, no redirects, no proxy settings from the environment.
 
-    Prefer one per target (see the module notes on pool cost). If shared, size
-    ``max_connections`` to the number of targets (None = unlimited): a probe waiting for a
-    pooled connection spends its own timeout.
+    One per target (its checks never overlap): its transport (`watchdog.probe_transport`)
+    keeps ``max_connections`` idle connections (None: 2). ``ssl_context`` is for https
+    URLs; without one, httpx's default (the CA bundle, ~25 ms and ~3 MiB) is built on the
+    first https connection, so share one context between clients.
     """
-    limits = httpx.Limits(
-        max_connections=max_connections,
-        max_keepalive_connections=max_connections,
-        keepalive_expiry=30.0,
+    transport = ProbeTransport(
+        ssl_context, max_idle=2 if max_connections is None else max_connections
     )
-    # Loading the CA bundle costs ~25 ms and ~0.5 MiB per client: share one context.
-    verify: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
-    return httpx.AsyncClient(limits=limits, follow_redirects=False, trust_env=False, verify=verify)
+    return httpx.AsyncClient(transport=transport, follow_redirects=False, trust_env=False)
