@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shlex
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -343,6 +344,53 @@ async def test_start_order_waits_for_dependency(harness: Harness) -> None:
     harness.supervisor = None
     stopped = [e.target for e in harness.events if e.kind == "stopped"]
     assert stopped == ["frontend", "backend"]
+
+
+# On SIGTERM: leave a mark, then exit only once every sibling got its SIGTERM too (a stop
+# one target after the other would have to SIGKILL the first), and note whether the target
+# it depends on had already exited.
+_SIBLING = """
+import pathlib, signal, sys, time
+here, name, after, siblings = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
+def term(*_):
+    (here / f"{name}.term").touch()
+    (here / f"{name}.saw").write_text(str((here / f"{after}.exited").exists()))
+    while not all((here / f"{s}.term").exists() for s in siblings):
+        time.sleep(0.01)
+    (here / f"{name}.exited").touch()
+    sys.exit(0)
+signal.signal(signal.SIGTERM, term)
+(here / f"{name}.up").touch()
+while True:
+    time.sleep(1)
+"""
+
+
+async def test_stop_takes_independent_targets_together_and_dependants_first(
+    harness: Harness, tmp_path: Path
+) -> None:
+    script = tmp_path / "sibling.py"
+    script.write_text(_SIBLING)
+    workers = ["w1", "w2", "w3"]
+
+    def command(name: str, after: str, *siblings: str) -> str:
+        return shlex.join([sys.executable, str(script), str(tmp_path), name, after, *siblings])
+
+    targets: dict[str, dict[str, str]] = {
+        name: {"command": command(name, "-", *[w for w in workers if w != name])}
+        for name in workers
+    }
+    targets["db"] = {"command": command("db", "app")}
+    targets["app"] = {"command": command("app", "-"), "after": "db"}
+    await harness.start(harness.configs(targets=targets, stop_timeout=20.0))
+    names = [*workers, "db", "app"]
+    await await_until(lambda: all((tmp_path / f"{name}.up").exists() for name in names))
+    assert harness.supervisor is not None
+    await harness.supervisor.stop()
+    harness.supervisor = None
+    stops = {e.target: e.details["stop"]["signal"] for e in harness.events if e.kind == "stopped"}
+    assert stops == dict.fromkeys(names, "SIGTERM")  # none needed SIGKILL
+    assert (tmp_path / "db.saw").read_text() == "True"  # app had exited before db's SIGTERM
 
 
 def test_start_order_cycle_is_an_error() -> None:
