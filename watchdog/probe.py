@@ -26,15 +26,15 @@ CONTRACT:
 
     class Prober:
         def __init__(self, url: str, *, timeout: float, degraded_latency: float,
-                     client: httpx.AsyncClient, clock: Clock) -> None
+                     client: ProbeSender, clock: Clock) -> None
         async def check(self) -> ProbeResult   # never raises for network problems; sets
                                                # sent_at (checked_at - latency == sent_at)
 
 ADDITIONS:
 
     ProbeResult.to_dict() -> dict[str, Any]     # JSON-safe
-    make_client(max_connections: int | None = None) -> httpx.AsyncClient
-        # a probe client: keep-alive, no redirects, no proxy from the environment.
+    make_client(max_connections: int | None = None) -> ProbeClient
+        # a probe client: keep-alive, no redirects, no proxy from the environment, no cookies.
     describe_error(exc: BaseException, timeout: float) -> str
     parse_body(content: bytes, content_type: str) -> object | None   # JSON document or None
     MAX_BODY = 64 KiB                           # the most of a body a check reads
@@ -83,12 +83,12 @@ import math
 import ssl
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
 from watchdog.clock import Clock
-from watchdog.probe_transport import ProbeTransport
+from watchdog.probe_transport import ProbeClient, ProbeTransport
 
 FAILED_BODY_STATUSES = frozenset({"down", "error", "unhealthy", "fail", "failed", "critical"})
 DEGRADED_BODY_STATUSES = frozenset({"degraded", "warn", "warning"})
@@ -305,7 +305,7 @@ class Prober:
         *,
         timeout: float,
         degraded_latency: float,
-        client: httpx.AsyncClient,
+        client: ProbeSender,
         clock: Clock,
     ) -> None:
         self.url = url
@@ -353,17 +353,25 @@ class Prober:
         )
 
 
+class ProbeSender(Protocol):
+    """What a Prober sends with: a `ProbeClient` (`make_client`), or an httpx.AsyncClient."""
+
+    def build_request(
+        self, method: str, url: str, *, headers: dict[str, str], timeout: httpx.Timeout
+    ) -> httpx.Request: ...
+
+    async def send(self, request: httpx.Request, *, stream: bool = ...) -> httpx.Response: ...
+
+
 def make_client(
     max_connections: int | None = None, ssl_context: ssl.SSLContext | None = None
-) -> httpx.AsyncClient:
-    """A client for Probers: keep-alive, no redirects, no proxy settings from the environment.
+) -> ProbeClient:
+    """A client for Probers: keep-alive, no redirects, no proxy settings, no cookies.
 
     One per target (its checks never overlap): its transport (`watchdog.probe_transport`)
     keeps ``max_connections`` idle connections (None: 2). ``ssl_context`` is for https
     URLs; without one, httpx's default (the CA bundle, ~25 ms and ~3 MiB) is built on the
     first https connection, so share one context between clients.
     """
-    transport = ProbeTransport(
-        ssl_context, max_idle=2 if max_connections is None else max_connections
-    )
-    return httpx.AsyncClient(transport=transport, follow_redirects=False, trust_env=False)
+    idle = 2 if max_connections is None else max_connections
+    return ProbeClient(ProbeTransport(ssl_context, max_idle=idle))

@@ -29,13 +29,66 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Self
 
 import h11
 import httpx
 
+from watchdog import __version__
+
 _HIGH_WATER = 256 * 1024  # unparsed bytes at which reading pauses
 _MAX_HEAD = 64 * 1024  # the most a response head (status line and headers) may take
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_HEADERS = {"accept": "*/*", "connection": "keep-alive", "user-agent": f"erpwatch/{__version__}"}
+
+
+class ProbeClient:
+    """What a `Prober` needs of ``httpx.AsyncClient`` (``build_request``, ``send``,
+    ``aclose``), straight on a `ProbeTransport`: without the client's cookie jar (a health
+    check should not carry cookies; filling the jar was ~6 % of a core at 1000 targets) and
+    its auth and redirect layers, ~0.13 ms of CPU a check. Requests and responses are httpx's.
+    """
+
+    def __init__(self, transport: ProbeTransport) -> None:
+        self._transport = transport
+
+    def build_request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: httpx.Timeout | None = None,
+    ) -> httpx.Request:
+        extensions = {} if timeout is None else {"timeout": timeout.as_dict()}
+        return httpx.Request(
+            method, url, headers={**_HEADERS, **(headers or {})}, extensions=extensions
+        )
+
+    async def send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
+        """The response; with ``stream`` its body is not read yet (close it when done)."""
+        response = await self._transport.handle_async_request(request)
+        if not stream:
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+        return response
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
 
 class ProbeTransport(httpx.AsyncBaseTransport):
@@ -48,17 +101,26 @@ class ProbeTransport(httpx.AsyncBaseTransport):
         self._max_idle = max(max_idle, 0)
         self._idle: list[_Connection] = []
         self._closed = False
+        self._head: tuple[httpx.Request, h11.Request] | None = None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
         if url.scheme not in _DEFAULT_PORTS:
             raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}")
         origin = (url.scheme, url.host, url.port or _DEFAULT_PORTS[url.scheme])
+        cached = self._head
+        if cached is None or cached[0] is not request:
+            # A Prober sends the same request every time: its h11 form (validated headers,
+            # ~40 % of sending) is built once.
+            event = h11.Request(
+                method=request.method, target=request.url.raw_path, headers=request.headers.raw
+            )
+            cached = self._head = (request, event)
         conn = self._take_idle(origin)
         if conn is None:
             conn = await self._connect(request, origin)
         try:
-            await conn.send_request(request)
+            await conn.send_request(request, cached[1])
             head = await conn.response_head()
         except BaseException:
             conn.close()
@@ -212,10 +274,8 @@ class _Connection(asyncio.Protocol):
             and self._h11.their_state is h11.IDLE
         )
 
-    async def send_request(self, request: httpx.Request) -> None:
+    async def send_request(self, request: httpx.Request, head: h11.Request) -> None:
         body = await request.aread()
-        target = request.url.raw_path
-        head = h11.Request(method=request.method, target=target, headers=request.headers.raw)
         data = self._h11.send(head) or b""
         if body:
             data += self._h11.send(h11.Data(data=body)) or b""

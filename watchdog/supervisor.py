@@ -25,6 +25,7 @@ from watchdog.monitor import (
     TargetStatus,
 )
 from watchdog.probe import Prober, ProbeResult, make_client
+from watchdog.probe_transport import ProbeClient
 from watchdog.process import ManagedProcess
 from watchdog.tasks import TaskSupervisor
 
@@ -144,7 +145,7 @@ class Supervisor:
         self._configs = start_order(configs)
         self._clock = clock
         self.tasks = tasks or TaskSupervisor(clock=clock)
-        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._clients: dict[str, ProbeClient] = {}
         # One small client per target: httpcore's pool gets slower per request the more
         # connections one pool holds (500 targets on one client timed out; see probe.py).
         self._tls: ssl.SSLContext | None = None

@@ -33,6 +33,7 @@ from watchdog.probe import (
     make_client,
     parse_checks,
 )
+from watchdog.probe_transport import ProbeClient
 from watchdog.process import ManagedProcess
 
 OK, DEGRADED, FAILED = ProbeStatus.OK, ProbeStatus.DEGRADED, ProbeStatus.FAILED
@@ -281,14 +282,14 @@ async def server() -> AsyncIterator[HealthServer]:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
+async def client() -> AsyncIterator[ProbeClient]:
     async with make_client(max_connections=100) as shared:
         yield shared
 
 
 def prober(
     url: str,
-    client: httpx.AsyncClient,
+    client: ProbeClient,
     *,
     timeout: float = 10.0,
     degraded_latency: float = 10.0,
@@ -323,7 +324,7 @@ def test_sent_defaults_to_checked_at_minus_latency() -> None:
 # -- Prober against the tiny servers -----------------------------------------------------------
 
 
-async def test_ok(server: HealthServer, client: httpx.AsyncClient) -> None:
+async def test_ok(server: HealthServer, client: ProbeClient) -> None:
     result = await prober(server.url, client).check()
     assert (result.status, result.status_code, result.reason) == (OK, 200, "HTTP 200")
     assert result.sent_at is not None and result.sent_at < result.checked_at
@@ -331,26 +332,26 @@ async def test_ok(server: HealthServer, client: httpx.AsyncClient) -> None:
     assert b"accept-encoding: identity" in server.last_head.lower()
 
 
-async def test_non_json_200_is_ok(server: HealthServer, client: httpx.AsyncClient) -> None:
+async def test_non_json_200_is_ok(server: HealthServer, client: ProbeClient) -> None:
     server.body, server.content_type = b"<html>up</html>", "text/html"
     result = await prober(server.url, client).check()
     assert (result.status, result.reason) == (OK, "HTTP 200")
 
 
-async def test_http_503_fails(server: HealthServer, client: httpx.AsyncClient) -> None:
+async def test_http_503_fails(server: HealthServer, client: ProbeClient) -> None:
     server.status = 503
     result = await prober(server.url, client).check()
     assert (result.status, result.status_code, result.reason) == (FAILED, 503, "HTTP 503")
 
 
-async def test_degraded_body(server: HealthServer, client: httpx.AsyncClient) -> None:
+async def test_degraded_body(server: HealthServer, client: ProbeClient) -> None:
     server.body = b'{"status": "degraded", "db": "slow"}'
     result = await prober(server.url, client).check()
     assert (result.status, result.reason) == (DEGRADED, "body status: degraded")
 
 
 async def test_checks_of_the_body_are_kept_also_with_a_failing_status_code(
-    server: HealthServer, client: httpx.AsyncClient
+    server: HealthServer, client: ProbeClient
 ) -> None:
     server.status = 503
     server.body = json.dumps(
@@ -365,7 +366,7 @@ async def test_checks_of_the_body_are_kept_also_with_a_failing_status_code(
 
 
 async def test_body_at_the_cap_is_parsed_one_byte_more_is_not(
-    server: HealthServer, client: httpx.AsyncClient
+    server: HealthServer, client: ProbeClient
 ) -> None:
     document = b'{"status": "degraded", "pad": "'
     server.body = document + b"x" * (MAX_BODY - len(document) - 2) + b'"}'
@@ -376,7 +377,7 @@ async def test_body_at_the_cap_is_parsed_one_byte_more_is_not(
     assert (result.status, result.reason) == (OK, "HTTP 200")  # status code alone
 
 
-async def test_encoded_body_is_not_parsed(server: HealthServer, client: httpx.AsyncClient) -> None:
+async def test_encoded_body_is_not_parsed(server: HealthServer, client: ProbeClient) -> None:
     server.body, server.extra_headers = (
         gzip.compress(b'{"status": "down"}'),
         "Content-Encoding: gzip\r\n",
@@ -386,7 +387,7 @@ async def test_encoded_body_is_not_parsed(server: HealthServer, client: httpx.As
 
 
 @pytest.mark.parametrize("mode", ["length", "chunked"])
-async def test_huge_body_is_read_up_to_the_cap_only(client: httpx.AsyncClient, mode: str) -> None:
+async def test_huge_body_is_read_up_to_the_cap_only(client: ProbeClient, mode: str) -> None:
     async with BodyServer(mode) as big:
         result = await prober(big.url, client).check()
         assert (result.status, result.status_code, result.reason) == (OK, 200, "HTTP 200")
@@ -395,7 +396,7 @@ async def test_huge_body_is_read_up_to_the_cap_only(client: httpx.AsyncClient, m
         assert big.written < BIG // 4  # what loopback's socket buffers held, not the body
 
 
-async def test_trickling_body_times_out(client: httpx.AsyncClient) -> None:
+async def test_trickling_body_times_out(client: ProbeClient) -> None:
     async with BodyServer("trickle") as slow:
         result = await prober(slow.url, client, timeout=0.3).check()
         assert (result.status, result.status_code, result.reason, result.timed_out) == (
@@ -408,7 +409,7 @@ async def test_trickling_body_times_out(client: httpx.AsyncClient) -> None:
 
 
 async def test_keep_alive_race_is_retried_on_a_new_connection(
-    server: HealthServer, client: httpx.AsyncClient
+    server: HealthServer, client: ProbeClient
 ) -> None:
     server.drop_after = 1
     check = prober(server.url, client)
@@ -418,9 +419,7 @@ async def test_keep_alive_race_is_retried_on_a_new_connection(
     assert (server.connections, server.requests) == (2, 3)
 
 
-async def test_connection_dropped_twice_fails(
-    server: HealthServer, client: httpx.AsyncClient
-) -> None:
+async def test_connection_dropped_twice_fails(server: HealthServer, client: ProbeClient) -> None:
     server.drop_after = 0
     result = await prober(server.url, client).check()
     assert (result.status, result.status_code, result.reason, result.timed_out) == (
@@ -433,7 +432,7 @@ async def test_connection_dropped_twice_fails(
 
 
 async def test_timeout_fails_is_not_retried_and_the_client_stays_usable(
-    server: HealthServer, client: httpx.AsyncClient
+    server: HealthServer, client: ProbeClient
 ) -> None:
     server.hang = True
     result = await prober(server.url, client, timeout=0.2).check()
@@ -450,7 +449,7 @@ async def test_timeout_fails_is_not_retried_and_the_client_stays_usable(
     assert (await prober(server.url, client).check()).status is OK
 
 
-async def test_slow_answer_is_degraded(server: HealthServer, client: httpx.AsyncClient) -> None:
+async def test_slow_answer_is_degraded(server: HealthServer, client: ProbeClient) -> None:
     server.delay = 0.15
     result = await prober(server.url, client, degraded_latency=0.1).check()
     assert result.status is DEGRADED
@@ -458,7 +457,7 @@ async def test_slow_answer_is_degraded(server: HealthServer, client: httpx.Async
 
 
 async def test_latency_comes_from_the_injected_clock(
-    server: HealthServer, client: httpx.AsyncClient
+    server: HealthServer, client: ProbeClient
 ) -> None:
     clock = StepClock(2.5)
     check = Prober(server.url, timeout=5.0, degraded_latency=2.0, client=client, clock=clock)
@@ -469,7 +468,7 @@ async def test_latency_comes_from_the_injected_clock(
     )
 
 
-async def test_connection_refused(client: httpx.AsyncClient) -> None:
+async def test_connection_refused(client: ProbeClient) -> None:
     result = await prober(f"http://127.0.0.1:{free_port()}/health", client).check()
     assert (result.status, result.status_code, result.reason) == (
         FAILED,
@@ -478,9 +477,7 @@ async def test_connection_refused(client: httpx.AsyncClient) -> None:
     )
 
 
-async def test_many_probers_share_one_client(
-    server: HealthServer, client: httpx.AsyncClient
-) -> None:
+async def test_many_probers_share_one_client(server: HealthServer, client: ProbeClient) -> None:
     probers = [prober(server.url, client, timeout=30.0, degraded_latency=30.0) for _ in range(50)]
     for _ in range(2):  # the second round reuses the kept-alive connections
         results = await asyncio.gather(*(p.check() for p in probers))
@@ -511,15 +508,17 @@ async def backend(tmp_path: Path) -> AsyncIterator[tuple[ManagedProcess, str]]:
 
 
 async def test_demo_backend_faults_over_http(
-    backend: tuple[ManagedProcess, str], client: httpx.AsyncClient
+    backend: tuple[ManagedProcess, str], client: ProbeClient
 ) -> None:
     process, base = backend
     check = prober(f"{base}/health", client)
     slow_check = prober(f"{base}/health", client, degraded_latency=0.2)  # its answer takes 0.25
     hang_check = prober(f"{base}/health", client, timeout=0.5)
 
+    http = httpx.AsyncClient(trust_env=False)  # the probe client only checks
+
     async def fault(name: str) -> None:
-        assert (await client.post(f"{base}/fault/{name}")).status_code == 200
+        assert (await http.post(f"{base}/fault/{name}")).status_code == 200
 
     assert (await check.check()).status is OK
     await fault("degrade")
@@ -530,16 +529,17 @@ async def test_demo_backend_faults_over_http(
     assert (await hang_check.check()).reason == "timeout after 0.5s"
     await fault("recover")
     assert (await check.check()).status is OK
-    status = (await client.get(f"{base}/status")).json()
+    status = (await http.get(f"{base}/status")).json()
     assert status["pid"] == process.pid and status["fault"] == "ok"
     await fault("crash")
     info = await process.wait()
     assert info.returncode == CRASH_EXIT_CODE and CRASH_LINE in info.stderr_tail
     assert (await check.check()).reason == "connection refused"
+    await http.aclose()
 
 
 async def test_demo_backend_fault_file(
-    backend: tuple[ManagedProcess, str], client: httpx.AsyncClient, tmp_path: Path
+    backend: tuple[ManagedProcess, str], client: ProbeClient, tmp_path: Path
 ) -> None:
     process, base = backend
     check = prober(f"{base}/health", client)
@@ -590,7 +590,7 @@ class Postgres:
 
 
 async def test_failing_health_kit_check_is_named_with_its_error(
-    client: httpx.AsyncClient,
+    client: ProbeClient,
 ) -> None:
     postgres = Postgres()
     kit = HealthKit(checks={"database": postgres}, cache_ttl=0.0)

@@ -11,12 +11,12 @@ import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.helpers import await_until
 from tests.watchdog.test_probe import HealthServer, LoopbackServer, prober
 from watchdog.probe import ProbeStatus, make_client
+from watchdog.probe_transport import ProbeClient
 
 
 class ScriptServer(LoopbackServer):
@@ -42,12 +42,12 @@ class ScriptServer(LoopbackServer):
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
+async def client() -> AsyncIterator[ProbeClient]:
     async with make_client(max_connections=2) as one:
         yield one
 
 
-async def test_checks_share_one_kept_alive_connection(client: httpx.AsyncClient) -> None:
+async def test_checks_share_one_kept_alive_connection(client: ProbeClient) -> None:
     async with HealthServer() as server:
         check = prober(server.url, client)
         results = [await check.check() for _ in range(20)]
@@ -55,7 +55,7 @@ async def test_checks_share_one_kept_alive_connection(client: httpx.AsyncClient)
     assert server.connections == 1
 
 
-async def test_an_answer_asking_to_close_is_not_reused(client: httpx.AsyncClient) -> None:
+async def test_an_answer_asking_to_close_is_not_reused(client: ProbeClient) -> None:
     async with HealthServer() as server:
         server.extra_headers = "Connection: close\r\n"
         check = prober(server.url, client)
@@ -80,7 +80,7 @@ async def test_an_answer_asking_to_close_is_not_reused(client: httpx.AsyncClient
     ids=["chunked", "http-1.0-until-close"],
 )
 async def test_bodies_of_every_framing_are_read_and_parsed(
-    client: httpx.AsyncClient, answer: bytes, close: bool
+    client: ProbeClient, answer: bytes, close: bool
 ) -> None:
     async with ScriptServer(answer, close=close) as server:
         result = await prober(server.url, client).check()
@@ -88,7 +88,7 @@ async def test_bodies_of_every_framing_are_read_and_parsed(
 
 
 async def test_a_connection_closed_by_the_server_while_idle_is_replaced(
-    client: httpx.AsyncClient,
+    client: ProbeClient,
 ) -> None:
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
     async with ScriptServer(answer, close=True) as server:
@@ -101,7 +101,7 @@ async def test_a_connection_closed_by_the_server_while_idle_is_replaced(
 
 
 async def test_a_reset_before_the_answer_is_retried_on_a_new_connection(
-    client: httpx.AsyncClient,
+    client: ProbeClient,
 ) -> None:
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
     async with ScriptServer(answer, reset_first=True) as server:
@@ -110,14 +110,14 @@ async def test_a_reset_before_the_answer_is_retried_on_a_new_connection(
     assert server.connections == 2
 
 
-async def test_an_answer_that_is_not_http_is_a_protocol_error(client: httpx.AsyncClient) -> None:
+async def test_an_answer_that_is_not_http_is_a_protocol_error(client: ProbeClient) -> None:
     async with ScriptServer(b"SSH-2.0-OpenSSH_9.2\r\n\r\n") as server:
         result = await prober(server.url, client).check()
     assert result.status is ProbeStatus.FAILED
     assert result.reason.startswith("protocol error")
 
 
-async def test_a_request_failing_to_connect_names_the_cause(client: httpx.AsyncClient) -> None:
+async def test_a_request_failing_to_connect_names_the_cause(client: ProbeClient) -> None:
     result = await prober("http://127.0.0.1:1/health", client).check()  # nothing listens on 1
     assert (result.status, result.reason) == (ProbeStatus.FAILED, "connection refused")
 
