@@ -236,6 +236,19 @@ def _children_file_works() -> bool:
 _HAS_CHILDREN_FILE = _children_file_works()
 
 
+def _read_small(path: str) -> bytes:
+    """A whole /proc file, with bare os calls: half the CPU of ``open().read()``, and every
+    monitor reads its child's tree on every round (1000 targets: thousands a second)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = [os.read(fd, 65536)]
+        while chunks[-1]:
+            chunks.append(os.read(fd, 65536))
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
 def _walk(pid: int) -> list[tuple[int, int]]:
     """(descendant, its parent) pairs below ``pid``, breadth-first; raises
     psutil.NoSuchProcess if ``pid`` is gone."""
@@ -253,8 +266,7 @@ def _walk(pid: int) -> list[tuple[int, int]]:
             continue  # a descendant that just went away
         for tid in tids:
             try:
-                with open(f"/proc/{parent}/task/{tid}/children", "rb") as handle:
-                    found = handle.read().split()
+                found = _read_small(f"/proc/{parent}/task/{tid}/children").split()
             except OSError:
                 continue
             for child in found:
