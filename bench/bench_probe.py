@@ -7,7 +7,11 @@ the figures include its share of the CPU) and times `watchdog.probe.Prober.check
 - 50 probers sharing one client, all checking at once, for a few rounds (the case
   tests/watchdog/test_probe.py::test_many_probers_share_one_client covers for correctness);
 - the same 50 probers with one small client each (``make_client(max_connections=2)``);
-- one check of a 100 MiB body, which reads only the first 64 KiB.
+- one check of a 100 MiB body, which reads only the first 64 KiB;
+- CPU time per check (this process's, sequential checks against a server in another
+  process, `bench/scale_backend.py`): erpwatch's client (`make_client`: h11 on asyncio)
+  beside a plain ``httpx.AsyncClient`` (httpcore's pool on anyio) in the same run: the cost
+  that decides how many targets one core can check every second.
 
 Prints min / median / p99 / max per case and stops by itself (fixed counts, 120 s cap).
 
@@ -21,7 +25,9 @@ import argparse
 import asyncio
 import json
 import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +79,43 @@ def stats(samples: list[float]) -> dict[str, Any]:
     }
 
 
-def prober(url: str, client: httpx.AsyncClient) -> Prober:
+def prober(url: str, client: Any) -> Prober:
     return Prober(url, timeout=10.0, degraded_latency=10.0, client=client, clock=RealClock())
 
 
-async def run(checks: int, rounds: int) -> dict[str, Any]:
+def start_backend() -> tuple[subprocess.Popen[bytes], str]:
+    """`bench/scale_backend.py` with one health URL, in its own process."""
+    backend = subprocess.Popen(
+        [sys.executable, "-m", "bench.scale_backend", "--count", "1", "--out", "/dev/null"],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert backend.stdout is not None
+    port = json.loads(backend.stdout.readline())[0]
+    return backend, f"http://127.0.0.1:{port}/health"
+
+
+async def cpu_per_check(url: str, checks: int) -> dict[str, float]:
+    """Milliseconds of this process's CPU per sequential check, for each client."""
+    result: dict[str, float] = {}
+    clients: list[tuple[str, Any]] = [
+        ("erpwatch", make_client(max_connections=2)),
+        ("httpx_default", httpx.AsyncClient(trust_env=False, follow_redirects=False)),
+    ]
+    for name, client in clients:
+        async with client:
+            check = prober(url, client)
+            for _ in range(50):  # warm: connection open, code paths taken
+                await check.check()
+            began = time.process_time()
+            for _ in range(checks):
+                await check.check()
+            result[name] = (time.process_time() - began) / checks * 1000
+    return result
+
+
+async def run(checks: int, rounds: int, other_process_url: str) -> dict[str, Any]:
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     failures: list[str] = []
@@ -111,6 +149,7 @@ async def run(checks: int, rounds: int) -> dict[str, Any]:
             await asyncio.gather(*(c.aclose() for c in clients))
     finally:
         server.close()
+    figures["cpu_ms_per_check"] = await cpu_per_check(other_process_url, max(checks, 2000))
     figures["failures"] = failures[:10]
     return figures
 
@@ -122,11 +161,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
 
-    async def bounded() -> dict[str, Any]:
+    async def bounded(url: str) -> dict[str, Any]:
         async with asyncio.timeout(TOTAL_BUDGET_S):
-            return await run(args.checks, args.rounds)
+            return await run(args.checks, args.rounds, url)
 
-    figures = asyncio.run(bounded())
+    backend, url = start_backend()
+    try:
+        figures = asyncio.run(bounded(url))
+    finally:
+        backend.terminate()
+        backend.wait(timeout=10)
     if args.json:
         print(json.dumps(figures, indent=2))
     else:
@@ -142,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"median {s['median'] * 1000:.2f} ms, p99 {s['p99'] * 1000:.2f} ms, "
                 f"max {s['max'] * 1000:.2f} ms"
             )
+        cpu = figures["cpu_ms_per_check"]
+        print(
+            f"CPU per check (sequential, server in another process): erpwatch's client "
+            f"{cpu['erpwatch']:.3f} ms, httpx.AsyncClient (httpcore) {cpu['httpx_default']:.3f} ms"
+        )
         for failure in figures["failures"]:
             print(f"failure: {failure}")
     return 1 if figures["failures"] else 0
