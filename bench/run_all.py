@@ -627,6 +627,16 @@ def write_report(results: dict[str, Any], out_dir: Path) -> None:
         + (" (**quick smoke run**: few trials, slow rows skipped)" if r["quick"] else "")
         + ". Machine-readable: `bench/results.json`; for the README: `bench/README-table.md`.",
         "",
+        *(
+            [
+                f"Rows {', '.join(r['kept_rows']['rows'])} are from the earlier run "
+                f"`{r['kept_rows']['of']}` on {r['kept_rows']['from']}, measured with the "
+                "code of that run, not re-measured since.",
+                "",
+            ]
+            if r.get("kept_rows")
+            else []
+        ),
         f"- Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, {m['os']}, "
         f"Python {m['python']}; load average at start {m.get('loadavg_at_start')}",
         "- Versions: " + ", ".join(f"{k}: {v}" for k, v in r["versions"].items()),
@@ -956,7 +966,13 @@ def readme_table(r: dict[str, Any]) -> str:
         "10 s, circus 30 s. PM2 has no health check. RSS and CPU of supervisord and circus "
         "include their hang-detecting helper (httpok, the watchdog plugin). monit (default "
         "timeouts) differs from monit only in its timeouts: its orphan, RSS and CPU cells "
-        "are monit's.",
+        "are monit's."
+        + (
+            f" Rows from {', '.join(r['kept_rows']['rows'])} are from the earlier run of "
+            f"{r['kept_rows']['from'][:10]} (with that run's code)."
+            if r.get("kept_rows")
+            else ""
+        ),
         "",
         head,
         sep,
@@ -1007,7 +1023,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", action="append", default=[], choices=ROWS, help="run only these rows"
     )
+    parser.add_argument(
+        "--keep-others",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="with --only: take the rows not run from this earlier results.json (the report "
+        "says which rows come from which run)",
+    )
     args = parser.parse_args(argv)
+    if args.keep_others is not None and not args.only:
+        parser.error("--keep-others needs --only")
+    earlier = json.loads(args.keep_others.read_text()) if args.keep_others else None
     if args.out_dir is None:
         quick_dir = Path(tempfile.gettempdir()) / "erpwatch-bench-quick"
         args.out_dir = quick_dir if args.quick else BENCH_DIR
@@ -1027,7 +1053,9 @@ def main(argv: list[str] | None = None) -> int:
         versions[name] = f"not available: {why}" if why else peer.version()
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": "python -m bench.run_all" + (" --quick" if args.quick else ""),
+        "command": "python -m bench.run_all"
+        + (" --quick" if args.quick else "")
+        + "".join(f" --only {row}" for row in args.only),
         "quick": args.quick,
         "machine": machine(),
         "versions": versions,
@@ -1056,6 +1084,11 @@ def main(argv: list[str] | None = None) -> int:
         "alerts": {"skipped": "not run"},
         "orphans": {},
     }
+    if earlier is not None:
+        kept = [key for key in rows if key not in args.only]
+        results["kept_rows"] = {"rows": kept, "from": earlier["date"], "of": earlier["command"]}
+        for key in kept:
+            empty[key] = earlier.get(key, empty[key])
     try:
         for key, fn in rows.items():
             results[key] = fn(plan) if not args.only or key in args.only else empty[key]

@@ -93,7 +93,10 @@ def test_ledger_records_and_forgets_in_the_store(tmp_path: Path) -> None:
 
 def test_a_reused_pid_is_never_taken_for_the_leftover() -> None:
     me = psutil.Process(os.getpid())
-    stranger = ChildRecord("backend", me.pid, me.create_time() - 3600, None, (), 0)
+    # A name no process carries as its marker: clean_up also looks for marked strays, and
+    # "backend" is what other erpwatch runs on this machine (another test session) use.
+    name = f"backend-{os.getpid()}-reused"
+    stranger = ChildRecord(name, me.pid, me.create_time() - 3600, None, (), 0)
     assert verified(stranger) is None
     assert clean_up([stranger], grace=0.1)[0].found is False
     assert alive(os.getpid())
