@@ -736,7 +736,13 @@ class Core:
                 interval = p.check_interval
                 if not state.answered:
                     interval = min(interval, STARTUP_PROBE_INTERVAL)
-                state = dataclasses.replace(state, probe_sent_at=now, next_probe_at=now + interval)
+                # A fixed cadence: a round that came late (a busy loop) does not push every
+                # later check back; more than an interval behind, the cadence starts anew.
+                due = state.next_probe_at
+                anchor = due if 0.0 <= now - due < interval else now
+                state = dataclasses.replace(
+                    state, probe_sent_at=now, next_probe_at=anchor + interval
+                )
                 out.append(Probe())
         if (
             state.bad_since is not None

@@ -701,3 +701,16 @@ def test_limit_cause_without_an_earlier_one_names_the_last_reason() -> None:
     assert d.state.cause is not None
     assert d.state.cause["summary"] == "restart limit reached; last: config changed"
     assert d.state.cause["kind"] == "limit"
+
+
+def test_checks_keep_their_cadence_when_a_round_comes_late() -> None:
+    d = Driver()
+    d.healthy()  # the first answer; the next check goes out at once (jitter 0)
+    d.probe("ok", at=0.1)
+    due = d.state.next_probe_at
+    assert Probe() in d.feed(Tick(), at=due + 0.3)  # a busy loop: this round is 0.3 s late
+    assert d.state.next_probe_at == due + FAST.check_interval  # not pushed back by 0.3 s
+    d.probe("ok", at=due + 0.35)
+    late = d.state.next_probe_at + 1.5  # more than an interval behind: a new cadence
+    assert Probe() in d.feed(Tick(), at=late)
+    assert d.state.next_probe_at == late + FAST.check_interval
