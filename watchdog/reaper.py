@@ -72,6 +72,7 @@ def claimed() -> frozenset[int]:
 
 
 @functools.cache
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     try:
         return ctypes.CDLL(None, use_errno=True)
@@ -79,19 +80,35 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
+# Whether this process is a subreaper: asked of the kernel once, then known (only this
+# process can make itself one, through `become_subreaper`). Every monitor asks every round.
+_subreaper: bool | None = None
+
+
 def become_subreaper() -> bool:
     """Make this process the child subreaper of its descendants; False when the platform
     cannot (not Linux, no prctl)."""
+    global _subreaper
     libc = _libc()
     if libc is None or not hasattr(libc, "prctl"):
         return False
     try:
-        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+        done = int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
     except (OSError, ctypes.ArgumentError):
         return False
+    if done:
+        _subreaper = True
+    return done
 
 
 def is_subreaper() -> bool:
+    global _subreaper
+    if _subreaper is None:
+        _subreaper = _ask_subreaper()
+    return _subreaper
+
+
+def _ask_subreaper() -> bool:
     libc = _libc()
     if libc is None or not hasattr(libc, "prctl"):
         return False
