@@ -49,7 +49,7 @@ import psutil
 log = logging.getLogger(__name__)
 
 MARKER = "ERPWATCH_TARGET"  # in every target's environment: ERPWATCH_TARGET=<target name>
-REAP_INTERVAL = 0.2  # seconds between passes of the stray reaper
+REAP_INTERVAL = 1.0  # seconds between passes of the stray reaper (a zombie waits at most that)
 PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
 
