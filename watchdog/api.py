@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -80,14 +81,12 @@ from watchdog.favicon import (
     tone,
     worst_state,
 )
-from watchdog.history import UsageError, parse_kinds, parse_limit, parse_time
 from watchdog.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from watchdog.metrics import Metrics
 from watchdog.monitor import TargetStatus
 from watchdog.resources import host_snapshot
 from watchdog.sse import RESYNC, STOP, EventHub, Frame, format_sse
 from watchdog.states import STATE_LABELS, TargetState
-from watchdog.status_cmd import format_duration, format_latency
 from watchdog.store import EventStore
 from watchdog.tasks import TaskSupervisor
 from watchdog.templating import LazyEnvironment
@@ -106,6 +105,8 @@ IDLE_TIMEOUT_S = 5.0  # a connection without a request is closed after this (uvi
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 EVENT_ID_MAX = 2**63 - 1  # SQLite's INTEGER
 _SECRET_WORDS = ("password", "secret", "token", "credential")
+_STREAM_PRELUDE = f"retry: 2000\n: erpwatch {__version__}\n\n".encode()
+_HEARTBEAT = b": heartbeat\n\n"
 
 
 class StatusSource(Protocol):
@@ -388,9 +389,14 @@ class _App:
         self.availability = AvailabilityCache(store)
         self.incidents_cache: dict[tuple[str | None, int], tuple[float, bytes]] = {}
         self.started = time.monotonic()
-        self.templates = LazyEnvironment(
-            filters={"duration": format_duration, "latency": format_latency}
-        )
+
+    @functools.cached_property
+    def templates(self) -> LazyEnvironment:
+        """The page's templates, from its first request on: its filters are the CLI's
+        formatting, whose module (`watchdog.status_cmd`) the other routes never need."""
+        from watchdog.status_cmd import format_duration, format_latency
+
+        return LazyEnvironment(filters={"duration": format_duration, "latency": format_latency})
 
     # -- /status ----------------------------------------------------------------------
 
@@ -482,6 +488,8 @@ class _App:
     # -- /api/history ------------------------------------------------------------------
 
     async def history(self, request: Request) -> Response:
+        from watchdog.history import UsageError, parse_kinds, parse_limit, parse_time
+
         params = request.query_params
         try:
             since = parse_time(params["since"]) if params.get("since") else None
@@ -508,6 +516,8 @@ class _App:
     async def incidents(self, request: Request) -> Response:
         """``?target=&limit=`` (default 50, at most `INCIDENTS_MAX`): newest first, cached
         like /status for ``STATUS_CACHE_TTL``."""
+        from watchdog.history import UsageError, parse_limit
+
         params = request.query_params
         try:
             limit = min(parse_limit(params.get("limit") or "50") or INCIDENTS_MAX, INCIDENTS_MAX)
@@ -544,35 +554,36 @@ class _App:
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
-    async def _stream(self, resume: int | None) -> AsyncIterator[str]:
+    async def _stream(self, resume: int | None) -> AsyncIterator[bytes]:
         # Open the live queue before reading the store: every event committed after the
         # read is in the queue, and ids already sent are skipped, so no gap, no duplicate.
         stream = self.hub.open()
         try:
             last = stream.start_id if resume is None else resume
-            yield f"retry: 2000\n: erpwatch {__version__}\n\n"
+            yield _STREAM_PRELUDE
             if resume is not None:
                 async for event in self._catch_up(last):
                     last = event.id or last
-                    yield format_sse(event)
+                    yield format_sse(event).encode()
             while True:
                 try:
-                    item = await asyncio.wait_for(stream.queue.get(), self.heartbeat)
+                    async with asyncio.timeout(self.heartbeat):  # no task per wait
+                        item = await stream.queue.get()
                 except TimeoutError:
-                    yield ": heartbeat\n\n"
+                    yield _HEARTBEAT
                     continue
                 if item is STOP:
                     return
                 if item is RESYNC:
                     async for event in self._catch_up(last):
                         last = event.id or last
-                        yield format_sse(event)
+                        yield format_sse(event).encode()
                     continue
                 assert isinstance(item, Frame)
                 if item.id <= last:
                     continue
                 last = item.id
-                yield item.text
+                yield item.data
         finally:
             self.hub.close(stream)
 

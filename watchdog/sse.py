@@ -1,8 +1,8 @@
 """Live event fan-out to Server-Sent Events streams.
 
-Every bus event is formatted once and handed to each open stream's bounded queue; a stream
-that falls behind is emptied and told to re-read what it missed from the store by id, so a
-stalled browser costs bounded memory, loses nothing and never blocks the publisher.
+Every bus event is formatted and encoded once and handed to each open stream's bounded
+queue; a stream that falls behind is emptied and told to re-read what it missed from the store
+by id, so a stalled browser costs bounded memory, loses nothing and never blocks the publisher.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ RESYNC = _Signal("resync")  # the stream lost events: re-read them from the stor
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One event, formatted once for every stream."""
+    """One event, formatted and encoded once for every stream (no per-client copy)."""
 
     id: int
-    text: str
+    data: bytes
 
 
 StreamItem = Frame | _Signal
@@ -81,7 +81,7 @@ class EventHub:
         self.last_id = max(self.last_id, event.id)
         if not self._streams:
             return
-        frame = Frame(event.id, format_sse(event))
+        frame = Frame(event.id, format_sse(event).encode())
         for stream in self._streams:
             if stream.queue.qsize() >= self.maxsize:
                 self._resync(stream)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sqlite3
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -27,7 +29,7 @@ from watchdog.config import ConfigError, Settings
 from watchdog.events import Event, Kind, utcnow
 from watchdog.monitor import TargetStatus
 from watchdog.probe import ProbeResult, ProbeStatus
-from watchdog.sse import EventHub, format_sse
+from watchdog.sse import STOP, EventHub, format_sse
 from watchdog.states import TargetState
 from watchdog.store import EventStore
 
@@ -499,6 +501,36 @@ async def test_sse_stream_catches_up_after_overflow(env: Env) -> None:
     assert [int(f.id or 0) for f in frames] == [e.id for e in published]
 
 
+async def _hang_up_after_first_bytes(port: int) -> bytes:
+    """What a closed browser tab does: open /events, read the first bytes, hang up."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await writer.drain()
+        async with asyncio.timeout(5):
+            return await reader.read(4096)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def test_sse_streams_and_tasks_released_after_clients_hang_up(env: Env) -> None:
+    """Clients coming and going (events flowing) leave no stream in the hub and no task."""
+    await await_until(lambda: env.server.hub.count == 0, timeout=5, what="no stream")
+    tasks_before = len(asyncio.all_tasks())
+    for round_ in range(5):
+        heads = await asyncio.gather(
+            *(_hang_up_after_first_bytes(env.server.port) for _ in range(4))
+        )
+        assert all(head.startswith(b"HTTP/1.1 200") for head in heads)
+        await env.bus.publish(Event.of("backend", Kind.CRASHED, f"exit code {round_}"))
+    await await_until(lambda: env.server.hub.count == 0, timeout=5, what="streams released")
+    await await_until(
+        lambda: len(asyncio.all_tasks()) <= tasks_before, timeout=5, what="tasks released"
+    )
+
+
 async def test_sse_heartbeat_comments(env: Env) -> None:
     async with env.client.stream("GET", "/events") as response:
         async with asyncio.timeout(5):
@@ -539,7 +571,7 @@ def test_hub_stop_ends_streams_opened_later() -> None:
         hub.stop_all()
         stream = hub.open()
         assert hub.count == 0
-        assert stream.queue.get_nowait() is not None
+        assert stream.queue.get_nowait() is STOP
 
     asyncio.run(scenario())
 
@@ -916,3 +948,21 @@ async def test_a_connection_without_a_request_is_closed_after_the_idle_timeout(
         assert (await e.client.get("/health")).status_code == 200  # a prompt request is served
     finally:
         await close_env(e)
+
+
+# --- what the status server imports -------------------------------------------------------------
+
+
+def test_the_run_path_loads_the_cli_modules_only_with_the_routes_using_them() -> None:
+    """`watchdog.status_cmd` (the page's filters) and `watchdog.history` (the query parsers)
+    are CLI modules: ``erpwatch run`` loads them with the page / ``/api/history``."""
+    code = (
+        "import sys\nimport watchdog.app, watchdog.api\n"
+        "loaded = {'watchdog.status_cmd', 'watchdog.history'} & set(sys.modules)\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
