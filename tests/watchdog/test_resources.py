@@ -407,3 +407,30 @@ def test_tree_sampler_never_raises_on_emfile() -> None:
     assert result["before"]["processes"] == 1
     assert result["during"] is None  # nothing could be read: no sample, no exception
     assert result["after"]["processes"] == 1 and result["after"]["open_files"] >= 3
+
+
+async def test_many_targets_are_sampled_in_hops_spread_over_the_interval(tmp_path: Path) -> None:
+    """45 targets: 3 hops of 20, with pauses between them summing to at most a quarter of
+    RESOURCE_INTERVAL (on fake time, so the spreading is seen, not timed)."""
+    import asyncio
+    import os
+
+    from watchdog.clock import FakeClock
+
+    clock = FakeClock()
+    settings = Settings(log_path=tmp_path, resource_interval=10.0)
+    targets = {f"t{i}": [os.getpid()] for i in range(45)}
+    monitor = ResourceMonitor(settings, ListBus(), targets=lambda: targets, clock=clock)
+    step = asyncio.ensure_future(monitor.step())
+    paused = 0.0
+    async with asyncio.timeout(60):
+        while not step.done():
+            await asyncio.sleep(0.01)  # poll: a hop runs in a worker thread, fake time stands
+            pending = [deadline for deadline, future in clock._sleepers if not future.done()]
+            if pending and not step.done():
+                due = min(pending) - clock.now()
+                clock.advance(due)
+                paused += due
+    await step
+    assert all(monitor.latest_target(name) is not None for name in targets)
+    assert 0 < paused <= settings.resource_interval / 4
