@@ -72,7 +72,6 @@ def claimed() -> frozenset[int]:
 
 
 @functools.cache
-@functools.cache
 def _libc() -> ctypes.CDLL | None:
     try:
         return ctypes.CDLL(None, use_errno=True)

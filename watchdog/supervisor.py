@@ -146,8 +146,8 @@ class Supervisor:
         self._clock = clock
         self.tasks = tasks or TaskSupervisor(clock=clock)
         self._clients: dict[str, ProbeClient] = {}
-        # One small client per target: httpcore's pool gets slower per request the more
-        # connections one pool holds (500 targets on one client timed out; see probe.py).
+        # One small client per target: its checks never overlap, so one kept-alive
+        # connection serves them all (see probe.py and probe_transport.py).
         self._tls: ssl.SSLContext | None = None
 
         def make_process(config: TargetConfig) -> ManagedProcessLike:
