@@ -281,8 +281,14 @@ class Supervisor:
             finally:
                 stopped[name].set()
 
-        await asyncio.gather(*(stop_after_dependents(config) for config in self._configs))
+        # Every stop runs to its end even if another raised; the first error is raised after.
+        outcomes = await asyncio.gather(
+            *(stop_after_dependents(config) for config in self._configs), return_exceptions=True
+        )
         await asyncio.gather(*(client.aclose() for client in self._clients.values()))
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _stop_one(self, name: str) -> None:
         """Stop one target fully. A monitor that cannot do it (dead, stalled) gets
