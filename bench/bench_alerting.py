@@ -95,7 +95,7 @@ async def bench_backlog(count: int, workdir: Path, port: int, sink: Sink) -> tup
     template = service.renderer.build(
         "[erpwatch] DOWN backlog", ["ops@example.com"], "<x@bench>", "body", "<p>body</p>",
         Event.of("x", Kind.DOWN, "").ts, [],
-    ).as_bytes()  # fmt: skip
+    )  # fmt: skip
     mails = [
         Mail("firing", f"t{i}", None, ("ops@example.com",), "backlog", f"<{i}@bench>", template)
         for i in range(count)
