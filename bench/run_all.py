@@ -42,7 +42,9 @@ from bench.peers import (
     PYTHON,
     ROOT,
     Erpwatch,
+    Peer,
     PeerUnavailable,
+    Scenario,
     install_peers,
 )
 
@@ -126,12 +128,13 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def guarded(name: str, fn: Callable[[], Any]) -> Any:
-    """Run one measurement; an error is recorded, not fatal (KeyboardInterrupt still is)."""
+def guarded(name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run one measurement, ``fn(*args, **kwargs)``; an error is recorded, not fatal
+    (KeyboardInterrupt still is)."""
     started = time.monotonic()
     log(f"{name} ...")
     try:
-        result = fn()
+        result: dict[str, Any] = fn(*args, **kwargs)
     except PeerUnavailable as exc:
         log(f"{name}: skipped ({exc})")
         return {"skipped": str(exc)}
@@ -174,11 +177,19 @@ def row_crash(plan: Plan) -> dict[str, Any]:
         scenario = trials.new_scenario(http_check=name != "supervisord")
         out[name] = guarded(
             f"crash x{plan.crashes} {name}",
-            lambda cls=cls, scenario=scenario: trials.fault_trials(
-                cls(), scenario, inject="crash", count=plan.crashes, jitter=1.0
-            ).to_dict(),
-        )
+            _fault_trials, cls, scenario, inject="crash", count=plan.crashes, jitter=1.0,
+        )  # fmt: skip
     return out
+
+
+def _fault_trials(cls: type[Peer], scenario: Scenario, **kwargs: Any) -> dict[str, Any]:
+    return trials.fault_trials(cls(), scenario, **kwargs).to_dict()
+
+
+def _hang_after_restart_trials(
+    cls: type[Peer], scenario: Scenario, **kwargs: Any
+) -> dict[str, Any]:
+    return trials.hang_after_restart_trials(cls(), scenario, **kwargs).to_dict()
 
 
 def _period(name: str) -> float:
@@ -199,13 +210,11 @@ def row_hang(plan: Plan) -> dict[str, Any]:
         scenario = trials.new_scenario()
         out[name] = guarded(
             f"hang x{count} {name}",
-            lambda cls=cls, scenario=scenario, name=name, count=count, limit=limit: (
-                trials.fault_trials(
-                    cls(), scenario, inject="hang", count=count, jitter=_period(name), limit=limit
-                ).to_dict()
-                | {"limit_s": limit}
-            ),
-        )
+            _fault_trials, cls, scenario, inject="hang", count=count, jitter=_period(name),
+            limit=limit,
+        )  # fmt: skip
+        if "error" not in out[name] and "skipped" not in out[name]:
+            out[name]["limit_s"] = limit
     out["after_restart"] = {}
     for name, _label in TOOLS:
         count = plan.after_restart.get(name, 0)
@@ -219,16 +228,15 @@ def row_hang(plan: Plan) -> dict[str, Any]:
         scenario = trials.new_scenario()
         out["after_restart"][name] = guarded(
             f"hang right after a restart x{count} {name}",
-            lambda cls=cls, scenario=scenario, count=count: trials.hang_after_restart_trials(
-                cls(), scenario, count=count, limit=90.0
-            ).to_dict(),
-        )
+            _hang_after_restart_trials, cls, scenario, count=count, limit=90.0,
+        )  # fmt: skip
     out["erpwatch_settings"] = [
         guarded(
             f"erpwatch hang, interval {interval:g}s threshold {threshold:g}s",
-            lambda interval=interval, threshold=threshold: erpwatch_hang_variant(
-                plan, interval, threshold
-            ),
+            erpwatch_hang_variant,
+            plan,
+            interval,
+            threshold,
         )
         for interval, threshold in plan.variant_settings
     ]
@@ -293,12 +301,11 @@ def row_overhead(plan: Plan) -> dict[str, Any]:
     return {
         label: guarded(
             f"overhead {plan.overhead_s:g}s {label}",
-            lambda name=name, check=check: trials.overhead(
-                PEERS[name](),
-                trials.new_scenario(http_check=check),
-                seconds=plan.overhead_s,
-                warmup=plan.overhead_warmup_s,
-            ),
+            trials.overhead,
+            PEERS[name](),
+            trials.new_scenario(http_check=check),
+            seconds=plan.overhead_s,
+            warmup=plan.overhead_warmup_s,
         )
         for label, name, check in configs
     }
@@ -306,8 +313,7 @@ def row_overhead(plan: Plan) -> dict[str, Any]:
 
 def row_scale(plan: Plan) -> dict[str, Any]:
     points = [
-        guarded(f"scale {n} targets", lambda n=n: trials.scale(n, seconds=plan.scale_s))
-        for n in plan.scale
+        guarded(f"scale {n} targets", trials.scale, n, seconds=plan.scale_s) for n in plan.scale
     ]
     good = [
         p["targets"]
@@ -371,11 +377,10 @@ def row_orphans(plan: Plan) -> dict[str, Any]:
     return {
         name: guarded(
             f"orphans {name}",
-            lambda name=name: trials.orphans(
-                PEERS[name](),
-                trials.new_scenario(backend_args=("--spawn-grandchild", "--grandchild-setsid")),
-                crashes=plan.orphan_crashes,
-            ),
+            trials.orphans,
+            PEERS[name](),
+            trials.new_scenario(backend_args=("--spawn-grandchild", "--grandchild-setsid")),
+            crashes=plan.orphan_crashes,
         )
         for name, _label in TOOLS
         if name != "monit-default"  # the same process handling as monit

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import resource
 import signal
@@ -62,7 +63,7 @@ async def serve(count: int, out: Path) -> None:
         sock.bind(("127.0.0.1", 0))
         ports.append(sock.getsockname()[1])
         log = arrivals[index]
-        servers.append(await loop.create_server(lambda log=log: Health(log), sock=sock))
+        servers.append(await loop.create_server(functools.partial(Health, log), sock=sock))
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)

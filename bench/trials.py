@@ -154,7 +154,9 @@ def hang_after_restart_trials(
     return out
 
 
-def overhead(peer: Peer, scenario: Scenario, *, seconds: float, warmup: float = 5.0) -> dict:
+def overhead(
+    peer: Peer, scenario: Scenario, *, seconds: float, warmup: float = 5.0
+) -> dict[str, Any]:
     """RSS and CPU of the watchdog's own processes while one healthy target is supervised."""
     peer.start(scenario)
     try:
@@ -211,7 +213,9 @@ def _ppid(pid: int) -> int | None:
     return int(stat[stat.rfind(b")") + 2 :].split()[1])
 
 
-def scale(count: int, *, seconds: float, interval: float = 1.0, warmup: float = 8.0) -> dict:
+def scale(
+    count: int, *, seconds: float, interval: float = 1.0, warmup: float = 8.0
+) -> dict[str, Any]:
     """erpwatch supervising ``count`` targets (``sleep`` processes) whose health URLs are
     ``count`` listeners of one asyncio backend; the probe schedule's lag is measured there.
 
