@@ -45,3 +45,12 @@ def test_links_stay_inside_the_repository_and_resolve(doc: Path) -> None:
 
 def test_the_readme_links_the_architecture_page() -> None:
     assert "(docs/architecture.md)" in (REPO / "README.md").read_text()
+
+
+def test_the_readme_performance_table_is_the_last_benchmark_run() -> None:
+    """`python -m bench.run_all` writes bench/README-table.md; the README shows it as written,
+    so a hand-edited or stale figure fails here."""
+    table = (REPO / "bench" / "README-table.md").read_text().strip()
+    readme = (REPO / "README.md").read_text()
+    performance = readme.split("## Performance", 1)[1].split("\n## ", 1)[0]
+    assert table in performance
