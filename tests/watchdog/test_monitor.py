@@ -393,6 +393,40 @@ async def test_stop_takes_independent_targets_together_and_dependants_first(
     assert (tmp_path / "db.saw").read_text() == "True"  # app had exited before db's SIGTERM
 
 
+_SLOW_TO_STOP = (
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *_: (time.sleep(0.5), sys.exit(0)))\n"
+    "time.sleep(60)\n"
+)
+
+
+async def test_stop_finishes_every_target_when_one_stop_fails(
+    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault in one target's stop must not leave another running, nor hide the fault."""
+    script = tmp_path / "slow_to_stop.py"
+    script.write_text(_SLOW_TO_STOP)
+    command = shlex.join([sys.executable, str(script)])
+    targets = {"broken": {"command": command}, "sound": {"command": command}}
+    supervisor = await harness.start(harness.configs(targets=targets))
+    await await_until(lambda: all(m.process.pid for m in supervisor.monitors.values()))
+    sound_pid = supervisor.monitors["sound"].process.pid
+    real_stop_one = supervisor._stop_one
+
+    async def stop_one(name: str) -> None:
+        if name == "broken":
+            raise RuntimeError("stop failed")
+        await real_stop_one(name)
+
+    monkeypatch.setattr(supervisor, "_stop_one", stop_one)
+    with pytest.raises(RuntimeError, match="stop failed"):
+        await supervisor.stop()
+    assert not alive(sound_pid)  # stop() returned only once the sound target was down
+    assert any(e.kind == "stopped" and e.target == "sound" for e in harness.events)
+    await real_stop_one("broken")
+    harness.supervisor = None
+
+
 def test_start_order_cycle_is_an_error() -> None:
     def cfg(name: str, after: tuple[str, ...]) -> TargetConfig:
         base = load_settings(command="x").targets_resolved()[0]
