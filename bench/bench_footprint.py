@@ -65,6 +65,12 @@ IMPORTS: list[tuple[str, str]] = [
         "import pydantic_settings, httpx, sqlite_utils, uvicorn, "
         "starlette.applications, starlette.routing, jinja2, prometheus_client, psutil",
     ),
+    (
+        "the run path's required set (pydantic_settings, httpx, uvicorn + starlette, "
+        "prometheus_client, psutil): the floor",
+        "import pydantic_settings, httpx, uvicorn, starlette.applications, starlette.routing, "
+        "prometheus_client, psutil",
+    ),
     ("watchdog.cli (`erpwatch` before a command)", "import watchdog.cli"),
     ("watchdog.app + watchdog.api (`erpwatch run`)", "import watchdog.app, watchdog.api"),
 ]
