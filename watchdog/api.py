@@ -257,6 +257,12 @@ def bounded_protocol(
 # --- the status document --------------------------------------------------------------------
 
 
+def _wants_fresh(request: Request) -> bool:
+    """``?fresh=1`` (any value but empty, 0 or false): skip the cache, as the refresh button
+    does."""
+    return request.query_params.get("fresh", "") not in ("", "0", "false")
+
+
 def _iso(ts: datetime) -> str:
     return ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -461,8 +467,7 @@ class _App:
         return self.cache.body
 
     async def status(self, request: Request) -> Response:
-        fresh = request.query_params.get("fresh", "") not in ("", "0", "false")
-        body = await self.status_body(fresh)
+        body = await self.status_body(_wants_fresh(request))
         return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
 
     # -- /health -------------------------------------------------------------------------
@@ -515,7 +520,7 @@ class _App:
 
     async def incidents(self, request: Request) -> Response:
         """``?target=&limit=`` (default 50, at most `INCIDENTS_MAX`): newest first, cached
-        like /status for ``STATUS_CACHE_TTL``."""
+        like /status for ``STATUS_CACHE_TTL`` (``?fresh=1`` reads the store now)."""
         from watchdog.history import UsageError, parse_limit
 
         params = request.query_params
@@ -526,7 +531,8 @@ class _App:
         key = (params.get("target") or None, limit)
         now = time.monotonic()
         cached = self.incidents_cache.get(key)
-        if cached is None or now - cached[0] >= self.settings.status_cache_ttl:
+        ttl = self.settings.status_cache_ttl
+        if cached is None or now - cached[0] >= ttl or _wants_fresh(request):
             found = await asyncio.to_thread(load_incidents, self.store, target=key[0], limit=limit)
             body = json.dumps({"incidents": found}, default=str, separators=(",", ":")).encode()
             if len(self.incidents_cache) >= 64:  # bounded: one entry per (target, limit) asked
@@ -634,7 +640,6 @@ class _App:
                 "symbols": {str(state): symbol(state) for state in TargetState},
                 "tones": {str(state): tone(state) for state in TargetState},
                 "incidents": PAGE_INCIDENTS,
-                "cache_ttl": self.settings.status_cache_ttl,
             },
             # Operate buttons exist only when HTTP control can work (a token is configured).
             control_enabled=self.settings.status_token is not None,

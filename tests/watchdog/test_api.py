@@ -368,6 +368,20 @@ async def test_incidents_newest_first_with_cause_restarts_and_notifications(env:
     assert bad.status_code == 400 and bad.json()["error"]
 
 
+async def test_incidents_are_cached_and_fresh_reads_the_store(env: Env) -> None:
+    now = utcnow()
+    env.store.append(Event("backend", "unhealthy", "x", details={"state": "unhealthy"}, ts=now))
+    first = (await env.client.get("/api/incidents")).json()["incidents"]
+    assert [i["ended_at"] is None for i in first] == [True]
+    env.store.append(
+        Event("backend", "healthy", "ok", details={"state": "healthy"}, ts=now + 0.1 * M)
+    )
+    cached = (await env.client.get("/api/incidents")).json()["incidents"]
+    assert cached == first  # within STATUS_CACHE_TTL (60 s here): the cached answer
+    fresh = (await env.client.get("/api/incidents", params={"fresh": "1"})).json()["incidents"]
+    assert [i["ended_at"] is None for i in fresh] == [False]
+
+
 async def test_incidents_need_the_token(secured: Env) -> None:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     response = await secured.client.get("/api/incidents", headers=headers)
