@@ -177,19 +177,25 @@ def row_crash(plan: Plan) -> dict[str, Any]:
         scenario = trials.new_scenario(http_check=name != "supervisord")
         out[name] = guarded(
             f"crash x{plan.crashes} {name}",
-            _fault_trials, cls, scenario, inject="crash", count=plan.crashes, jitter=1.0,
+            _trials, trials.fault_trials, cls, scenario, inject="crash", count=plan.crashes,
+            jitter=1.0,
         )  # fmt: skip
     return out
 
 
-def _fault_trials(cls: type[Peer], scenario: Scenario, **kwargs: Any) -> dict[str, Any]:
-    return trials.fault_trials(cls(), scenario, **kwargs).to_dict()
-
-
-def _hang_after_restart_trials(
-    cls: type[Peer], scenario: Scenario, **kwargs: Any
+def _trials(
+    run: Callable[..., trials.Trials], cls: type[Peer], scenario: Scenario, **kwargs: Any
 ) -> dict[str, Any]:
-    return trials.hang_after_restart_trials(cls(), scenario, **kwargs).to_dict()
+    """``run`` with a new ``cls`` peer, as the report's dict."""
+    return run(cls(), scenario, **kwargs).to_dict()
+
+
+def _hang_trials(
+    cls: type[Peer], scenario: Scenario, *, limit: float, **kwargs: Any
+) -> dict[str, Any]:
+    return _trials(trials.fault_trials, cls, scenario, inject="hang", limit=limit, **kwargs) | {
+        "limit_s": limit
+    }
 
 
 def _period(name: str) -> float:
@@ -210,11 +216,8 @@ def row_hang(plan: Plan) -> dict[str, Any]:
         scenario = trials.new_scenario()
         out[name] = guarded(
             f"hang x{count} {name}",
-            _fault_trials, cls, scenario, inject="hang", count=count, jitter=_period(name),
-            limit=limit,
+            _hang_trials, cls, scenario, count=count, jitter=_period(name), limit=limit,
         )  # fmt: skip
-        if "error" not in out[name] and "skipped" not in out[name]:
-            out[name]["limit_s"] = limit
     out["after_restart"] = {}
     for name, _label in TOOLS:
         count = plan.after_restart.get(name, 0)
@@ -228,7 +231,7 @@ def row_hang(plan: Plan) -> dict[str, Any]:
         scenario = trials.new_scenario()
         out["after_restart"][name] = guarded(
             f"hang right after a restart x{count} {name}",
-            _hang_after_restart_trials, cls, scenario, count=count, limit=90.0,
+            _trials, trials.hang_after_restart_trials, cls, scenario, count=count, limit=90.0,
         )  # fmt: skip
     out["erpwatch_settings"] = [
         guarded(
