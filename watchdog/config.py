@@ -13,7 +13,6 @@ in (pydantic-settings lower-cases dict keys: `Settings` restores them from the r
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import math
 import os
@@ -304,8 +303,8 @@ class Settings(BaseSettings):
         known = {kind.value for kind in Kind}
         for kind in kinds:
             if kind not in known:
-                close = difflib.get_close_matches(kind, sorted(known), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                close = _close_match(kind, sorted(known))
+                hint = f" (did you mean {close!r}?)" if close else ""
                 raise ValueError(
                     f"{kind!r} is not an event kind{hint}; expected a comma-separated list of "
                     "kinds such as down,crash-loop"
@@ -594,7 +593,7 @@ def _is_known(name: str) -> bool:
 
 
 def _closest(name: str) -> str | None:
-    """The known name closest to ``name`` (difflib), compared without the prefix."""
+    """The known name closest to ``name``, compared without the prefix."""
     upper = name.upper()
     parts = upper.split("__")
     candidates = _flat_names()
@@ -606,8 +605,17 @@ def _closest(name: str) -> str | None:
             form = f"{ENV_PREFIX}TARGETS__{parts[1]}__{field.upper()}"
             candidates.append(f"{form}__{rest}" if field == "env" and rest else form)
     short = {candidate[len(ENV_PREFIX) :]: candidate for candidate in candidates}
-    match = difflib.get_close_matches(upper[len(ENV_PREFIX) :], list(short), n=1)
-    return short[match[0]] if match else None
+    match = _close_match(upper[len(ENV_PREFIX) :], list(short))
+    return short[match] if match else None
+
+
+def _close_match(word: str, choices: list[str]) -> str | None:
+    """The choice closest to ``word``, if any is close. difflib is imported here, on the
+    error path only: a valid configuration never loads it."""
+    import difflib
+
+    match = difflib.get_close_matches(word, choices, n=1)
+    return match[0] if match else None
 
 
 def unknown_variables(

@@ -980,3 +980,25 @@ def test_the_run_path_loads_the_cli_modules_only_with_the_routes_using_them() ->
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+
+
+def test_the_status_server_loads_no_websocket_protocol(tmp_path: Path) -> None:
+    """No route is a WebSocket: uvicorn must not import its WebSocket protocols (nor the
+    websockets or wsproto package, where the environment has one) for the status server."""
+    code = (
+        "import asyncio, sys\nfrom pathlib import Path\n"
+        "from tests.watchdog.test_api import close_env, make_env\n"
+        "async def main():\n"
+        "    env = await make_env(Path('.'))\n"
+        "    assert (await env.client.get('/health')).status_code == 200\n"
+        "    await close_env(env)\n"
+        "asyncio.run(main())\n"
+        "loaded = [m for m in sys.modules if m.startswith('uvicorn.protocols.websockets')]\n"
+        "assert not loaded, loaded\n"
+    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ERPWATCH_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**base, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr

@@ -101,3 +101,22 @@ def test_the_run_path_loads_jinja2_only_when_something_is_rendered(tmp_path: Pat
         env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+
+
+def test_difflib_loads_only_to_suggest_a_name_for_a_misspelt_one(tmp_path: Path) -> None:
+    code = (
+        "import os, sys\nimport watchdog.app, watchdog.api\n"
+        "from watchdog.config import load_settings, unknown_variables\n"
+        "load_settings(check_interval=5)\n"
+        "assert unknown_variables() == [], unknown_variables()\n"
+        "assert 'difflib' not in sys.modules, 'imported for a valid configuration'\n"
+        "os.environ['ERPWATCH_CHEK_INTERVAL'] = '5'\n"
+        "assert 'did you mean ERPWATCH_CHECK_INTERVAL?' in unknown_variables()[0]\n"
+        "assert 'difflib' in sys.modules\n"
+    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ERPWATCH_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        env={**base, "PYTHONPATH": str(REPO)}, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
