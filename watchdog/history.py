@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from watchdog.cli import RawDescriptionHelpFormatter
 from watchdog.events import Event, Kind
 from watchdog.store import EventStore, StoreError, StoreNotFoundError
 
@@ -164,7 +165,7 @@ def register(subparsers: Any) -> None:
         help="show recorded events (newest first)",
         description="Show events from erpwatch's event log, newest first.",
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawDescriptionHelpFormatter,
     )
     parser.add_argument("--target", help="only this target (erpwatch itself: 'erpwatch')")
     parser.add_argument(

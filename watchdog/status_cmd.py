@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from watchdog.cli import RawDescriptionHelpFormatter
 from watchdog.events import SYSTEM_TARGET, Kind
 from watchdog.paths import (
     DEFAULT_STATUS_HOST,
@@ -661,7 +662,7 @@ def register(subparsers: Any) -> None:
             "as on the status page; times are relative to now."
         ),
         epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--json", action="store_true", help="print a JSON document (same exit status)"

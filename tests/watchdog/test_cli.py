@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +121,80 @@ def test_difflib_loads_only_to_suggest_a_name_for_a_misspelt_one(tmp_path: Path)
         env={**base, "PYTHONPATH": str(REPO)}, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+
+
+# --- the top-level parser -------------------------------------------------------------------
+
+
+def test_version_prints_one_line_and_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    from watchdog import __version__
+    from watchdog.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"erpwatch {__version__}\n"
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["--he"]])
+def test_help_lists_every_command(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from watchdog.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 0
+    listed = capsys.readouterr().out.split("positional arguments:")[1].split("options:")[0]
+    names = [
+        m.group(1) for m in (re.match(r"    (\S+)", line) for line in listed.splitlines()) if m
+    ]
+    assert names == list(COMMANDS)
+
+
+def test_an_unknown_command_is_refused_naming_every_choice(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from watchdog.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["hisotry"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'hisotry'" in err
+    assert all(repr(name) in err for name in COMMANDS)
+
+
+def test_no_command_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    from watchdog.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main([])
+    assert exited.value.code == 2
+    assert "the following arguments are required: COMMAND" in capsys.readouterr().err
+
+
+def test_help_is_sized_to_columns_as_argparse_sizes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`HelpFormatter` finds the width without shutil; the help is what argparse's makes."""
+    from watchdog.cli import Parser, terminal_columns
+
+    def restart_help(parser_class: type[argparse.ArgumentParser]) -> str:
+        subparsers = parser_class(prog="erpwatch").add_subparsers()
+        importlib.import_module("watchdog.control_cmd").register(subparsers)
+        return str(subparsers.choices["restart"].format_help())
+
+    shown = {}
+    for columns in (40, 100):
+        monkeypatch.setenv("COLUMNS", str(columns))
+        assert terminal_columns() == columns
+        shown[columns] = restart_help(Parser)
+        assert shown[columns] == restart_help(argparse.ArgumentParser)
+    assert shown[40] != shown[100]
+
+
+def test_terminal_columns_falls_back_to_80_without_a_terminal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from watchdog.cli import terminal_columns
+
+    monkeypatch.setenv("COLUMNS", "not-a-number")
+    monkeypatch.setattr(sys, "__stdout__", None)
+    assert terminal_columns() == 80
