@@ -41,13 +41,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psutil
 
 from bench.measure import (
-    compile_erpwatch,
     kill_and_wait,
     kill_pid,
     tagged_processes,
     wait_healthy,
 )
-from bench.peers import ERPWATCH, PYTHON, Erpwatch, Scenario
+from bench.peers import (
+    ERPWATCH,
+    ERPWATCH_PYTHON,
+    Erpwatch,
+    Scenario,
+    installed_env,
+    installed_erpwatch,
+)
 from bench.trials import new_scenario
 
 # (label, import statement) for the import table; each runs in a fresh interpreter.
@@ -324,7 +330,9 @@ def import_table(runs: int) -> list[dict[str, Any]]:
         times, rsses, mods = [], [], []
         for _ in range(runs):
             done = subprocess.run(
-                [PYTHON, "-c", IMPORT_PROBE.format(stmt=stmt)],
+                [str(ERPWATCH_PYTHON), "-c", IMPORT_PROBE.format(stmt=stmt)],
+                env=installed_env(),
+                cwd=tempfile.gettempdir(),  # not this checkout: its modules would come first
                 capture_output=True,
                 text=True,
                 timeout=60,
@@ -358,7 +366,9 @@ def _timed(
 ) -> dict[str, Any]:
     def once() -> tuple[float, int]:
         t0 = time.perf_counter()
-        done = subprocess.run(cmd, capture_output=True, env=env, cwd=cwd, timeout=60, check=False)
+        done = subprocess.run(
+            cmd, capture_output=True, env=env or installed_env(), cwd=cwd, timeout=60, check=False
+        )
         return (time.perf_counter() - t0) * 1000, done.returncode
 
     once()  # warm the page cache
@@ -380,7 +390,7 @@ def cli_timings(runs: int, events: int) -> dict[str, Any]:
     from bench import bench_history
 
     out: dict[str, Any] = {}
-    out["python -c pass"] = _timed([PYTHON, "-c", "pass"], runs)
+    out["python -c pass"] = _timed([str(ERPWATCH_PYTHON), "-c", "pass"], runs)
     out["erpwatch --version"] = _timed([str(ERPWATCH), "--version"], runs)
     with tempfile.TemporaryDirectory(prefix="erpwatch-bench-cli-") as tmp:
         db = Path(tmp) / "events.db"
@@ -408,7 +418,7 @@ def cli_timings(runs: int, events: int) -> dict[str, Any]:
 
 def measure(quick: bool, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every figure of this script; ``log`` hears about each step."""
-    compile_erpwatch()  # measured as installed: with its .pyc files
+    installed_erpwatch()  # measured as installed: a wheel, byte-compiled, no dev extras
     results: dict[str, Any] = {}
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("rss", lambda: rss_after_warmup(5.0 if quick else 30.0, 3.0 if quick else 10.0)),

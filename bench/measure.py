@@ -27,19 +27,6 @@ TAG_VAR = "ERPWATCH_BENCH_TAG"
 POLL = 0.001  # 1 ms
 
 
-def compile_erpwatch() -> None:
-    """Byte-compile erpwatch's own modules, as pip does when it installs the wheel. This
-    checkout is an editable install, and where PYTHONDONTWRITEBYTECODE=1 is set (this
-    machine), every erpwatch process would otherwise compile them from source at start-up:
-    ~2 MiB of RSS and tens of ms that an installed erpwatch does not have."""
-    import compileall
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    for folder in ("watchdog", "alerting", "templates", "healthkit/src"):
-        compileall.compile_dir(root / folder, quiet=1)
-
-
 def summary(values: Sequence[float], digits: int = 4) -> dict[str, float | int | None]:
     """min / median / max (and n) of a sample; None figures for an empty one."""
     if not values:

@@ -9,9 +9,11 @@ Installs the peers first (supervisor, superlance and circus into bench/.peers/ve
 PM2 into bench/.peers/node_modules from npm, monit from Debian's packages when missing; what
 cannot be installed is reported and skipped), runs every row against the same backend (the
 seed's stack: `bench/seed_backend.py`, uvicorn + the health kit) on loopback, measures
-erpwatch's own footprint (`bench/bench_footprint.py`), and writes bench/RESULTS.md,
-bench/results.json and bench/README-table.md (``--out-dir`` to write elsewhere). Every
-process it starts is stopped by its PID, also on Ctrl+C.
+erpwatch as users install it (``pip install .`` into bench/.peers/erpwatch: the project's
+editable dev venv starts every interpreter ~20 ms slower) and its own footprint
+(`bench/bench_footprint.py`), and writes bench/RESULTS.md, bench/results.json and
+bench/README-table.md (``--out-dir`` to write elsewhere). Every process it starts is stopped
+by its PID, also on Ctrl+C.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import trials
-from bench.measure import compile_erpwatch, summary
+from bench.measure import summary
 from bench.peers import (
     BENCH_DIR,
     PEERS,
@@ -46,6 +48,7 @@ from bench.peers import (
     PeerUnavailable,
     Scenario,
     install_peers,
+    installed_erpwatch,
 )
 
 TARGETS = {
@@ -872,9 +875,9 @@ def footprint_lines(fp: dict[str, Any]) -> list[str]:
         "",
         "## 6. Imports and CLI start-up (whole processes, medians)",
         "",
-        "Each module imported alone in a fresh interpreter (the project's venv): its import "
-        "time and the process's RSS afterwards. They overlap (pydantic, anyio, idna, ...), "
-        "so the rows do not add up.",
+        "Each module imported alone in a fresh interpreter (erpwatch's venv, as installed "
+        "by `pip install .`): its import time and the process's RSS afterwards. They overlap "
+        "(pydantic, anyio, idna, ...), so the rows do not add up.",
         "",
         "| import | time (ms) | RSS (MiB) | over bare (MiB) | modules loaded |",
         "| --- | --- | --- | --- | --- |",
@@ -1055,8 +1058,7 @@ def main(argv: list[str] | None = None) -> int:
     install_log: list[str] = []
     log("installing peers ...")
     install_peers(install_log)
-    compile_erpwatch()  # erpwatch measured as installed from its wheel: with .pyc files
-    install_log.append("erpwatch's modules byte-compiled (as pip does at install)")
+    install_log.append(installed_erpwatch())  # erpwatch measured as users install it
     for line in install_log:
         log(f"  {line}")
     versions = {}

@@ -1,6 +1,6 @@
 """``erpwatch run`` without its start-up preflight, for the scale benchmark only.
 
-    python -m bench.run_unchecked
+    python bench/run_unchecked.py   # with erpwatch installed in that python
 
 The preflight refuses a target whose health port is already held by another process (a
 stale backend, normally). In the scale benchmark the targets are ``sleep`` processes and ONE

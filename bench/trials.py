@@ -222,15 +222,22 @@ def scale(
     lag of a probe = (time since the previous probe of the same target) - interval.
     """
     import json
-    import os
     import shutil
     import signal
     import subprocess
     import tempfile
     from pathlib import Path
 
-    from bench.peers import PYTHON, ROOT
+    from bench.peers import (
+        BENCH_DIR,
+        ERPWATCH_PYTHON,
+        PYTHON,
+        ROOT,
+        installed_env,
+        installed_erpwatch,
+    )
 
+    installed_erpwatch()
     tmp = Path(tempfile.mkdtemp(prefix="erpwatch-bench-scale-"))
     out_file = tmp / "arrivals.json"
     backend = subprocess.Popen(
@@ -245,11 +252,10 @@ def scale(
     try:
         assert backend.stdout is not None
         ports = json.loads(backend.stdout.readline())
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ERPWATCH_")}
+        env = installed_env()
         env.update(
             {
                 "ERPWATCH_BENCH_TAG": tag,
-                "PYTHONPATH": str(ROOT),
                 "ERPWATCH_CHECK_INTERVAL": str(interval),
                 "ERPWATCH_PROBE_TIMEOUT": "1",
                 "ERPWATCH_LOG_PATH": str(tmp / "logs"),
@@ -262,7 +268,9 @@ def scale(
             env[f"ERPWATCH_TARGETS__T{index:04d}__HEALTH_URL"] = f"http://127.0.0.1:{port}/health"
         t_start = time.monotonic()
         watchdog = subprocess.Popen(
-            [PYTHON, "-m", "bench.run_unchecked"],  # see there: the ports are held on purpose
+            # See there: the ports are held on purpose. Run as a script, so that its folder,
+            # not this checkout, comes first on sys.path: `watchdog` is the installed one.
+            [str(ERPWATCH_PYTHON), str(BENCH_DIR / "run_unchecked.py")],
             cwd=tmp,
             env=env,
             stdin=subprocess.DEVNULL,
