@@ -1,11 +1,14 @@
-"""Polling helpers: wait for a condition with a deadline instead of sleeping and hoping."""
+"""Test helpers: wait for a condition with a deadline instead of sleeping and hoping; run
+code in a fresh interpreter."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -73,3 +76,17 @@ def tmpfs(directory: Path, size: str) -> Iterator[Path]:
         yield directory
     finally:
         subprocess.run(["umount", "-l", str(directory)], capture_output=True, check=False)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_fresh(code: str, cwd: Path) -> None:
+    """Run ``code`` in a fresh interpreter (this checkout importable, none of our ERPWATCH_
+    settings) and fail with its stderr unless it exits 0: for what a process imports."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ERPWATCH_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=cwd,
+        env={**base, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr

@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from alerting import silences
-from tests.helpers import await_until
+from tests.helpers import await_until, run_fresh
 from watchdog.api import StatusServer, check_bind
 from watchdog.bus import EventBus
 from watchdog.config import ConfigError, Settings
@@ -996,9 +996,4 @@ def test_the_status_server_loads_no_websocket_protocol(tmp_path: Path) -> None:
         "loaded = [m for m in sys.modules if m.startswith('uvicorn.protocols.websockets')]\n"
         "assert not loaded, loaded\n"
     )
-    base = {k: v for k, v in os.environ.items() if not k.startswith("ERPWATCH_")}
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path,
-        env={**base, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    run_fresh(code, tmp_path)

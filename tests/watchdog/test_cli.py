@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_fresh
 from watchdog.commands import COMMANDS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,11 +98,7 @@ def test_the_run_path_loads_jinja2_only_when_something_is_rendered(tmp_path: Pat
         "r.env.get_template('email/test.txt.j2')\n"
         "assert 'jinja2' in sys.modules\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-        env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    run_fresh(code, tmp_path)
 
 
 def test_difflib_loads_only_to_suggest_a_name_for_a_misspelt_one(tmp_path: Path) -> None:
@@ -115,12 +112,7 @@ def test_difflib_loads_only_to_suggest_a_name_for_a_misspelt_one(tmp_path: Path)
         "assert 'did you mean ERPWATCH_CHECK_INTERVAL?' in unknown_variables()[0]\n"
         "assert 'difflib' in sys.modules\n"
     )
-    base = {k: v for k, v in os.environ.items() if not k.startswith("ERPWATCH_")}
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-        env={**base, "PYTHONPATH": str(REPO)}, cwd=tmp_path,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    run_fresh(code, tmp_path)
 
 
 # --- the top-level parser -------------------------------------------------------------------
