@@ -70,7 +70,7 @@ def installed_erpwatch() -> str:
 
     The project's venv is an editable install with the dev extras: its .pth files (the
     editable finder, setuptools' distutils hook) slow every interpreter start there, the
-    bare one too (~29 ms against ~19 ms here), and pytest brings pygments, which httpx then
+    bare one too (~20 ms more per start here), and pytest brings pygments, which httpx then
     imports. Neither is in what users run, so neither is in the figures."""
     if not ERPWATCH_PYTHON.exists():
         _check([sys.executable, "-m", "venv", str(INSTALLED_VENV)])
