@@ -100,6 +100,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_VersionAction)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = chosen_command(words)
+    if chosen is not None and asks_for_help(words[: words.index(chosen)]):
+        chosen = None  # `erpwatch -h status` is the top-level help: it lists every command
     if chosen in COMMANDS:
         importlib.import_module(COMMANDS[chosen][0]).register(subparsers)
     elif chosen is not None or asks_for_help(words):

@@ -128,7 +128,7 @@ def test_version_prints_one_line_and_exits_zero(capsys: pytest.CaptureFixture[st
     assert capsys.readouterr().out == f"erpwatch {__version__}\n"
 
 
-@pytest.mark.parametrize("args", [["--help"], ["-h"], ["--he"]])
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["--he"], ["-h", "status"]])
 def test_help_lists_every_command(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     from watchdog.cli import main
 
