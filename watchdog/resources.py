@@ -182,6 +182,8 @@ class TreeSampler:
     def _tree(self, pids: Sequence[int]) -> list[psutil.Process]:
         tree: dict[int, psutil.Process] = {}
         for root in pids:
+            if root in tree:  # a descendant of an earlier root: its subtree is in already
+                continue
             try:
                 members = [root, *descendants(root)]
             except (psutil.Error, OSError):  # gone, or unreadable (EMFILE): skipped

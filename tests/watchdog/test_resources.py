@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from tests.helpers import wait_until
+from watchdog import process, resources
 from watchdog.config import Settings
 from watchdog.events import SYSTEM_TARGET, Event, Kind
 from watchdog.resources import (
@@ -174,6 +175,24 @@ def test_tree_sampler_sums_the_tree_and_tolerates_vanishing(hog: Hog) -> None:
     hog.proc.kill()
     hog.proc.wait(5)
     assert sampler.sample([hog.pid]) is None
+
+
+def test_tree_sampler_walks_each_subtree_once(hog: Hog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The monitor passes the whole known tree (root and descendants): a pid already found
+    under an earlier root is not walked again."""
+    grandchild = int(hog.send("spawn"))
+    walked: list[int] = []
+
+    def counting(pid: int) -> list[int]:
+        walked.append(pid)
+        return process.descendants(pid)
+
+    monkeypatch.setattr(resources, "descendants", counting)
+    sample = TreeSampler().sample([hog.pid, grandchild])
+    assert sample is not None and sample["pids"] == sorted([hog.pid, grandchild])
+    assert walked == [hog.pid]
+    assert TreeSampler().sample([grandchild, hog.pid]) is not None
+    assert walked == [hog.pid, grandchild, hog.pid]  # the other order: both are roots
 
 
 def test_tree_sampler_cpu_percent_needs_the_same_process_object() -> None:
