@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import sqlite3
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -967,7 +965,9 @@ async def test_a_connection_without_a_request_is_closed_after_the_idle_timeout(
 # --- what the status server imports -------------------------------------------------------------
 
 
-def test_the_run_path_loads_the_cli_modules_only_with_the_routes_using_them() -> None:
+def test_the_run_path_loads_the_cli_modules_only_with_the_routes_using_them(
+    tmp_path: Path,
+) -> None:
     """`watchdog.status_cmd` (the page's filters) and `watchdog.history` (the query parsers)
     are CLI modules: ``erpwatch run`` loads them with the page / ``/api/history``."""
     code = (
@@ -975,11 +975,7 @@ def test_the_run_path_loads_the_cli_modules_only_with_the_routes_using_them() ->
         "loaded = {'watchdog.status_cmd', 'watchdog.history'} & set(sys.modules)\n"
         "assert not loaded, loaded\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    run_fresh(code, tmp_path)
 
 
 def test_the_status_server_loads_no_websocket_protocol(tmp_path: Path) -> None:
