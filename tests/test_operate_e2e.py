@@ -328,6 +328,7 @@ def test_a_held_target_shows_who_why_and_since_in_status(tmp_path: Path, runs: l
     document = httpx.get(f"http://127.0.0.1:{port}/status?fresh=1", timeout=10).json()
     (target,) = document["targets"]
     assert target["state"] == "stopped" and target["held"]["reason"] == "db upgrade"
+    assert target["colour"] == "grey"  # as on the page: stopped on purpose is not an outage
     assert target["held"]["actor"].startswith("operator (") and target["held"]["since"]
     assert target["label"].startswith("Stopped by operator (")
     shown = erpwatch(tmp_path, "status", env={"ERPWATCH_STATUS_PORT": str(port)})

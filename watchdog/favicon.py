@@ -80,9 +80,7 @@ def tone(state: TargetState | str | None) -> str:
     known = None if state is None else _state(state)
     if known is None:
         return "none"
-    if known is TargetState.STOPPED:
-        return "off"
-    return {"green": "ok", "yellow": "warn"}.get(known.colour, "bad")
+    return {"green": "ok", "yellow": "warn", "grey": "off"}.get(known.colour, "bad")
 
 
 def symbol(state: TargetState | str | None) -> str:

@@ -20,10 +20,14 @@ class TargetState(StrEnum):
 
     @property
     def colour(self) -> str:
+        """green / yellow / red; grey for stopped on purpose (nothing is on fire), as on the
+        page, its favicon and ``erpwatch status``."""
         if self is TargetState.HEALTHY:
             return "green"
         if self in (TargetState.DEGRADED, TargetState.STARTING, TargetState.RESTARTING):
             return "yellow"
+        if self is TargetState.STOPPED:
+            return "grey"
         return "red"
 
     @property

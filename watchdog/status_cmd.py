@@ -154,8 +154,15 @@ KIND_STATE: dict[str, TargetState] = {
 }
 RECENT_SCAN = 200  # newest events scanned for target names not in the configuration
 
-# SGR codes: the page's green / yellow / red; stopped is grey there, dim here.
-SGR: Mapping[str, str] = {"green": "32", "yellow": "33", "red": "31", "dim": "2", "bold": "1"}
+# SGR codes of the colours of `TargetState.colour`: grey (stopped) is dim on a terminal.
+SGR: Mapping[str, str] = {
+    "green": "32",
+    "yellow": "33",
+    "red": "31",
+    "grey": "2",
+    "dim": "2",
+    "bold": "1",
+}
 
 
 class StatusApiError(Exception):
@@ -445,9 +452,7 @@ class Painter:
 
 
 def state_style(target: Mapping[str, Any]) -> str | None:
-    """The page's tone: stopped is grey (dim), else the state's colour."""
-    if target.get("state") == TargetState.STOPPED:
-        return "dim"
+    """The page's tone: the state's colour (stopped: grey, dim on a terminal)."""
     colour = target.get("colour")
     return str(colour) if colour else None
 

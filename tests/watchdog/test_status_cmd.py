@@ -33,12 +33,14 @@ from watchdog.bus import EventBus
 from watchdog.cli import main
 from watchdog.config import Settings
 from watchdog.events import SYSTEM_TARGET, Event, Kind
+from watchdog.favicon import tone
 from watchdog.monitor import TargetStatus
 from watchdog.states import TargetState
 from watchdog.status_cmd import (
     EXIT_NOT_RUNNING,
     EXIT_OK,
     EXIT_UNKNOWN,
+    Painter,
     api_base_url,
     exit_code,
     format_api,
@@ -46,6 +48,7 @@ from watchdog.status_cmd import (
     format_span,
     read_status,
     relative,
+    state_style,
     use_colour,
 )
 from watchdog.store import EventStore
@@ -598,6 +601,15 @@ def test_use_colour() -> None:
     assert use_colour("auto", tty, {"NO_COLOR": ""})  # no-color.org: only a non-empty value
     assert not use_colour("auto", tty, {"TERM": "dumb"})
     assert use_colour("always", pipe, {"NO_COLOR": "1"}) and not use_colour("never", tty, {})
+
+
+@pytest.mark.parametrize("state", list(TargetState))
+def test_every_state_colour_has_a_terminal_style_the_pages_tone(state: TargetState) -> None:
+    """The CLI paints what `/status` says: a stopped target grey (dim), never red."""
+    style = state_style({"state": str(state), "colour": state.colour})
+    painted = Painter(True)("x", style)
+    expected = {"ok": "32", "warn": "33", "bad": "31", "off": "2"}[tone(state)]
+    assert painted == f"{ESC}{expected}mx{ESC}0m"
 
 
 # --- relative times (pure) --------------------------------------------------------------
