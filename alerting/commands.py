@@ -1,4 +1,5 @@
-"""``erpwatch silence``, ``erpwatch unsilence`` and ``erpwatch test-email``."""
+"""``erpwatch silence``, ``erpwatch unsilence``, ``erpwatch test-email`` and
+``erpwatch test-alert``."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from alerting import silences
+from alerting.lanes import transport_of
+from alerting.payloads import PayloadRenderer
+from alerting.receivers import Receiver, receivers_from
 from alerting.render import Renderer
 from alerting.stages import Notification
-from alerting.transport import DELIVERY_ERRORS, SmtpTransport, classify, transport_for
+from alerting.transport import DELIVERY_ERRORS, SmtpTransport, Transport, classify, transport_for
 from watchdog.config import Settings, load_settings
 from watchdog.events import SYSTEM_TARGET
 from watchdog.resources import host_snapshot
@@ -51,6 +55,23 @@ def register(subparsers: Any) -> None:
         "test-email", help="send a test alert mail with the current settings"
     )
     test.set_defaults(handler=test_email_command)
+
+    test_alert = subparsers.add_parser(
+        "test-alert",
+        help="send a test notification to every configured receiver (mail, webhooks, ...)",
+        description="Send one test notification to each configured receiver (or only those "
+        "named) directly, not through the outbox, and print what each answered. Webhooks "
+        "get their template's body, Alertmanager an info alert that ends after 5 minutes, "
+        "the hook an event of kind test. Exit 1 if any failed.",
+    )
+    test_alert.add_argument(
+        "receivers",
+        nargs="*",
+        metavar="RECEIVER",
+        help="a receiver's name (as alert-sent events give it) or kind: email, webhook, "
+        "alertmanager, hook",
+    )
+    test_alert.set_defaults(handler=test_alert_command)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -172,9 +193,22 @@ def describe_settings(settings: Settings) -> list[str]:
     return lines
 
 
+async def _send(
+    transport: Transport, data: bytes, sender: str, recipients: list[str]
+) -> tuple[bool, str]:
+    """One test, directly (not through the outbox): (sent?, what to tell the user)."""
+    try:
+        async with transport.session() as session:
+            response = await session.send(data, sender, recipients)
+    except DELIVERY_ERRORS as exc:  # reported to the user
+        error = classify(exc, transport.secrets())
+        kind = "permanent" if error.permanent else "transient"
+        return False, f"FAILED ({kind}): {error.reason}"
+    return True, f"sent: {response}"
+
+
 async def send_test_email(settings: Settings, hostname: str | None = None) -> tuple[bool, str]:
-    """Render and send one test mail directly (not through the outbox)."""
-    transport = transport_for(settings)
+    """Render and send one test mail."""
     renderer = Renderer(
         hostname=hostname or socket.gethostname(),
         sender=settings.alert_from,
@@ -185,14 +219,34 @@ async def send_test_email(settings: Settings, hostname: str | None = None) -> tu
     )
     recipients = list(settings.alert_to or [settings.alert_from])
     mail = renderer.render(Notification("test", "erpwatch", recipients), datetime.now(UTC))
-    try:
-        async with transport.session() as session:
-            response = await session.send(mail.data, settings.alert_from, recipients)
-    except DELIVERY_ERRORS as exc:  # reported to the user
-        error = classify(exc, transport.secrets())
-        kind = "permanent" if error.permanent else "transient"
-        return False, f"FAILED ({kind}): {error.reason}"
-    return True, f"sent: {response}"
+    return await _send(transport_for(settings), mail.data, settings.alert_from, recipients)
+
+
+async def send_test(
+    settings: Settings, receiver: Receiver, hostname: str | None = None
+) -> tuple[bool, str]:
+    """Render and send one test notification to ``receiver``, as its lane would."""
+    hostname = hostname or socket.gethostname()
+    if receiver.kind == "email":
+        return await send_test_email(settings, hostname)
+    payloads = PayloadRenderer(
+        hostname=hostname,
+        status_url=str(settings.status_page_url) if settings.status_page_url else None,
+        template_dir=settings.alert_template_dir,
+    )
+    data = payloads.test(receiver, datetime.now(UTC))
+    transport = transport_of(receiver, settings, lambda: datetime.now(UTC))
+    return await _send(transport, data, settings.alert_from, [])
+
+
+def choose_receivers(
+    receivers: list[Receiver], wanted: list[str]
+) -> tuple[list[Receiver], list[str]]:
+    """The receivers named (by name or kind; all when none is) and the words matching none."""
+    if not wanted:
+        return receivers, []
+    unknown = [w for w in wanted if not any(w in (r.name, r.kind) for r in receivers)]
+    return [r for r in receivers if r.name in wanted or r.kind in wanted], unknown
 
 
 def test_email_command(args: argparse.Namespace) -> int:
@@ -202,3 +256,26 @@ def test_email_command(args: argparse.Namespace) -> int:
     ok, result = asyncio.run(send_test_email(settings))
     print(result)
     return 0 if ok else EXIT_FAILED
+
+
+def test_alert_command(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    receivers, unknown = choose_receivers(receivers_from(settings), args.receivers)
+    if unknown:
+        known = ", ".join(r.name for r in receivers_from(settings))
+        print(
+            f"erpwatch test-alert: no receiver {', '.join(map(repr, unknown))} "
+            f"(configured: {known})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+
+    async def send_all() -> bool:
+        ok = True
+        for receiver in receivers:
+            sent, result = await send_test(settings, receiver)
+            print(f"{receiver.name}: {result}", flush=True)
+            ok = ok and sent
+        return ok
+
+    return 0 if asyncio.run(send_all()) else EXIT_FAILED

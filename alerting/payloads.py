@@ -6,8 +6,8 @@ the webhook signature) is added at delivery.
 The webhook JSON body, version 1 (`WEBHOOK_VERSION`; fields are only ever added):
 
     version      "1"
-    status       "firing" | "resolved"
-    notification "firing" | "update" | "reminder" | "resolved"
+    status       "firing" | "resolved" | "test"
+    notification "firing" | "update" | "reminder" | "resolved" | "test" (`erpwatch test-alert`)
     incident     the incident id (the same for every notification of one outage)
     target, host, kind (the gravest kind announced), kinds, severity, summary
     started_at   ISO-8601 UTC, when the outage began
@@ -28,7 +28,7 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +36,7 @@ from alerting.incidents import Incident
 from alerting.receivers import SEVERITY_RANK, Receiver, severity_of
 from alerting.render import Mail, phrase
 from alerting.stages import Notification
-from watchdog.events import Event, Severity
+from watchdog.events import SYSTEM_TARGET, Event, Severity
 from watchdog.templating import LazyEnvironment
 
 if TYPE_CHECKING:
@@ -49,6 +49,8 @@ RECENT = 10  # events listed in a webhook body
 ALERTMANAGER_PATH = "/api/v2/alerts"
 FIRING, RESOLVED = "firing", "resolved"
 REFRESH = "refresh"  # an Alertmanager re-send (`alerting.outbox.REFRESH`)
+TEST = "test"  # `erpwatch test-alert`: proves a receiver is reached, reports no outage
+TEST_ALERT_LIFETIME = timedelta(minutes=5)  # a test alert at Alertmanager resolves by itself
 
 
 def iso(ts: datetime | None) -> str | None:
@@ -69,6 +71,8 @@ def announced_kinds(note: Notification) -> list[str]:
 
 
 def summary_of(note: Notification, host: str) -> str:
+    if note.purpose == TEST:
+        return f"test notification from erpwatch@{host}"
     words = ", ".join(phrase(kind) for kind in announced_kinds(note))
     if note.purpose == RESOLVED:
         return f"{note.target}@{host} recovered" + (f" (was: {words})" if words else "")
@@ -85,7 +89,7 @@ def webhook_body(
     events = list(incident.events)[-RECENT:] if incident is not None else []
     return {
         "version": WEBHOOK_VERSION,
-        "status": RESOLVED if note.purpose == RESOLVED else FIRING,
+        "status": note.purpose if note.purpose in (RESOLVED, TEST) else FIRING,
         "notification": note.purpose,
         "incident": incident.id if incident else None,
         "target": note.target,
@@ -149,6 +153,29 @@ def alertmanager_alerts(
     return alerts
 
 
+def test_alert(*, host: str, status_url: str | None, wall: datetime) -> dict[str, Any]:
+    """The Alertmanager alert of `erpwatch test-alert`: severity info, ending by itself."""
+    alert: dict[str, Any] = {
+        "labels": {
+            "alertname": _camel(TEST),
+            "target": SYSTEM_TARGET,
+            "instance": host,
+            "severity": str(Severity.INFO),
+            "kind": TEST,
+            "job": "erpwatch",
+        },
+        "annotations": {
+            "summary": f"test notification from erpwatch@{host}",
+            "description": "sent by `erpwatch test-alert`: alerts reach this Alertmanager",
+        },
+        "startsAt": iso(wall),
+        "endsAt": iso(wall + TEST_ALERT_LIFETIME),
+    }
+    if status_url:
+        alert["generatorURL"] = status_url
+    return alert
+
+
 def with_ends_at(data: bytes, ends_at: datetime) -> bytes:
     """Alerts without ``endsAt`` (firing) get one: Alertmanager keeps them until then."""
     alerts = json.loads(data)
@@ -210,6 +237,26 @@ class PayloadRenderer:
             return None
         summary = summary_of(note, self.hostname)
         return self._row(receiver, note, json.dumps(alerts).encode(), summary)
+
+    def test(self, receiver: Receiver, wall: datetime) -> bytes:
+        """What `erpwatch test-alert` sends a receiver other than mail, rendered as for a
+        real notification (a webhook's template included)."""
+        if receiver.kind == "webhook":
+            return self.webhook(receiver, Notification(TEST, SYSTEM_TARGET, []), wall).data
+        if receiver.kind == "alertmanager":
+            alert = test_alert(host=self.hostname, status_url=self.status_url, wall=wall)
+            return json.dumps([alert]).encode()
+        event: dict[str, Any] = {
+            "id": None,
+            "ts": iso(wall),
+            "target": SYSTEM_TARGET,
+            "host": self.hostname,
+            "kind": TEST,
+            "severity": str(Severity.INFO),
+            "message": "test notification from erpwatch test-alert",
+            "details": {},
+        }
+        return json.dumps(event).encode()
 
     def hook(self, receiver: Receiver, event: Event) -> Mail:
         data = json.dumps(hook_event(event, self.hostname), default=str).encode()

@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "silence": ("alerting.commands", "hold alert mail about a target for a while"),
     "unsilence": ("alerting.commands", "end a target's silence now"),
     "test-email": ("alerting.commands", "send a test alert mail with the current settings"),
+    "test-alert": (
+        "alerting.commands",
+        "send a test notification to every configured receiver (mail, webhooks, ...)",
+    ),
     "demo": (
         "watchdog.demo.runner",
         "supervise a sample backend and inject a crash, a hang and a crash loop",
