@@ -22,6 +22,9 @@ pidfd, never through its output's EOF, which a process it left behind could hold
 it has exited, what it left running in its process group is killed (as systemd does for a
 oneshot service), so a hook leaves nothing behind that nobody waits for.
 
+While it runs, the hook is recorded in the children ledger (`watchdog.leftovers.HookLedger`):
+if erpwatch dies meanwhile (SIGKILL, OOM), the next run ends it before retrying it.
+
 A hung hook delays only the hook's own outbox lane: supervision, mail and webhooks run in
 their own tasks.
 """
@@ -37,11 +40,15 @@ import signal
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alerting.receivers import Receiver
 from alerting.render import Mail
 from alerting.transport import ConnectionlessSession, DeliveryError
 from watchdog.process import inherited_environment, wait_exit
+
+if TYPE_CHECKING:
+    from watchdog.leftovers import HookLedger
 
 EX_TEMPFAIL = 75
 OUTPUT_TAIL_BYTES = 2048
@@ -65,10 +72,18 @@ class HookTransport:
     noun = "hook"
     receiver = "hook"
 
-    def __init__(self, receiver: Receiver, *, timeout: float, workdir: Path) -> None:
+    def __init__(
+        self,
+        receiver: Receiver,
+        *,
+        timeout: float,
+        workdir: Path,
+        ledger: HookLedger | None = None,
+    ) -> None:
         self.argv = receiver.argv
         self.timeout = timeout
         self.workdir = workdir
+        self.ledger = ledger  # None: not recorded (`erpwatch test-alert`)
 
     def describe(self) -> str:
         return f"hook {self.argv[0]}"
@@ -104,6 +119,8 @@ class _HookSession(ConnectionlessSession):
         tail = _Tail()
         loop = asyncio.get_running_loop()
         try:
+            if transport.ledger is not None:
+                await transport.ledger.spawned(proc.pid, transport.argv)
             loop.add_reader(output, tail.read, output)
             try:
                 async with asyncio.timeout(transport.timeout):
@@ -119,6 +136,8 @@ class _HookSession(ConnectionlessSession):
             if proc.poll() is None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     await asyncio.to_thread(proc.wait, 5)
+            if transport.ledger is not None:
+                await transport.ledger.ended()
         text = tail_text(bytes(tail.kept))
         shown = f"; output: {text[-300:]}" if text else ""
         if code is None:

@@ -28,6 +28,7 @@ from watchdog.bus import EventBus
 from watchdog.clock import Clock
 from watchdog.config import Settings, parse_headers
 from watchdog.events import Event, Kind
+from watchdog.leftovers import HookLedger
 from watchdog.tasks import TaskSupervisor
 
 log = logging.getLogger(__name__)
@@ -35,12 +36,20 @@ log = logging.getLogger(__name__)
 RETIRE_BATCH = 500
 
 
-def transport_of(receiver: Receiver, settings: Settings, wall: Callable[[], datetime]) -> Transport:
+def transport_of(
+    receiver: Receiver,
+    settings: Settings,
+    wall: Callable[[], datetime],
+    hook_ledger: HookLedger | None = None,
+) -> Transport:
     if receiver.kind == "email":
         return transport_for(settings)
     if receiver.kind == "hook":
         return HookTransport(
-            receiver, timeout=settings.hook_timeout, workdir=Path(settings.log_path)
+            receiver,
+            timeout=settings.hook_timeout,
+            workdir=Path(settings.log_path),
+            ledger=hook_ledger,
         )
     if receiver.kind == "webhook":
         headers = settings.webhook_headers
@@ -75,8 +84,10 @@ class Lanes:
         retry_initial: float,
         retry_max: float,
         wall: Callable[[], datetime],
+        hook_ledger: HookLedger | None = None,
     ) -> None:
         self.outbox = outbox
+        self.hook_ledger = hook_ledger
         self.bus = bus
         self.clock = clock
         self.tasks = tasks
@@ -97,7 +108,7 @@ class Lanes:
         return Delivery(
             self.outbox,
             self.bus,
-            transport_of(receiver, settings, self.wall),
+            transport_of(receiver, settings, self.wall, self.hook_ledger),
             settings.alert_from,
             self.clock,
             retry_initial=self.retry_initial,
@@ -127,7 +138,7 @@ class Lanes:
                 self.tasks.spawn(worker_name(name), self.by_name[name].run)
                 log.info("receiver %s added by the reload", name)
             else:
-                delivery.transport = transport_of(receiver, settings, self.wall)
+                delivery.transport = transport_of(receiver, settings, self.wall, self.hook_ledger)
                 delivery.sender = settings.alert_from
                 delivery.wake()
         await self.retire()

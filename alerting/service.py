@@ -42,6 +42,7 @@ from watchdog.bus import EventBus, StoreTrouble, Subscription
 from watchdog.clock import Clock, RealClock
 from watchdog.config import Settings
 from watchdog.events import SYSTEM_TARGET, Event, Kind, utcnow
+from watchdog.leftovers import ChildLedger, HookLedger
 from watchdog.resources import host_snapshot
 from watchdog.store import EventStore, store_trouble_reason
 from watchdog.tasks import TaskSupervisor
@@ -92,6 +93,7 @@ class AlertService:
             retry_initial=retry_initial,
             retry_max=retry_max,
             wall=wall,
+            hook_ledger=HookLedger(ChildLedger(store), bus.run_in_writer),
         )
         self.lanes.build(self.receivers, settings)
         self.book = IncidentBook()

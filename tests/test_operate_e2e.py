@@ -4,8 +4,10 @@ leftovers of an erpwatch killed with SIGKILL."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -236,6 +238,74 @@ def test_after_sigkill_the_next_run_ends_the_leftovers_and_starts(
     new = pid_of(tmp_path, "backend")
     assert new is not None and new != backend
     assert psutil.Process(new).ppid() != 1
+
+
+HUNG_HOOK = (
+    "import json, os, sys, time; event = json.load(sys.stdin); "
+    "open(sys.argv[1], 'w').write(f\"{os.getpid()} {event['id']}\"); time.sleep(300)"
+)
+
+
+def test_after_sigkill_the_next_run_ends_the_hung_hook_left_and_retries_it(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    ran = tmp_path / "hook-ran.txt"
+    env = {
+        "ERPWATCH_COMMAND": "sh -c 'exit 3'",  # a crash loop: restart-limit-reached at once
+        "ERPWATCH_MAX_RESTARTS": "1",
+        "ERPWATCH_RESTART_BACKOFF": "0.05",
+        "ERPWATCH_HOOK_COMMAND": shlex.join([sys.executable, "-c", HUNG_HOOK, str(ran)]),
+        "ERPWATCH_HOOK_ON": "restart-limit-reached",
+        "ERPWATCH_HOOK_TIMEOUT": "300",
+    }
+
+    def hook_run() -> tuple[int, str] | None:
+        pid, _, event_id = ran.read_text().partition(" ") if ran.exists() else ("", "", "")
+        return (int(pid), event_id) if event_id else None
+
+    hooks: list[psutil.Process] = []
+    try:
+        run = start(tmp_path, runs, env)
+        first = wait_until(hook_run, 30, what="the hook running")
+        assert first is not None
+        hooks.append(psutil.Process(first[0]))
+        wait_until(lambda: "erpwatch:hook" in ledger_targets(tmp_path), 10, what="recorded")
+        run.proc.send_signal(signal.SIGKILL)  # erpwatch dies; the hung hook lives on
+        run.proc.wait(10)
+        assert alive(first[0])
+        ran.unlink()
+
+        run = start(tmp_path, runs, env)  # (the dead run's socket file is still there)
+        wait_until(lambda: not alive(first[0]), 30, what="the previous run's hook ended")
+        leftover = wait_until(
+            lambda: [e for e in events(tmp_path) if e["kind"] == "leftover-stopped"],
+            30,
+            what="the leftover-stopped event",
+        )
+        assert [e["target"] for e in leftover] == ["erpwatch"]
+        assert leftover[0]["message"].startswith(
+            f"stopped the previous run's alert hook {first[0]}"
+        )
+        retry = wait_until(hook_run, 30, what="the hook retried")
+        assert retry is not None and retry[1] == first[1]  # the same event: never lost
+        hooks.append(psutil.Process(retry[0]))
+        run.proc.send_signal(signal.SIGTERM)  # a clean stop ends the hook it runs
+        assert run.proc.wait(20) == 0
+        assert not alive(retry[0]) and "erpwatch:hook" not in ledger_targets(tmp_path)
+    finally:
+        for hook in hooks:  # by PID, should a check above have failed
+            with contextlib.suppress(psutil.Error):
+                hook.kill()
+
+
+def ledger_targets(tmp_path: Path) -> list[str]:
+    conn = sqlite3.connect(f"file:{tmp_path / 'events.db'}?mode=ro", uri=True, timeout=5)
+    try:
+        return [row[0] for row in conn.execute("SELECT target FROM children")]
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()
 
 
 def test_the_process_environment_wins_over_the_env_file(tmp_path: Path, runs: list[Run]) -> None:

@@ -323,7 +323,7 @@ class Watchdog:
             await self._publish(
                 LEFTOVER_STOPPED,
                 cleanup.describe() + " (left running when the previous erpwatch died)",
-                target_name=cleanup.record.target,
+                target_name=cleanup.target,
                 pids=list(cleanup.killed),
                 escalated=cleanup.escalated,
             )

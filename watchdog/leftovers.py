@@ -8,6 +8,10 @@ carrying the target's ``ERPWATCH_TARGET`` marker (double-forked daemons re-paren
 when the old erpwatch died) — so the new run never runs two backends, and never refuses to
 start because the old backend still holds the port.
 
+The alert hook (`alerting.hooks`) is recorded the same way while it runs, under `HOOK_KEY`:
+a hook hung past its timeout is killed by the erpwatch that started it, but one left by an
+erpwatch that died would run forever, and beside its retry.
+
 Why stop rather than adopt: the old child's stdout/stderr were pipes into the dead erpwatch;
 an adopted backend would log into a broken pipe for the rest of its life. A restart costs
 the ERP a few seconds once, after a crash of the watchdog itself.
@@ -17,6 +21,7 @@ The ledger's methods are synchronous and run on the bus's writer thread.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -30,6 +35,7 @@ from typing import Any
 
 import psutil
 
+from watchdog.events import SYSTEM_TARGET
 from watchdog.process import descendants, is_alive
 from watchdog.reaper import carries_marker
 from watchdog.store import EventStore
@@ -44,6 +50,7 @@ SCHEMA = (
     # An operator's stop: the target stays stopped, also across an erpwatch restart.
     "CREATE TABLE IF NOT EXISTS holds (target TEXT PRIMARY KEY, held TEXT NOT NULL)",
 )
+HOOK_KEY = "erpwatch:hook"  # the ledger row of a running alert hook (no target has a ':')
 _POLL = 0.02
 _CREATE_TIME_SLACK = 0.05  # psutil's create_time is derived from jiffies: allow rounding
 
@@ -67,12 +74,19 @@ class Cleanup:
     killed: tuple[int, ...] = ()  # every pid signalled (the child and its tree)
     escalated: bool = False  # SIGKILL was needed
 
+    @property
+    def target(self) -> str:
+        """The target it belonged to; erpwatch's own for the alert hook."""
+        return SYSTEM_TARGET if self.record.target == HOOK_KEY else self.record.target
+
     def describe(self) -> str:
+        hook = self.record.target == HOOK_KEY
+        whose, what = ("", "alert hook") if hook else (f"{self.target}: ", "child")
         if not self.found:
-            return f"{self.record.target}: previous child {self.record.pid} is gone"
+            return f"{whose}previous {what} {self.record.pid} is gone"
         how = "SIGKILL" if self.escalated else "SIGTERM"
         return (
-            f"{self.record.target}: stopped the previous run's child {self.record.pid} and "
+            f"{whose}stopped the previous run's {what} {self.record.pid} and "
             f"{len(self.killed) - 1} descendant(s) ({how})"
         )
 
@@ -170,6 +184,39 @@ class LedgerHooks:
     async def load_holds(self) -> dict[str, dict[str, str]]:
         holds: dict[str, dict[str, str]] = await self._run(self._ledger.holds)
         return holds
+
+
+class HookLedger:
+    """Records the alert hook while it runs (the hook lane runs one at a time). Never in
+    the hook's way: a write that fails or waits past ``timeout`` (a stalled disk) is logged,
+    and the hook runs on; writes stay in order (one writer thread)."""
+
+    def __init__(
+        self,
+        ledger: ChildLedger,
+        run_in_writer: Callable[..., Awaitable[Any]],
+        timeout: float = 5.0,
+    ) -> None:
+        self._ledger = ledger
+        self._run = run_in_writer
+        self._timeout = timeout
+        self._schema = False
+
+    async def spawned(self, pid: int, argv: Sequence[str]) -> None:
+        await self._write(self._ledger.record, HOOK_KEY, pid, argv)
+
+    async def ended(self) -> None:
+        await self._write(self._ledger.forget, HOOK_KEY)
+
+    async def _write(self, write: Callable[..., None], *args: Any) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                if not self._schema:
+                    await self._run(self._ledger.ensure_schema)
+                    self._schema = True
+                await self._run(write, *args)
+        except Exception as exc:  # the store's trouble is reported by the bus
+            log.warning("could not record the alert hook's process: %r", exc)
 
 
 def verified(record: ChildRecord) -> psutil.Process | None:

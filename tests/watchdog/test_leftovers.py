@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -13,7 +14,16 @@ import psutil
 import pytest
 
 from tests.helpers import wait_until
-from watchdog.leftovers import ChildLedger, ChildRecord, clean_up, verified
+from watchdog.bus import EventBus
+from watchdog.leftovers import (
+    HOOK_KEY,
+    ChildLedger,
+    ChildRecord,
+    Cleanup,
+    HookLedger,
+    clean_up,
+    verified,
+)
 from watchdog.store import EventStore
 
 # A "backend" that double-forks a setsid daemon (re-parented to init, out of its group and
@@ -89,6 +99,34 @@ def test_ledger_records_and_forgets_in_the_store(tmp_path: Path) -> None:
         assert ledger.records() == []
     finally:
         store.close()
+
+
+async def test_hook_ledger_records_the_running_hook_through_the_bus(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "erpwatch.db")
+    bus = EventBus(store)
+    try:
+        hooks = HookLedger(ChildLedger(store), bus.run_in_writer)
+        await hooks.spawned(os.getpid(), ["page-ops"])  # a fresh store: the schema is made
+        (record,) = ChildLedger(store).records()
+        assert (record.target, record.pid, record.argv) == (HOOK_KEY, os.getpid(), ("page-ops",))
+        cleanup = Cleanup(record, found=True, killed=(os.getpid(),))
+        assert cleanup.target == "erpwatch" and "alert hook" in cleanup.describe()
+        await hooks.ended()
+        assert ChildLedger(store).records() == []
+    finally:
+        await bus.close()
+        store.close()
+
+
+async def test_a_stalled_hook_ledger_write_never_holds_the_hook(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def stalled_writer(*args: object) -> None:
+        await asyncio.Event().wait()  # a disk that never answers
+
+    hooks = HookLedger(ChildLedger(None), stalled_writer, timeout=0.05)  # type: ignore[arg-type]
+    await hooks.spawned(os.getpid(), ["page-ops"])  # returns: bounded by the timeout
+    assert "could not record the alert hook" in caplog.text
 
 
 def test_a_reused_pid_is_never_taken_for_the_leftover() -> None:
