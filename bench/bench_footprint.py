@@ -77,6 +77,13 @@ IMPORTS: list[tuple[str, str]] = [
         "import pydantic_settings, httpx, uvicorn, starlette.applications, starlette.routing, "
         "prometheus_client, psutil",
     ),
+    (
+        "the required set + what the run path needs beside it (sqlite3, ctypes, h11, anyio, "
+        "starlette's app and uvicorn's h11 protocol): erpwatch's own code is the rest",
+        "import pydantic_settings, httpx, uvicorn, starlette.applications, starlette.routing, "
+        "prometheus_client, psutil, sqlite3, ctypes, h11, anyio, "
+        "uvicorn.protocols.http.h11_impl, uvicorn.lifespan.off",
+    ),
     ("watchdog.cli (`erpwatch` before a command)", "import watchdog.cli"),
     ("watchdog.app + watchdog.api (`erpwatch run`)", "import watchdog.app, watchdog.api"),
 ]
@@ -324,6 +331,77 @@ def sse_churn(
     }
 
 
+# Python memory (tracemalloc) each module's own import allocates, nested imports excluded:
+# a loader wrapper measures around exec_module and subtracts what imports inside it took.
+OWN_MODULES_PROBE = """
+import importlib.abc, json, sys, tracemalloc
+tracemalloc.start()
+own, stack = {}, []
+class Measured(importlib.abc.Loader):
+    def __init__(self, inner):
+        self.inner = inner
+    def create_module(self, spec):
+        return self.inner.create_module(spec)
+    def exec_module(self, module):
+        before = tracemalloc.get_traced_memory()[0]
+        stack.append(0)
+        try:
+            self.inner.exec_module(module)
+        finally:
+            nested = stack.pop()
+            total = tracemalloc.get_traced_memory()[0] - before
+            own[module.__name__] = own.get(module.__name__, 0) + total - nested
+            if stack:
+                stack[-1] += total
+class Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                if hasattr(spec.loader, "exec_module"):
+                    spec.loader = Measured(spec.loader)
+                return spec
+        return None
+sys.meta_path.insert(0, Finder())
+import pydantic_settings, httpx, uvicorn, starlette.applications, starlette.routing
+import prometheus_client, psutil
+before = set(own)
+import watchdog.app, watchdog.api
+print(json.dumps({k: v for k, v in own.items() if k not in before}))
+"""
+
+
+def own_modules_table(top: int = 15) -> dict[str, Any]:
+    """What ``erpwatch run`` imports beyond the required libraries, per module (traced
+    Python memory; native memory such as SQLite's and pydantic-core's is not in it)."""
+    done = subprocess.run(
+        [str(ERPWATCH_PYTHON), "-c", OWN_MODULES_PROBE],
+        env=installed_env(),
+        cwd=tempfile.gettempdir(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        return {"error": done.stderr.strip()[-300:]}
+    sizes: dict[str, int] = json.loads(done.stdout)
+    ours = {k: v for k, v in sizes.items() if k.split(".")[0] in ("watchdog", "alerting")}
+    mib = 2**20
+    return {
+        "own_mib": round(sum(ours.values()) / mib, 2),
+        "own_modules": len(ours),
+        "others_mib": round((sum(sizes.values()) - sum(ours.values())) / mib, 2),
+        "others_modules": len(sizes) - len(ours),
+        "top": [
+            {"module": k, "kib": round(v / 1024, 1)}
+            for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])[:top]
+        ],
+    }
+
+
 def import_table(runs: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for label, stmt in IMPORTS:
@@ -432,6 +510,7 @@ def measure(quick: bool, log: Callable[[str], None] = print) -> dict[str, Any]:
         ),
         ("sse_churn", lambda: sse_churn(400 if quick else 20_000)),
         ("imports", lambda: import_table(2 if quick else 7)),
+        ("own_modules", own_modules_table),
         ("cli", lambda: cli_timings(3 if quick else 10, 20_000 if quick else 200_000)),
     ]
     for key, fn in steps:

@@ -501,10 +501,16 @@ def targets_check(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     floor = next(
         (row.get("rss_mib") for row in imports if "the floor" in str(row.get("module"))), None
     )
+    needs = next(
+        (row.get("rss_mib") for row in imports if "required set +" in str(row.get("module"))),
+        None,
+    )
     add(
         f"RSS ≤ {TARGETS['rss_mib']:g} MiB, 1 target + status server, after warm-up",
         f"{rss} MiB idle, {served} MiB after one request to each page"
-        + ("" if floor is None else f" (the required libraries alone: {floor} MiB)"),
+        + ("" if floor is None else f" (the required libraries alone: {floor} MiB")
+        + ("" if needs is None else f"; with what else the run path needs: {needs} MiB")
+        + ("" if floor is None else ")"),
         None if rss is None else rss <= TARGETS["rss_mib"],
     )
     growth = g(fp, "crash_growth").get("growth_mib")
@@ -890,6 +896,24 @@ def footprint_lines(fp: dict[str, Any]) -> list[str]:
             f"| {row['module']} | {row['import_ms']} | {row['rss_mib']} | "
             f"{row.get('rss_mib_over_bare', '-')} | {row['modules']} |"
         )
+    own = fp.get("own_modules", {})
+    if isinstance(own, dict) and "top" in own:
+        lines += [
+            "",
+            f"What `erpwatch run` imports beyond the required libraries, as Python memory "
+            f"(tracemalloc) each module's own import allocates, nested imports excluded: "
+            f"erpwatch's {own['own_modules']} modules {own['own_mib']} MiB, "
+            f"{own['others_modules']} other modules (sqlite3, ctypes, h11, anyio, "
+            f"pydantic.networks, ...) {own['others_mib']} MiB. Native memory (SQLite, the "
+            "pydantic-core validators of the settings, malloc's own overhead) is not in it: "
+            "the RSS rows above hold it. The largest:",
+            "",
+            "| module | KiB |",
+            "| --- | --- |",
+            *(f"| {row['module']} | {row['kib']} |" for row in own["top"]),
+        ]
+    elif isinstance(own, dict) and "error" in own:
+        lines += ["", f"Own modules' memory: error: {own['error'][:200]}"]
     cli = fp.get("cli", {})
     if isinstance(cli, dict) and "python -c pass" in cli:
         lines += [
