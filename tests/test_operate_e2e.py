@@ -9,6 +9,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -87,7 +88,20 @@ def start(tmp_path: Path, runs: list[Run], env: dict[str, str]) -> Run:
         return (tmp_path / "logs" / "erpwatch.sock").exists()
 
     wait_until(listening, 30, what="the control socket")
+    port = env.get("ERPWATCH_STATUS_PORT")
+    if env.get("ERPWATCH_STATUS_ENABLED") == "true" and port:
+        # The status server comes up after the control socket (and a dead run's socket
+        # file may still be there): wait until it accepts.
+        wait_until(lambda: accepts(int(port)), 30, what="the status server")
     return run
+
+
+def accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def test_restart_stop_start_over_the_socket(tmp_path: Path, runs: list[Run]) -> None:

@@ -131,6 +131,11 @@ async def test_firing_alert_reaches_both_instances_is_refreshed_and_resolved(
         await bus.publish(Event.of("backend", Kind.HEALTHY, "healthy again"))
         for am in pair:
             await await_until(am.resolved, what=f"resolved in {am.url}")
+        # An alert also leaves Alertmanager when its endsAt passes (2 s here, should the
+        # resolved be slow under load): wait for both resolved rows to be sent too.
+        await await_until(
+            lambda: sent_purposes(store.path).count("resolved") == 2, what="both resolved sent"
+        )
     for alerts in views:
         (alert,) = alerts
         assert alert["labels"] == {
