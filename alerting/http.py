@@ -33,6 +33,7 @@ from alerting.payloads import ALERTMANAGER_PATH, with_ends_at
 from alerting.receivers import Receiver
 from alerting.render import Mail
 from alerting.transport import DeliveryError, redact
+from watchdog.config import url_secrets, url_shown
 
 RESPONSE_READ_MAX = 4096
 RETRY_AFTER_MAX = 3600.0
@@ -70,9 +71,10 @@ def classify_response(
         return DeliveryError(reason, permanent=False, whole_batch=False, retry_after=wait)
     if 300 <= status < 400:
         where = headers.get("location", "")
+        # Only the host: the path of where it points may be a (new) token.
+        shown = url_shown(where)[:80] if "://" in where else "a path on the same host"
         return DeliveryError(
-            f"{reason} (a redirect{' to ' + where.split('?')[0][:80] if where else ''} is not "
-            "followed: fix the URL)",
+            f"{reason} (a redirect{' to ' + shown if where else ''} is not followed: fix the URL)",
             permanent=True,
             whole_batch=False,
         )
@@ -98,6 +100,7 @@ class HttpTransport:
         wall: Any = None,
     ) -> None:
         assert receiver.url is not None
+        self._configured_url = receiver.url
         self.receiver = receiver.name
         self.kind = receiver.kind
         self.url = receiver.url + (ALERTMANAGER_PATH if receiver.kind == "alertmanager" else "")
@@ -112,7 +115,7 @@ class HttpTransport:
         return self.receiver
 
     def secrets(self) -> list[str]:
-        found = [self.url, self.url.partition("://")[2]]
+        found = [self.url, *url_secrets(self._configured_url)]
         found += [value for value in self.headers.values() if len(value) >= 4]
         if self._secret:
             found.append(self._secret)

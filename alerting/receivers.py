@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from watchdog.config import Settings, split_command
+from watchdog.config import Settings, split_command, url_host
 from watchdog.events import DEFAULT_SEVERITY, Severity
 
 EMAIL, HOOK = "email", "hook"
@@ -33,14 +33,13 @@ def severity_of(kinds: Iterable[str]) -> Severity:
 
 def url_name(kind: str, url: str) -> str:
     """``webhook-hooks.slack.com-1a2b3c``: the host and a hash of the whole URL."""
-    rest = url.partition("://")[2]
-    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    host = url_host(url)
     digest = hashlib.sha256(url.encode()).hexdigest()[:6]
     return f"{kind}-{_NOT_NAME.sub('-', host)[:60]}-{digest}"
 
 
 def auto_template(url: str) -> str:
-    host = url.partition("://")[2].split("/", 1)[0].rsplit("@", 1)[-1].split(":")[0].lower()
+    host = url_host(url).rsplit(":", 1)[0].lower()
     if host == "hooks.slack.com":
         return "slack"
     if host.endswith((".webhook.office.com", ".logic.azure.com")):

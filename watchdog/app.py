@@ -46,7 +46,7 @@ from watchdog.config import (
 from watchdog.control import ControlError, ControlServer, Peer
 from watchdog.events import SYSTEM_TARGET, Event, Kind
 from watchdog.leftovers import ChildLedger, Cleanup, LedgerHooks, clean_up
-from watchdog.logs import flush_repeats, setup_logging
+from watchdog.logs import add_secrets, flush_repeats, setup_logging
 from watchdog.resources import ResourceMonitor, default_paths, host_snapshot
 from watchdog.store import EventStore, StoreError
 from watchdog.supervisor import Supervisor, UnknownTarget
@@ -282,6 +282,7 @@ class Watchdog:
         async with self._reload_lock:
             try:
                 settings = await asyncio.to_thread(load_settings, **self._overrides)
+                add_secrets(settings.secret_values())  # before anything logs about them
                 targets = select_targets(settings.targets_resolved(), self._only, self._exclude)
             except ConfigError as exc:
                 message = f"configuration rejected, nothing changed: {exc}"

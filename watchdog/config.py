@@ -20,6 +20,7 @@ import shlex
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AnyHttpUrl,
@@ -291,7 +292,7 @@ class Settings(BaseSettings):
             scheme, _, rest = url.partition("://")
             if scheme.lower() not in {"http", "https"} or not rest.split("/")[0]:
                 raise ValueError(
-                    f"{_url_shown(url)!r} is not an http(s) URL (comma-separated list expected)"
+                    f"{url_shown(url)!r} is not an http(s) URL (comma-separated list expected)"
                 )
         return urls
 
@@ -390,9 +391,8 @@ class Settings(BaseSettings):
         if self.webhook_headers is not None:
             found += parse_headers(self.webhook_headers.get_secret_value()).values()
         for url in self.webhook_urls:
-            rest = url.partition("://")[2]
-            path = rest[len(rest.split("/", 1)[0]) :]
-            found += [url, path] if path.strip("/") else []
+            found += url_secrets(url)
+        found += [urlsplit(url).password or "" for url in self.alertmanager_url]
         return [value for value in found if len(value) >= 4]
 
     @property
@@ -459,11 +459,29 @@ class Settings(BaseSettings):
         )
 
 
-def _url_shown(url: str) -> str:
+def url_host(url: str) -> str:
+    """``host[:port]`` of a URL as written: never its user info, path, query or fragment."""
+    return urlsplit(url).netloc.rsplit("@", 1)[-1]
+
+
+def url_secrets(url: str) -> list[str]:
+    """What of a URL must never be shown: the whole, what follows the host (a Slack or
+    Teams URL's path is its token, a key may sit in the query) and a password in it."""
+    parts = urlsplit(url)
+    rest = url.partition("://")[2]
+    after = rest[len(parts.netloc) :]
+    found = [url, rest, after, parts.path, parts.query] if after.strip("/") else []
+    found.append(parts.password or "")
+    return [value for value in found if len(value) >= 4 and value.strip("/")]
+
+
+def url_shown(url: str) -> str:
     """A URL as it may be shown: scheme and host only (a webhook's path is its secret)."""
-    scheme, _, rest = url.partition("://")
-    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
-    return f"{scheme}://{host}/…" if rest[len(host) :].strip("/") else f"{scheme}://{host}"
+    scheme = url.partition("://")[0]
+    host = url_host(url)
+    rest = url.partition("://")[2]
+    hidden = rest[len(urlsplit(url).netloc) :].strip("/")
+    return f"{scheme}://{host}/…" if hidden else f"{scheme}://{host}"
 
 
 def parse_headers(text: str) -> dict[str, str]:

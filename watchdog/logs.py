@@ -5,6 +5,7 @@ setup_logging(settings, *, stream=None) -> list[logging.Handler]
     # DEBUG when DEBUG is set; LOG_FORMAT=json → one JSON object per line; every handler
     # redacts the SMTP password and the status token. Calling it again replaces them.
 RedactSecrets(secrets)                  # the logging.Filter doing the redaction
+add_secrets(secrets)                    # a reload's new secrets join every handler's redaction
 SuppressRepeats(limit=5, window=60.0, clock=time.monotonic)
     # the logging.Filter (on every handler setup_logging installs) that lets the same
     # logger+level+message through at most `limit` times per `window`, then writes one
@@ -54,8 +55,12 @@ class RedactSecrets(logging.Filter):
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
+        self.secrets: list[str] = []
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
         # Longest first, so a secret containing another is replaced whole.
-        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self.secrets = sorted({*self.secrets, *(s for s in secrets if s)}, key=len, reverse=True)
 
     def redact(self, text: str) -> str:
         for secret in self.secrets:
@@ -306,6 +311,17 @@ class _RotatingFileHandler(logging.Handler):
         with self.lock if self.lock is not None else contextlib.nullcontext():
             self._file.close()
         super().close()
+
+
+def add_secrets(secrets: Iterable[str]) -> None:
+    """A reload's new secrets (a webhook added, a new password) join the redaction of every
+    handler `setup_logging` installed; the old ones stay (a line about a removed webhook
+    may still come)."""
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, _MARK, False):
+            for found in handler.filters:
+                if isinstance(found, RedactSecrets):
+                    found.add(secrets)
 
 
 def setup_logging(settings: Settings, *, stream: IO[str] | None = None) -> list[logging.Handler]:

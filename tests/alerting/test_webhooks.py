@@ -240,6 +240,39 @@ async def test_5xx_is_retried_and_a_4xx_is_a_dead_letter_with_an_alert_failed_ev
     failures.close()
 
 
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(404, body=b"<pre>Cannot POST /hook/" + TOKEN.encode() + b"</pre>"),  # Express
+        Reply(302, headers={"location": "/hook/" + TOKEN + "-moved"}),
+        Reply(301, headers={"location": "https://elsewhere.example/hook/" + TOKEN}),
+    ],
+    ids=["path-echoed", "relative-redirect", "absolute-redirect"],
+)
+async def test_a_refusal_echoing_the_url_path_never_shows_the_token(
+    store: EventStore,
+    bus: EventBus,
+    receiver: HttpReceiver,
+    lane: tuple[Delivery, Outbox, FakeClock],
+    reply: Reply,
+) -> None:
+    delivery, outbox, _ = lane
+    queue(store, outbox, delivery.transport.receiver, "firing")
+    receiver.script = [reply]
+    await delivery.drain()
+    assert statuses(store) == [("firing", "dead", 1)]
+    with sqlite3.connect(store.path) as conn:
+        (reason,) = conn.execute("SELECT last_error FROM alert_outbox").fetchone()
+    conn.close()
+    assert reason.startswith(f"HTTP {reply.status}") and TOKEN not in reason
+    assert TOKEN not in all_text(store)  # the alert-failed event
+
+
+def test_a_key_in_the_query_stays_out_of_the_receiver_name() -> None:
+    name = url_name("webhook", "http://127.0.0.1:5000?apikey=k3yS3cretValue")
+    assert name.startswith("webhook-127.0.0.1-5000-") and "k3y" not in name
+
+
 async def test_resolved_never_overtakes_a_firing_that_waits_for_its_retry(
     store: EventStore, receiver: HttpReceiver, lane: tuple[Delivery, Outbox, FakeClock]
 ) -> None:

@@ -102,6 +102,20 @@ def test_secrets_are_redacted_everywhere(tmp_path: Path) -> None:
     assert "login with *** failed" in written and "password was ***" in written
 
 
+@pytest.mark.usefixtures("restore_root_logger")
+def test_a_reloads_new_secrets_are_redacted_and_the_old_stay(tmp_path: Path) -> None:
+    console = io.StringIO()
+    logs.setup_logging(Settings(log_path=tmp_path, smtp_password="old-pw-1234"), stream=console)
+    added = Settings(webhook_urls=["https://hooks.example.com/services/N3W-T0KEN"])
+    logs.add_secrets(added.secret_values())  # what `reload` does with the new settings
+    log = logging.getLogger("alerting.test")
+    log.warning("posting to %s failed", "https://hooks.example.com/services/N3W-T0KEN")
+    log.warning("refused: Cannot POST /services/N3W-T0KEN; old password old-pw-1234")
+    written = console.getvalue() + (tmp_path / "erpwatch.log").read_text()
+    assert "N3W-T0KEN" not in written and "old-pw-1234" not in written
+    assert "posting to *** failed" in written
+
+
 def test_redact_filter_alone_handles_overlapping_secrets() -> None:
     redact = logs.RedactSecrets(["abc", "abcdef", ""])
     record = logging.makeLogRecord({"msg": "x=%s y=%s", "args": ("abcdef", "abc")})
