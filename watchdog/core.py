@@ -336,6 +336,14 @@ class Core:
             due.append(state.bad_since + p.down_after)
         return min(due) if due else None
 
+    def probe_cancelled(self, state: State, now: float) -> State:
+        """The probe in flight was cancelled (a reload replaced the prober): no answer will
+        come for it, so it must not count as one never answered (a hang); the next probe
+        goes out at once."""
+        if state.probe_sent_at is None:
+            return state
+        return dataclasses.replace(state, probe_sent_at=None, next_probe_at=now)
+
     def restarts_in_window(self, state: State, now: float) -> int:
         cutoff = now - self.params.restart_window
         return sum(1 for at in state.restarts if at > cutoff)

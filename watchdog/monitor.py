@@ -611,6 +611,8 @@ class TargetMonitor:
         self.core = Core(Params.from_config(config, crash_loop_count=self._crash_loop_count))
         if prober is not self._prober:
             self._cancel_probe()
+            if self._state is not None:
+                self._state = self.core.probe_cancelled(self._state, self._clock.now())
             self._prober = prober if config.health_url else None
         self.max_tick = min(config.check_interval, MAX_TICK)
         self.process.stop_timeout = config.stop_timeout

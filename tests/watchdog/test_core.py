@@ -605,6 +605,22 @@ def test_unanswered_probe_cause() -> None:
     assert (d.state.cause["kind"], d.state.cause["summary"]) == ("probe", "no answer for 3.0s")
 
 
+def test_a_cancelled_probe_is_no_hang_and_the_next_goes_out_at_once() -> None:
+    """A reload that replaces the prober cancels the probe in flight: its missing answer is
+    not a hang (it used to restart a healthy target after TIMEOUT_THRESHOLD)."""
+    d = Driver()
+    d.healthy()
+    d.feed(Tick(), at=1.5)
+    assert d.state.probe_sent_at is not None
+    d.state = d.core.probe_cancelled(d.state, 1.6)
+    effects = d.feed(Tick(), at=1.6)
+    assert any(isinstance(e, Probe) for e in effects)  # at once, by the new prober
+    d.probe("ok", at=1.7)
+    assert d.core.probe_cancelled(d.state, 1.8) == d.state  # none in flight: unchanged
+    later = d.feed(Tick(), at=1.6 + FAST.timeout_threshold)
+    assert d.state.phase is S.HEALTHY and Kind.UNHEALTHY not in d.kinds(later)
+
+
 def test_restart_limit_carries_the_slow_retry_and_the_last_cause() -> None:
     d = Driver(replace(FAST, max_restarts=0))
     d.healthy(100)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import await_until
-from tests.watchdog.test_monitor import Harness, alive
+from tests.watchdog.test_monitor import Harness, alive, monitor_of, start_faulty_backend
 from watchdog.states import TargetState
 from watchdog.supervisor import Supervisor, UnknownTarget
 
@@ -62,6 +63,33 @@ async def test_reload_applies_supervision_settings_in_place(harness: Harness) ->
     assert report.updated == ["app"]
     assert sup.monitors["app"].process.pid == pid
     assert sup.monitors["app"].core.params.max_restarts == 9
+
+
+async def test_a_reload_replacing_the_prober_mid_probe_probes_again_and_restarts_nothing(
+    harness: Harness, tmp_path: Path
+) -> None:
+    slow = {"probe_timeout": 2.0, "timeout_threshold": 1.0, "degraded_latency": 1.5}
+    port, fault = await start_faulty_backend(harness, tmp_path, **slow)
+    await harness.wait_kind("healthy")
+    fault.write_text("slow:0.3")  # a probe is in flight most of the time
+    mon = monitor_of(harness)
+    pid = mon.process.pid
+    await await_until(lambda: mon._probe_task is not None, what="a probe in flight")
+    new = harness.configs(
+        command=shlex.join(mon.config.argv),
+        health_url=f"http://127.0.0.1:{port}/health",
+        **{**slow, "probe_timeout": 2.5},  # a new prober, the same process
+    )
+    reloaded_at = mon._clock.now()
+    report = await harness.supervisor.reload(new)  # type: ignore[union-attr]
+    assert report.restarted == [] and mon.prober is not None
+    # The cancelled probe's answer never comes: the new prober probes again, and the
+    # target stays healthy, same process (it used to be restarted as hung).
+    await await_until(
+        lambda: mon.last_probe is not None and mon.last_probe.sent > reloaded_at,
+        what="a probe answered after the reload",
+    )
+    assert mon.process.pid == pid and "unhealthy" not in harness.kinds("backend")
 
 
 async def test_reload_with_a_cycle_changes_nothing(harness: Harness) -> None:
