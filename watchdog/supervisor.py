@@ -175,8 +175,11 @@ class Supervisor:
             config.name: self._new_monitor(config) for config in self._configs
         }
         self._started: set[str] = set()
-        self._starting: asyncio.Task[None] | None = None
-        self._late_starts: list[asyncio.Task[None]] = []
+        # One task per target not started yet: it waits for the target's AFTER dependencies
+        # to be healthy, then spawns its monitor. A reload cancels the task of a target it
+        # removes or replaces; a task that failed is kept in `_start_failed` (health).
+        self._pending: dict[str, asyncio.Task[None]] = {}
+        self._start_failed: dict[str, str] = {}
 
     def _new_monitor(self, config: TargetConfig) -> TargetMonitor:
         ledger = self._ledger
@@ -222,15 +225,36 @@ class Supervisor:
                 holds = {}
             for name, monitor in self.monitors.items():
                 monitor.held_at_start = holds.get(name.lower())
-        self._starting = asyncio.create_task(self._start_in_order(), name="start-order")
+        for config in self._configs:
+            if config.name not in self._pending and config.name not in self._started:
+                self._schedule_start(config)  # (a reload before start may have done so)
         independent = [c.name for c in self._configs if not c.after]
         await asyncio.gather(*(self._await_launch(name) for name in independent))
 
-    async def _start_in_order(self) -> None:
-        for config in self._configs:
-            await self._start_one(config)
+    def _schedule_start(self, config: TargetConfig) -> None:
+        task = asyncio.create_task(self._start_one(config), name=f"start:{config.name}")
+        self._pending[config.name] = task
+        task.add_done_callback(lambda done: self._start_done(config.name, done))
+
+    def _start_done(self, name: str, task: asyncio.Task[None]) -> None:
+        if self._pending.get(name) is task:
+            del self._pending[name]
+        if task.cancelled() or task.exception() is None:
+            return
+        self._start_failed[name] = f"{type(task.exception()).__name__}: {task.exception()}"
+        log.error("%s: could not be started: %s", name, self._start_failed[name])
+
+    async def _cancel_start(self, name: str) -> None:
+        task = self._pending.pop(name, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._start_failed.pop(name, None)
 
     async def _start_one(self, config: TargetConfig) -> None:
+        """Start ``config``'s monitor once its AFTER dependencies are healthy (each waits
+        alone: a dependency that never comes up holds back only its dependants)."""
+        monitor = self.monitors[config.name]
         for dep in config.after:
             try:
                 waited = self._monitor(dep)
@@ -239,18 +263,22 @@ class Supervisor:
             if not waited.healthy.is_set():
                 log.info("%s: waiting for %s to be healthy", config.name, waited.name)
                 await waited.healthy.wait()
-        monitor = self.monitors[config.name]
+        if config.name in self._started or self.monitors.get(config.name) is not monitor:
+            return  # started meanwhile, or replaced by a reload (whose task starts it)
         self._started.add(config.name)
         self.tasks.spawn(f"monitor:{config.name}", monitor.run)
 
     async def _await_launch(self, name: str) -> None:
-        monitor = self.monitors[name]
-        launched = asyncio.ensure_future(monitor.launched.wait())
-        assert self._starting is not None
-        await asyncio.wait({launched, self._starting}, return_when=asyncio.FIRST_COMPLETED)
-        launched.cancel()
-        if self._starting.done() and not self._starting.cancelled():
-            self._starting.result()  # re-raise a failure of the start order
+        """Until ``name``'s first start was tried (or its start task ended otherwise)."""
+        task = self._pending.get(name)
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+            failure = None if task.cancelled() else task.exception()
+            if failure is not None:
+                raise failure
+        monitor = self.monitors.get(name)
+        if monitor is not None and name in self._started:
+            await monitor.launched.wait()
 
     def _monitor(self, name: str) -> TargetMonitor:
         for monitor in self.monitors.values():
@@ -262,10 +290,8 @@ class Supervisor:
         """Stop every target fully (group, grace, SIGKILL): each once the targets that start
         ``after`` it have stopped, the others at the same time, so that stopping 1000
         independent targets takes one stop grace, not 1000."""
-        for task in (self._starting, *self._late_starts):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        for name in list(self._pending):
+            await self._cancel_start(name)
         stopped = {config.name.lower(): asyncio.Event() for config in self._configs}
         dependents: dict[str, list[str]] = {name: [] for name in stopped}
         for config in self._configs:
@@ -320,6 +346,7 @@ class Supervisor:
         old = {c.name: c for c in self._configs}
         report = ReloadReport()
         for name in [n for n in reversed(list(old)) if n not in new]:
+            await self._cancel_start(name)
             await self._stop_one(name)
             monitor = self.monitors.pop(name)
             client = self._clients.pop(name, None)
@@ -333,13 +360,14 @@ class Supervisor:
             previous = old.get(name)
             if previous is None:
                 self.monitors[name] = self._new_monitor(config)
-                self._late_starts.append(asyncio.create_task(self._start_one(config)))
+                self._schedule_start(config)
                 report.added.append(name)
             elif previous == config:
                 report.unchanged.append(name)
             elif _process_changed(previous, config):
                 held = self.monitors[name].core_state
                 hold = None if held is None else held.held
+                await self._cancel_start(name)
                 await self._stop_one(name)
                 client = self._clients.pop(name, None)
                 if client is not None:
@@ -347,7 +375,7 @@ class Supervisor:
                 monitor = self._new_monitor(config)
                 monitor.held_at_start = hold
                 self.monitors[name] = monitor
-                self._late_starts.append(asyncio.create_task(self._start_one(config)))
+                self._schedule_start(config)
                 report.restarted.append(name)
             else:
                 monitor = self.monitors[name]
@@ -362,7 +390,11 @@ class Supervisor:
                     prober = self._prober_factory(config)
                 monitor.reconfigure(config, prober)
                 report.updated.append(name)
-        self._late_starts = [t for t in self._late_starts if not t.done()]
+        # Targets still waiting for their dependencies wait anew, for the current ones:
+        # their AFTER may have changed, a dependency been removed or replaced.
+        for name in list(self._pending):
+            await self._cancel_start(name)
+            self._schedule_start(new[name])
         return report
 
     async def operate(
@@ -421,12 +453,14 @@ class Supervisor:
         self._monitor(name).request_restart(reason)
 
     def stalled(self, now: float) -> list[str]:
-        """Targets nobody is watching right now: monitor task dead, or missed its ticks."""
+        """Targets nobody is watching right now: monitor task dead, missed its ticks, or its
+        start failed."""
         dead = set(self.tasks.dead())
         return [
             name
             for name, monitor in self.monitors.items()
-            if name in self._started and (f"monitor:{name}" in dead or monitor.stalled(now))
+            if name in self._start_failed
+            or (name in self._started and (f"monitor:{name}" in dead or monitor.stalled(now)))
         ]
 
     def add_probe_listener(self, listener: Callable[[str, ProbeResult], object]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shlex
 import sys
 from collections.abc import AsyncIterator
@@ -10,8 +11,14 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import await_until
-from tests.watchdog.test_monitor import Harness, alive, monitor_of, start_faulty_backend
+from tests.helpers import await_until, free_port
+from tests.watchdog.test_monitor import (
+    Harness,
+    alive,
+    backend_command,
+    monitor_of,
+    start_faulty_backend,
+)
 from watchdog.states import TargetState
 from watchdog.supervisor import Supervisor, UnknownTarget
 
@@ -90,6 +97,61 @@ async def test_a_reload_replacing_the_prober_mid_probe_probes_again_and_restarts
         what="a probe answered after the reload",
     )
     assert mon.process.pid == pid and "unhealthy" not in harness.kinds("backend")
+
+
+def hung_dependency(tmp_path: Path) -> tuple[Path, dict[str, dict[str, str]]]:
+    """``a`` hangs on /health until its fault file is emptied; ``b`` starts AFTER it; ``c``
+    is independent but listed last."""
+    port, fault = free_port(), tmp_path / "fault"
+    fault.write_text("hang")
+    a = {
+        "command": backend_command(port, "--fault-file", str(fault)),
+        "health_url": f"http://127.0.0.1:{port}/health",
+    }
+    return fault, {"a": a, "b": {"command": SLEEP, "after": "a"}, "c": {"command": SLEEP}}
+
+
+def configs_of(h: Harness, targets: dict[str, dict[str, str]]) -> Any:
+    return h.configs(startup_grace=60.0, targets=targets)
+
+
+async def test_an_independent_target_never_waits_for_anothers_dependency(
+    harness: Harness, tmp_path: Path
+) -> None:
+    fault, targets = hung_dependency(tmp_path)
+    sup = await asyncio.wait_for(harness.start(configs_of(harness, targets)), 30)
+    await running(sup, "c")  # it waited for "a" (listed after "b", which waits for "a")
+    assert not sup.monitors["a"].healthy.is_set() and "b" not in sup._started
+    fault.write_text("")
+    await running(sup, "a", "b")
+
+
+async def test_a_reload_removing_a_waiting_target_leaves_the_others_starting(
+    harness: Harness, tmp_path: Path
+) -> None:
+    fault, targets = hung_dependency(tmp_path)
+    targets["d"] = {"command": SLEEP, "after": "a"}
+    sup = await asyncio.wait_for(harness.start(configs_of(harness, targets)), 30)
+    del targets["b"]
+    report = await sup.reload(configs_of(harness, targets))
+    assert report.removed == ["b"]
+    fault.write_text("")
+    await running(sup, "a", "c", "d")  # "d" never started: the start order had died
+    assert sup.stalled(0.0) == []
+
+
+async def test_a_reload_changing_a_waiting_target_starts_it_once_with_the_new_command(
+    harness: Harness, tmp_path: Path
+) -> None:
+    fault, targets = hung_dependency(tmp_path)
+    sup = await asyncio.wait_for(harness.start(configs_of(harness, targets)), 30)
+    targets["b"] = {"command": SLEEP + " # v2", "after": "a"}
+    report = await sup.reload(configs_of(harness, targets))
+    assert report.restarted == ["b"]
+    fault.write_text("")
+    await running(sup, "a", "b", "c")
+    assert sup.monitors["b"].config.argv[-2:] == ("#", "v2")
+    assert sup.stalled(0.0) == []  # no failed start ("monitor:b is already running")
 
 
 async def test_reload_with_a_cycle_changes_nothing(harness: Harness) -> None:
