@@ -19,7 +19,14 @@ from alerting.payloads import PayloadRenderer
 from alerting.receivers import Receiver, receivers_from
 from alerting.render import Renderer
 from alerting.stages import Notification
-from alerting.transport import DELIVERY_ERRORS, SmtpTransport, Transport, classify, transport_for
+from alerting.transport import (
+    DELIVERY_ERRORS,
+    PartlyAccepted,
+    SmtpTransport,
+    Transport,
+    classify,
+    transport_for,
+)
 from watchdog.config import Settings, load_settings
 from watchdog.events import SYSTEM_TARGET
 from watchdog.resources import host_snapshot
@@ -204,6 +211,8 @@ async def _send(
         error = classify(exc, transport.secrets())
         kind = "permanent" if error.permanent else "transient"
         return False, f"FAILED ({kind}): {error.reason}"
+    if isinstance(response, PartlyAccepted):  # some recipients refused: not a pass
+        return False, f"FAILED for some recipients: {response}"
     return True, f"sent: {response}"
 
 

@@ -24,6 +24,13 @@ session, `alerting.smtp`) and recorded on the mail's outbox row (``attempts`` + 
   ``alert-failed`` about a mail that was itself caused by an ``alert-failed`` is marked
   ``recursive`` and never alerts again.
 
+**Some recipients refused.** A mail the server accepted while it refused some recipients at
+RCPT TO (`transport.PartlyAccepted`) is sent to the accepted ones: its row keeps just them
+and is marked ``sent``, and in the same commit each group of refused recipients gets a
+pending copy of the row (`Outbox.mark_partly_sent`), which then fails like any mail: 4xx,
+retried with backoff for those recipients alone; 5xx, a dead letter whose ``alert-failed``
+names them and the server's reply. ``alert-sent`` names only the accepted recipients.
+
 **A batch on one connection.** If connecting fails, every mail of the batch had its attempt
 and fails with it. Once connected, a failure that leaves the connection usable (4xx/5xx to
 one mail) fails only that mail and the batch goes on. A failure that breaks the connection
@@ -47,6 +54,7 @@ from alerting.outbox import Outbox, OutboxRow
 from alerting.transport import (
     DELIVERY_ERRORS,
     DeliveryError,
+    PartlyAccepted,
     SessionContext,
     Transport,
     classify,
@@ -191,7 +199,18 @@ class Delivery:
 
     async def _record_sent(self, row: OutboxRow, response: str) -> None:
         wall, mail = self.wall(), row.mail
-        await self.bus.run_in_writer(self.outbox.mark_sent, row, wall, self.transport.describe())
+        refused = response.refused if isinstance(response, PartlyAccepted) else ()
+        copies: list[OutboxRow] = []
+        if refused:  # the row keeps the accepted recipients, a copy each group refused
+            groups = [group.recipients for group in refused]
+            sent, copies = await self.bus.run_in_writer(
+                self.outbox.mark_partly_sent, row, groups, wall, self.transport.describe()
+            )
+            mail = sent.mail
+        else:
+            await self.bus.run_in_writer(
+                self.outbox.mark_sent, row, wall, self.transport.describe()
+            )
         del self._unrecorded[row.id]
         self.retry_at.pop(row.id, None)
         self.sent += 1
@@ -214,6 +233,8 @@ class Delivery:
                 **details,
             )
         )
+        for copy, group in zip(copies, refused, strict=True):
+            await self._failed([copy], group.error)  # retried (4xx) or a dead letter (5xx)
 
     def backoff(self, attempts: int) -> float:
         """Seconds before the next try of a mail that has failed ``attempts`` times (>= 1)."""

@@ -9,7 +9,9 @@
 * ``alert_state`` — the pipeline's memory (targets, incidents, rate limiter) as JSON.
 * ``alert_outbox`` — rendered notifications, one lane per receiver (``receiver``: ``email``,
   a webhook, an Alertmanager, the hook; `alerting.receivers`): ``pending`` → ``sent`` |
-  ``dead`` (with the reason).
+  ``dead`` (with the reason). A mail the server accepted for some recipients only is split
+  (`Outbox.mark_partly_sent`): the row is sent to the accepted ones, the refused ones go on
+  in a pending copy each, so every row's ``recipients`` say who got (or gets) it.
   One pipeline step moves the cursor, saves the state and inserts its mails in one
   transaction, so a step happens entirely or not at all: across a SIGKILL an event is
   either wholly processed (its mail queued) or read again after the restart.
@@ -38,7 +40,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -359,25 +361,64 @@ class Outbox:
 
     def mark_sent(self, row: OutboxRow, wall: datetime, transport: str) -> None:
         with self.store.transaction() as conn:
-            conn.execute(
-                "UPDATE alert_outbox SET status = ?, sent_at = ?, attempts = attempts + 1, "
-                "last_error = NULL WHERE id = ?",
-                (SENT, format_ts(wall), row.id),
-            )
-            mail = row.mail
-            decision = Decision(
-                mail.target,
-                mail.incident_id,
-                f"{mail.purpose} {'mail' if mail.receiver == 'email' else 'notification'} "
-                f"delivered via {transport}",
-                {
-                    "to": list(mail.recipients),
-                    "receiver": mail.receiver,
-                    "outbox_id": row.id,
-                    "message_id": mail.message_id,
-                },
-            )
-            self._log(conn, wall, [(decision, "sent")])
+            self._mark_sent(conn, row, wall, transport)
+
+    def mark_partly_sent(
+        self,
+        row: OutboxRow,
+        refused: Sequence[tuple[str, ...]],
+        wall: datetime,
+        transport: str,
+    ) -> tuple[OutboxRow, list[OutboxRow]]:
+        """Accepted for some recipients only: in one commit ``row`` keeps the accepted ones
+        and is sent, and each group of ``refused`` recipients gets a pending copy of the mail
+        (same data and Message-ID, ``row``'s attempts), which the delivery then fails as
+        usual (retry or dead letter). Returns the row as sent and the copies. A crash between
+        the two commits leaves a copy pending: it is tried once more, the accepted recipients
+        never are."""
+        gone = {recipient for group in refused for recipient in group}
+        accepted = tuple(r for r in row.mail.recipients if r not in gone)
+        sent = OutboxRow(row.id, replace(row.mail, recipients=accepted), row.attempts)
+        copies: list[OutboxRow] = []
+        with self.store.transaction() as conn:
+            self._mark_sent(conn, sent, wall, transport)
+            for group in refused:
+                cursor = conn.execute(
+                    "INSERT INTO alert_outbox (created, purpose, target, incident_id, "
+                    "recipients, subject, message_id, data, trigger_kinds, receiver, attempts) "
+                    "SELECT created, purpose, target, incident_id, ?, subject, message_id, "
+                    "data, trigger_kinds, receiver, ? FROM alert_outbox WHERE id = ?",
+                    (json.dumps(list(group)), row.attempts, row.id),
+                )
+                assert cursor.lastrowid is not None
+                copies.append(
+                    OutboxRow(cursor.lastrowid, replace(row.mail, recipients=group), row.attempts)
+                )
+        return sent, copies
+
+    def _mark_sent(
+        self, conn: sqlite3.Connection, row: OutboxRow, wall: datetime, transport: str
+    ) -> None:
+        """``row`` sent to its (or, partly sent, to its accepted) ``mail.recipients``."""
+        mail = row.mail
+        conn.execute(
+            "UPDATE alert_outbox SET status = ?, sent_at = ?, attempts = attempts + 1, "
+            "last_error = NULL, recipients = ? WHERE id = ?",
+            (SENT, format_ts(wall), json.dumps(list(mail.recipients)), row.id),
+        )
+        decision = Decision(
+            mail.target,
+            mail.incident_id,
+            f"{mail.purpose} {'mail' if mail.receiver == 'email' else 'notification'} "
+            f"delivered via {transport}",
+            {
+                "to": list(mail.recipients),
+                "receiver": mail.receiver,
+                "outbox_id": row.id,
+                "message_id": mail.message_id,
+            },
+        )
+        self._log(conn, wall, [(decision, "sent")])
 
     def mark_retry(self, rows: Sequence[OutboxRow], error: str, wall: datetime) -> None:
         with self.store.transaction() as conn:

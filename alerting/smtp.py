@@ -4,7 +4,8 @@ Only `SmtpTransport.session` imports this module, so aiosmtplib (~1 MiB, 15 modu
 with the first mail sent over SMTP: an `erpwatch run` that writes ``.eml`` files or sends
 nothing never holds it. A session raises what a delivery can fail with as a `DeliveryError`,
 classified here (`classify_smtp`, the sorting `alerting.transport` describes), so nothing
-outside this module needs aiosmtplib's exception classes.
+outside this module needs aiosmtplib's exception classes. Recipients refused while others
+were accepted come back classified too, as `PartlyAccepted`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import aiosmtplib
 
-from alerting.transport import DeliveryError, classify, redact
+from alerting.transport import DeliveryError, PartlyAccepted, Refused, classify, redact
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
@@ -118,7 +119,8 @@ class SmtpSession:
             client.close()  # the mails are already accepted; a failed QUIT changes nothing
 
     async def send(self, data: bytes, sender: str, recipients: Sequence[str]) -> str:
-        """Send one mail; returns the server's reply to DATA once it accepted it (2xx)."""
+        """Send one mail; returns the server's reply to DATA once it accepted it (2xx), with
+        the recipients it refused (`PartlyAccepted`) if it accepted only some."""
         client = self._client
         if client is None or not client.is_connected:
             raise classify_smtp(
@@ -132,6 +134,25 @@ class SmtpSession:
                 client.close()  # unusable: the next mail of the batch must not use it
             raise error from exc
         if errors:
-            refused = ", ".join(f"{r}: {resp.code} {resp.message}" for r, resp in errors.items())
-            return f"{response} (refused: {refused})"
+            return PartlyAccepted(response, self._refused(errors))
         return response
+
+    def _refused(self, errors: dict[str, aiosmtplib.SMTPResponse]) -> tuple[Refused, ...]:
+        """The refused recipients in two groups at most: retried (4xx) and dead (5xx)."""
+        groups: dict[bool, list[tuple[str, str]]] = {}
+        for recipient, reply in errors.items():
+            refusal = aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
+            permanent = classify_smtp(refusal).permanent
+            reason = f"RCPT TO {recipient} refused: {reply.code} {reply.message}"
+            groups.setdefault(permanent, []).append((recipient, reason))
+        return tuple(
+            Refused(
+                tuple(recipient for recipient, _ in group),
+                DeliveryError(  # the connection stays usable: `alive` tells if it is not
+                    redact("; ".join(reason for _, reason in group), self._secrets),
+                    permanent=permanent,
+                    whole_batch=False,
+                ),
+            )
+            for permanent, group in groups.items()
+        )

@@ -18,6 +18,11 @@ one mail's MAIL/RCPT/DATA leaves it in a clean state (aiosmtplib sent RSET), whi
 connection, a timeout, a malformed or unexpected reply and ``421`` (the server is closing the
 channel) do not; the session then closes the connection without QUIT.
 
+A mail the server takes for some recipients while it refuses others at RCPT TO is no
+failure (aiosmtplib raises only when every recipient is refused): the session answers
+`PartlyAccepted`, each group of refused recipients with its `DeliveryError` (4xx: retried,
+5xx: dead letter), and the delivery records the accepted ones as sent.
+
 The password is only ever handed to aiosmtplib; `describe`, `secrets` redaction and every
 message built here leave it out (also its base64 forms, which a server may echo back), and a
 reason is bounded to `REASON_MAX` characters.
@@ -30,6 +35,7 @@ import base64
 import hashlib
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self
@@ -90,13 +96,41 @@ def classify(exc: BaseException, secrets: Sequence[str] = ()) -> DeliveryError:
     return DeliveryError(reason, permanent=False, whole_batch=True)
 
 
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Recipients of an accepted mail that the server refused, and why (one outcome)."""
+
+    recipients: tuple[str, ...]
+    error: DeliveryError
+
+
+class PartlyAccepted(str):
+    """`Session.send`'s answer when the mail was accepted for some recipients only.
+
+    As a ``str`` it is the reply to DATA followed by the refusals (what a caller that only
+    reports the answer shows); ``refused`` groups the refused recipients by outcome, at most
+    one group retried (4xx) and one dead (5xx)."""
+
+    response: str  # the server's reply to DATA
+    refused: tuple[Refused, ...]
+
+    def __new__(cls, response: str, refused: tuple[Refused, ...]) -> Self:
+        reasons = "; ".join(group.error.reason for group in refused)
+        answer = super().__new__(cls, f"{response} (refused: {reasons})")
+        answer.response = response
+        answer.refused = refused
+        return answer
+
+
 class Session(Protocol):
     @property
     def alive(self) -> bool:
         """False once the connection is known to be gone (no mail can go on it)."""
         ...
 
-    async def send(self, data: bytes, sender: str, recipients: Sequence[str]) -> str: ...
+    async def send(self, data: bytes, sender: str, recipients: Sequence[str]) -> str:
+        """The receiver's answer once it accepted the mail (`PartlyAccepted`: for some)."""
+        ...
 
 
 class Transport(Protocol):
