@@ -343,6 +343,9 @@ class Watchdog:
         names = [name for name in stalled if name not in dead_monitors]
         if names:
             problems.append("stalled: " + _names(names))
+        blind = self.supervisor.blind()
+        if blind:
+            problems.append("health checks cannot be made: " + ", ".join(blind))
         trouble = self.bus.store_problem() if store else None
         if trouble:
             problems.append(f"degraded: {trouble}")

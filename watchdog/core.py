@@ -127,7 +127,9 @@ class Exited:
 class Probed:
     """A health check of process ``pid`` finished. ``status``: "ok" | "degraded" | "failed".
 
-    ``gone``: it failed because the process had died (its exit is reported separately)."""
+    ``gone``: it failed because the process had died (its exit is reported separately).
+    ``local``: it could not be made for want of erpwatch's own resources (EMFILE, ENOMEM):
+    no verdict on the target, which is never restarted for erpwatch's own trouble."""
 
     pid: int
     status: str
@@ -137,6 +139,7 @@ class Probed:
     gone: bool = False
     # The body's check results: {"name", "status", "error", "latency_ms"} each (bounded).
     checks: tuple[Mapping[str, Any], ...] = ()
+    local: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,6 +527,8 @@ class Core:
             return state  # a probe of an earlier process, or one that raced a stop
         sent_at = self._last_sent(state, now)
         state = dataclasses.replace(state, probe_sent_at=None)
+        if obs.local:
+            return state  # erpwatch's own trouble (EMFILE): no verdict, it reports itself
         if obs.status == "ok":
             state = self._answered(state, now, healthy=True)
             if state.phase is not S.HEALTHY:

@@ -218,6 +218,9 @@ class TargetMonitor:
         self._on_hold = on_hold  # persist an operator's hold (None: released)
         self.max_tick = min(config.check_interval, MAX_TICK)
         self.last_probe: ProbeResult | None = None
+        # (since, reason) while checks cannot be made for erpwatch's own trouble (EMFILE):
+        # the target is not judged meanwhile, erpwatch's /health says so.
+        self.blind: tuple[float, str] | None = None
         self.probe_listeners: list[Callable[[str, ProbeResult], object]] = []
         self.last_event: Event | None = None
         self.healthy = asyncio.Event()  # set while HEALTHY or DEGRADED (start order waits on it)
@@ -544,6 +547,13 @@ class TargetMonitor:
                 log.exception("%s: a probe listener failed", self.name)
         details = {"latency_ms": round(result.latency * 1000, 2), "status_code": result.status_code}
         failed = result.status is ProbeStatus.FAILED
+        if result.local:
+            if self.blind is None:
+                log.error("%s: health check not made (erpwatch's own trouble): %s",
+                          self.name, result.reason)  # fmt: skip
+                self.blind = (result.checked_at, result.reason)
+        else:
+            self.blind = None
         return Probed(
             pid,
             str(result.status),
@@ -552,6 +562,7 @@ class TargetMonitor:
             details=details,
             gone=failed and self._gone(pid),
             checks=tuple(check.to_dict() for check in result.checks),
+            local=result.local,
         )
 
     def _gone(self, pid: int) -> bool:

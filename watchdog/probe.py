@@ -16,6 +16,7 @@ CONTRACT:
         timed_out: bool = False     # no answer within the deadline (a hang, not a refusal)
         sent_at: float | None = None  # monotonic: when the request was sent
         checks: tuple[CheckResult, ...] = ()  # the body's check results (see parse_checks)
+        local: bool = False         # not made for want of our own fds/memory (EMFILE, ...)
         sent: float                 # property: sent_at, or checked_at - latency if unset
         answered: bool              # property: a response came back (status_code set)
 
@@ -142,6 +143,9 @@ class ProbeResult:
     # When the request was sent (the Prober sets it); None: derive it, see `sent`.
     sent_at: float | None = None
     checks: tuple[CheckResult, ...] = ()
+    # The check could not be made at all for want of erpwatch's own resources (file
+    # descriptors, memory, buffers: `LOCAL_ERRNOS`): it says nothing about the target.
+    local: bool = False
 
     @property
     def sent(self) -> float:
@@ -278,6 +282,21 @@ async def read_capped(response: httpx.Response, limit: int = MAX_BODY) -> bytes 
     return b"".join(chunks)
 
 
+# Errors of erpwatch's own process or host, not of the target: out of descriptors (EMFILE,
+# ENFILE), of socket buffers (ENOBUFS) or of memory (ENOMEM).
+LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def local_error(exc: BaseException) -> bool:
+    """``exc`` (or what it wraps) is a `LOCAL_ERRNOS` error of our own."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in LOCAL_ERRNOS:
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def describe_error(exc: BaseException, timeout: float) -> str:
     """A short human reason for a failed request."""
     if isinstance(exc, TimeoutError | httpx.TimeoutException):
@@ -325,7 +344,7 @@ class Prober:
         status_code: int | None = None
         body: object | None = None
         error: str | None = None
-        timed_out = False
+        timed_out = local = False
         try:
             # One deadline for everything, retry included (httpx's own timeouts are per phase).
             async with asyncio.timeout(self.timeout):
@@ -344,12 +363,13 @@ class Prober:
         except (httpx.HTTPError, OSError, TimeoutError) as exc:
             error = describe_error(exc, self.timeout)
             timed_out = isinstance(exc, TimeoutError | httpx.TimeoutException)
+            local = local_error(exc)
         finished = self._clock.now()
         latency = finished - started
         status, reason = classify(status_code, latency, body, self.degraded_latency, error)
         checks = parse_checks(body)
         return ProbeResult(
-            status, latency, status_code, reason, finished, timed_out, started, checks
+            status, latency, status_code, reason, finished, timed_out, started, checks, local
         )
 
 

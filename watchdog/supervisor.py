@@ -463,6 +463,15 @@ class Supervisor:
             or (name in self._started and (f"monitor:{name}" in dead or monitor.stalled(now)))
         ]
 
+    def blind(self) -> list[str]:
+        """Targets whose last health check could not be made for erpwatch's own trouble
+        (EMFILE, ENOMEM), with the reason: they are not judged meanwhile."""
+        return [
+            f"{name} ({monitor.blind[1]})"
+            for name, monitor in self.monitors.items()
+            if monitor.blind is not None
+        ]
+
     def add_probe_listener(self, listener: Callable[[str, ProbeResult], object]) -> None:
         """Call ``listener(target, result)`` after every health probe (e.g. for metrics)."""
         for monitor in self.monitors.values():

@@ -621,6 +621,22 @@ def test_a_cancelled_probe_is_no_hang_and_the_next_goes_out_at_once() -> None:
     assert d.state.phase is S.HEALTHY and Kind.UNHEALTHY not in d.kinds(later)
 
 
+def test_a_check_erpwatch_could_not_make_is_no_verdict_on_the_target() -> None:
+    """EMFILE, ENOMEM of erpwatch's own (`Probed.local`): never unhealthy, never restarted
+    for it, however long it lasts; the next real answer counts as usual."""
+    d = Driver()
+    d.healthy()
+    for at in (1.5, 2.5, 3.5, 4.5, 5.5, 6.5):
+        d.feed(Tick(), at=at)
+        assert d.state.probe_sent_at is not None  # each check goes out on its cadence
+        d.probe("failed", at=at + 0.01, reason="cannot connect: [Errno 24]", local=True)
+    assert d.state.phase is S.HEALTHY and d.state.unhealthy_since is None
+    assert not any(isinstance(e, Stop) for e in d.all) and Kind.UNHEALTHY not in d.kinds()
+    d.feed(Tick(), at=7.5)
+    effects = d.probe("failed", at=7.51, reason="HTTP 503")
+    assert Kind.UNHEALTHY in d.kinds(effects)  # a real failure still counts
+
+
 def test_restart_limit_carries_the_slow_retry_and_the_last_cause() -> None:
     d = Driver(replace(FAST, max_restarts=0))
     d.healthy(100)

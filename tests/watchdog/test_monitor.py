@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import resource
 import shlex
 import sys
 from collections.abc import AsyncIterator
@@ -125,6 +127,56 @@ def alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+# HTTP/1.0: it closes each connection, so every check needs a new descriptor.
+CLOSING_BACKEND = """
+import http.server, sys
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"ok")
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Health).serve_forever()
+"""
+
+
+async def test_out_of_fds_itself_erpwatch_judges_no_target_and_says_so(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """EMFILE inside erpwatch (here: its soft RLIMIT_NOFILE lowered under the descriptors it
+    holds) blinds the checks: the healthy target is not declared unhealthy nor restarted
+    (it was, after TIMEOUT_THRESHOLD), and `Supervisor.blind` names it for /health."""
+    port = free_port()
+    await harness.start(
+        harness.configs(
+            command=shlex.join([sys.executable, "-c", CLOSING_BACKEND, str(port)]),
+            health_url=f"http://127.0.0.1:{port}/health",
+        )
+    )
+    await harness.wait_kind("healthy")
+    sup, mon = harness.supervisor, monitor_of(harness)
+    assert sup is not None
+    pid = mon.process.pid
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.dup(0)
+    os.close(lowest_free)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+    try:
+        await await_until(lambda: mon.blind is not None, what="a check not made")
+        assert sup.blind() == [f"backend ({mon.blind[1]})"] and "Errno 24" in mon.blind[1]
+        blind_since = mon.blind[0]
+        # Blind for several TIMEOUT_THRESHOLDs (0.3 s): each round a check is tried and not
+        # made; before, the first threshold passed restarted the backend.
+        await await_until(
+            lambda: mon.blind is not None and mon.last_probe.checked_at > blind_since + 1.0,
+            what="blind for a while",
+        )
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    await await_until(lambda: mon.blind is None and mon.last_probe.status == "ok", what="seeing")
+    assert mon.process.pid == pid and sup.blind() == []
+    assert "unhealthy" not in harness.kinds() and "restarted" not in harness.kinds()
 
 
 async def test_started_then_healthy_once(harness: Harness) -> None:

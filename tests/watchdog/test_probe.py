@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import gzip
 import json
+import os
 import re
+import resource
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -330,6 +332,25 @@ async def test_ok(server: HealthServer, client: ProbeClient) -> None:
     assert result.sent_at is not None and result.sent_at < result.checked_at
     assert result.latency == result.checked_at - result.sent_at
     assert b"accept-encoding: identity" in server.last_head.lower()
+
+
+async def test_a_check_made_impossible_by_our_own_fd_limit_is_local(server: HealthServer) -> None:
+    """EMFILE is erpwatch's trouble, not the target's: the result says so (``local``), and
+    the core then gives no verdict (it restarted a healthy backend before)."""
+    async with make_client() as fresh:
+        check = prober(server.url, fresh)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        lowest_free = os.dup(0)  # the number the next descriptor would get
+        os.close(lowest_free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no new fd at all
+        try:
+            result = await check.check()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert result.status is FAILED and result.local, result
+        assert "Too many open files" in result.reason
+        after = await check.check()
+    assert after.status is OK and not after.local
 
 
 async def test_non_json_200_is_ok(server: HealthServer, client: ProbeClient) -> None:
