@@ -47,6 +47,12 @@ the trouble while it lasts (for ``/health``); callbacks registered with ``on_sto
 are called on the loop once when an episode starts and once when it ends (alerting mails
 the start directly: its outbox lives in the same database).
 
+A chunk that fails for a reason that is not store trouble (an event the store rejects on
+its own merits: `Event.of` makes text encodable, but an event built otherwise may not be)
+must not wedge the buffer: the flush writes that chunk again event by event, one
+transaction each, and drops only the events that fail so (``EventBus.rejected`` counts
+them, each is logged once with its reason, and ``store-recovered`` counts them as dropped).
+
 Retention: ``retention_worker(days, interval)`` prunes old rows in batches on the writer
 thread (see `EventStore.prune`), so a publish waits for one batch at most.
 """
@@ -184,7 +190,7 @@ class StoreTrouble:
     reason: str  # the latest error, e.g. "database or disk is full (SQLITE_FULL)"
     since: datetime  # wall time of the first failed write
     buffered: int  # events waiting in memory
-    dropped: int  # events lost to the full buffer in this episode
+    dropped: int  # events lost in this episode (the full buffer, rejected by the store)
     ended: datetime | None = None  # set in the notification that the episode is over
     written: int = 0  # events written from memory (at the end: all of them)
 
@@ -285,10 +291,17 @@ class EventBus:
         self._episode: _Episode | None = None
         self._recovery: asyncio.Task[None] | None = None
         self._trouble_callbacks: list[TroubleCallback] = []
+        self._rejected = 0
 
     @property
     def store(self) -> EventStore:
         return self._store
+
+    @property
+    def rejected(self) -> int:
+        """Buffered events dropped because the store rejected them with an error that is
+        not store trouble (see the module doc); since the bus was made."""
+        return self._rejected
 
     def subscribe(self, name: str, maxsize: int = 1000) -> Subscription:
         if self._closed:
@@ -517,22 +530,22 @@ class EventBus:
         try:
             committed = self._store.append_many([*head, *chunk, *tail])
         except Exception as exc:
-            reason = store_trouble_reason(exc)
-            if reason is None:
-                if not isinstance(exc, StoreError):
-                    log.exception("writing the buffered events failed; retrying")
-                return _Flush.FAILED
-            if reason != episode.reason:
-                log.warning("event store still failing, now: %s", reason)
-                with self._lock:
-                    episode.reason = reason
+            if store_trouble_reason(exc) is None and not isinstance(exc, StoreError):
+                # Not the store's fault: most likely one event it cannot take. Retrying the
+                # same chunk would fail for ever; write it event by event instead.
+                log.warning(
+                    "writing %d buffered event(s) in one transaction failed (%s: %s): "
+                    "writing them one by one",
+                    len(head) + len(chunk) + len(tail),
+                    type(exc).__name__,
+                    exc,
+                )
+                return self._flush_singly(loop, episode, chunk, last)
+            self._still_failing(episode, exc)
             return _Flush.FAILED
         ended = utcnow()
         with self._lock:
-            episode.failing_event = None
-            episode.drops = 0
-            episode.drop_kinds.clear()
-            episode.first_dropped = episode.last_dropped = None
+            self._head_written(episode)
             for _ in chunk:
                 self._buffer.popleft()
                 self._buffer_bytes -= self._sizes.popleft()
@@ -540,12 +553,106 @@ class EventBus:
             trouble = self._snapshot(ended=ended) if last else None
             if last:
                 self._episode = None
+        return self._flushed(loop, episode, committed, trouble)
+
+    def _flush_singly(
+        self, loop: asyncio.AbstractEventLoop, episode: _Episode, chunk: list[Event], last: bool
+    ) -> _Flush:
+        """`_flush_step`'s fallback: the same events in the same order, one transaction each.
+
+        An event the store rejects with an error that is not store trouble is dropped
+        (`_append_alone`); store trouble (or an unusable store) stops the step, keeping what
+        is not written yet for the next try.
+        """
+        committed: list[Event] = []
+        try:
+            if episode.failing_event is not None:
+                self._append_alone(episode.failing_event, committed)
+                with self._lock:
+                    episode.failing_event = None
+            if episode.drops:
+                self._append_alone(self._dropped_event(episode), committed)
+                with self._lock:
+                    self._head_written(episode)
+            for event in chunk:
+                written = self._append_alone(event, committed)
+                with self._lock:
+                    self._buffer.popleft()
+                    self._buffer_bytes -= self._sizes.popleft()
+                    if written:
+                        episode.written += 1
+                    else:
+                        episode.dropped_total += 1
+            if last:
+                self._append_alone(self._recovered_event(episode, episode.written), committed)
+        except Exception as exc:
+            loop.call_soon_threadsafe(self._fan_out_many, committed)
+            if store_trouble_reason(exc) is None and not isinstance(exc, StoreError):
+                log.exception("writing the buffered events one by one failed; retrying")
+            self._still_failing(episode, exc)
+            return _Flush.FAILED
+        trouble = None
+        if last:
+            ended = utcnow()
+            with self._lock:
+                trouble = self._snapshot(ended=ended)
+                self._episode = None
+        return self._flushed(loop, episode, committed, trouble)
+
+    def _append_alone(self, event: Event, committed: list[Event]) -> bool:
+        """Append ``event`` in a transaction of its own: True once written (added to
+        ``committed``); False if the store rejected it with an error that is not store
+        trouble (dropped: counted in `rejected` and logged once, with the reason). Store
+        trouble and `StoreError` (an unusable store) are raised."""
+        try:
+            committed.append(self._store.append(event))
+        except Exception as exc:
+            if store_trouble_reason(exc) is not None or isinstance(exc, StoreError):
+                raise
+            self._rejected += 1
+            log.error(
+                "the event store rejected a buffered %s event of %r (%s: %s): dropped it, "
+                "the events after it are written (%d rejected so far)",
+                event.kind,
+                event.target,
+                type(exc).__name__,
+                exc,
+                self._rejected,
+                exc_info=exc,
+            )
+            return False
+        return True
+
+    @staticmethod
+    def _head_written(episode: _Episode) -> None:
+        """The store-failing and events-dropped events are written (under the lock)."""
+        episode.failing_event = None
+        episode.drops = 0
+        episode.drop_kinds.clear()
+        episode.first_dropped = episode.last_dropped = None
+
+    def _still_failing(self, episode: _Episode, exc: Exception) -> None:
+        """A flush failed: keep the episode's reason current (store trouble only)."""
+        reason = store_trouble_reason(exc)
+        if reason is not None and reason != episode.reason:
+            log.warning("event store still failing, now: %s", reason)
+            with self._lock:
+                episode.reason = reason
+
+    def _flushed(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        episode: _Episode,
+        committed: list[Event],
+        trouble: StoreTrouble | None,
+    ) -> _Flush:
+        """Fan out what a flush step committed; with ``trouble`` (the episode's end), tell."""
         loop.call_soon_threadsafe(self._fan_out_many, committed)
         if trouble is None:
             return _Flush.MORE
         log.warning(
             "event store works again after %.1fs: %d buffered event(s) written, %d dropped",
-            (ended - episode.since).total_seconds(),
+            ((trouble.ended or utcnow()) - episode.since).total_seconds(),
             episode.written,
             episode.dropped_total,
         )

@@ -6,6 +6,12 @@ Bounds: an event's details serialise (`Event.details_json`) to at most `DETAILS_
 by field (the largest fields first; a long string keeps its head and its tail, a long list
 its newest items) with a visible marker, and the details gain a ``_truncated`` entry naming
 the fields that were cut and the original size.
+
+Text is also made encodable there: a lone surrogate (``"\\ud800"``, which ``json.loads``
+decodes from a backend's health body or an operator's request without complaint, but which
+UTF-8 cannot encode) in the message or in any string of the details (keys and nested values
+too) becomes a visible escape (`clean_text`), so SQLite, the API's and SSE's JSON and mails
+can take every event.
 """
 
 from __future__ import annotations
@@ -94,6 +100,51 @@ TRUNCATED_KEY = "_truncated"  # the marker entry of details that were cut
 _MARKER_RESERVE = 1024  # room kept for the marker entry
 _MIN_FIELD = 96  # a cut field keeps at least this much (bytes of JSON)
 _MARKER_NAMES = 20  # field names listed in the marker
+
+
+def clean_text(text: str) -> str:
+    """``text`` with whatever UTF-8 cannot encode (lone surrogates) as backslash escapes.
+
+    ``backslashreplace`` rather than ``replace``: the operator still sees which code point
+    came (``\\ud800``, not an anonymous ``?``), and nothing is lost that a readable text
+    could keep. Encodable text is returned as it is (the same object).
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def clean_value(value: Any) -> Any:
+    """``value`` with every string in it (mapping keys too, nested) made encodable
+    (`clean_text`); a value with nothing to clean is returned as it is (the same object).
+
+    Other objects are written as ``str(value)`` (``details_json``): one whose text is not
+    encodable (a path decoded with surrogateescape) is replaced by its cleaned text.
+    """
+    if isinstance(value, str):
+        return clean_text(value)
+    if value is None or isinstance(value, int | float):
+        return value
+    if isinstance(value, Mapping):
+        items = [(clean_value(key), clean_value(item)) for key, item in value.items()]
+        if all(
+            new_key is key and new_item is item
+            for (new_key, new_item), (key, item) in zip(items, value.items(), strict=True)
+        ):
+            return value
+        return dict(items)
+    if isinstance(value, list | tuple):
+        out = [clean_value(item) for item in value]
+        if all(new is old for new, old in zip(out, value, strict=True)):
+            return value
+        return out if isinstance(value, list) else tuple(out)
+    text = str(value)
+    cleaned = clean_text(text)
+    return value if cleaned is text else cleaned
 
 
 def _size(value: Any) -> int:
@@ -202,9 +253,10 @@ def bound_details(details: Mapping[str, Any], limit: int = DETAILS_MAX_BYTES) ->
     """``details`` as a dict whose JSON fits ``limit`` bytes (unchanged when it already does).
 
     The largest fields are cut first, each to a fair share of the room; the result carries a
-    ``_truncated`` entry: ``{"limit", "bytes" (original), "fields" (names cut)}``.
+    ``_truncated`` entry: ``{"limit", "bytes" (original), "fields" (names cut)}``. Strings
+    are made encodable first (`clean_value`), so the result fits with its escapes.
     """
-    plain = dict(details)
+    plain = dict(clean_value(details))
     original = _size(plain)
     if original <= limit:
         return plain
@@ -225,7 +277,9 @@ def bound_details(details: Mapping[str, Any], limit: int = DETAILS_MAX_BYTES) ->
 
 
 def bound_message(message: str, limit: int = MESSAGE_MAX_CHARS) -> str:
-    """``message`` cut to ``limit`` characters (head and tail kept)."""
+    """``message`` made encodable (`clean_text`), then cut to ``limit`` characters (head and
+    tail kept)."""
+    message = clean_text(message)
     if len(message) <= limit:
         return message
     marker = f" ...[cut {len(message):,} chars]... "
@@ -258,7 +312,8 @@ class Event:
     def of(cls, target: str, kind: Kind | str, message: str, **details: Any) -> Event:
         """An event with the kind's default severity; ``None`` details are left out.
 
-        Details and message are bounded (`bound_details`, `bound_message`).
+        Details and message are made encodable and bounded (`bound_details`,
+        `bound_message`).
         """
         return cls(
             target=target,
