@@ -89,6 +89,7 @@ from typing import Any, Protocol
 import httpx
 
 from watchdog.clock import Clock
+from watchdog.events import clean_value
 from watchdog.probe_transport import ProbeClient, ProbeTransport
 
 FAILED_BODY_STATUSES = frozenset({"down", "error", "unhealthy", "fail", "failed", "critical"})
@@ -209,7 +210,10 @@ def parse_body(content: bytes, content_type: str) -> object | None:
         document: object = json.loads(content)
     except ValueError:  # not JSON after all (UnicodeDecodeError is a ValueError too)
         return None
-    return document
+    # JSON may spell a lone surrogate ("\ud800"), which UTF-8 cannot encode: escaped here,
+    # it can reach the page, the API and the store.
+    cleaned: object = clean_value(document)
+    return cleaned
 
 
 def _text(value: object) -> str:

@@ -353,6 +353,20 @@ async def test_a_check_made_impossible_by_our_own_fd_limit_is_local(server: Heal
     assert after.status is OK and not after.local
 
 
+async def test_a_lone_surrogate_in_the_body_comes_out_encodable(
+    server: HealthServer, client: ProbeClient
+) -> None:
+    """JSON may spell "\\ud800" (json.loads decodes it, UTF-8 cannot encode it): escaped,
+    so the page, the API and the store can take the check (the page answered 500)."""
+    server.body = (
+        b'{"status": "down", "checks": {"db": {"status": "failed", "error": "reset \\ud800"}}}'
+    )
+    result = await prober(server.url, client).check()
+    (check,) = result.checks
+    assert check.error == "reset \\ud800"  # visible, as an escape
+    json.dumps(result.to_dict(), ensure_ascii=False).encode("utf-8")  # raised before
+
+
 async def test_non_json_200_is_ok(server: HealthServer, client: ProbeClient) -> None:
     server.body, server.content_type = b"<html>up</html>", "text/html"
     result = await prober(server.url, client).check()
