@@ -26,6 +26,14 @@ Boundary, outermost first:
   are the loopback names, ``STATUS_HOST``, the host of ``STATUS_PAGE_URL`` and
   ``STATUS_ALLOWED_HOSTS`` (``*`` = any), with or without a port; others get 421.
 * the token (`_TokenGuard`), then the routes.
+
+``/events`` resumes from ``Last-Event-ID`` (or ``?last_event_id=``) by re-reading the store,
+as it does for a stream that fell behind its live queue. Such a catch-up is bounded: it
+replays at most the newest `CATCH_UP_MAX` events (a client further behind gets an SSE
+comment saying so, then those events with their ids, then the live ones; the rest is in
+``/api/history``), it reads and formats `CATCH_UP_PAGE` events at a time in a worker thread,
+and at most `CATCH_UP_CONCURRENCY` such steps run at once (`ReplayGate`). A crowd of
+``Last-Event-ID: 0`` clients therefore cannot stall the loop the prober shares.
 """
 
 from __future__ import annotations
@@ -67,7 +75,7 @@ from watchdog.bus import EventBus, Subscription
 from watchdog.clock import RealClock
 from watchdog.config import ConfigError, Settings, is_loopback, status_bind_problem
 from watchdog.control_api import Control, control_routes
-from watchdog.events import Event, Kind
+from watchdog.events import Kind
 from watchdog.favicon import MEDIA_TYPE as FAVICON_TYPE
 from watchdog.favicon import (
     RANK,
@@ -85,7 +93,7 @@ from watchdog.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from watchdog.metrics import Metrics
 from watchdog.monitor import TargetStatus
 from watchdog.resources import host_snapshot
-from watchdog.sse import RESYNC, STOP, EventHub, Frame, format_sse
+from watchdog.sse import RESYNC, STOP, EventHub, Frame, ReplayGate, format_sse
 from watchdog.states import STATE_LABELS, TargetState
 from watchdog.store import EventStore
 from watchdog.tasks import TaskSupervisor
@@ -95,7 +103,16 @@ log = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/health"})
 HEARTBEAT_S = 15.0
-CATCH_UP_PAGE = 500
+# A catch-up replays at most the newest CATCH_UP_MAX events: about four live queues
+# (STREAM_QUEUE, 256), so a stream that overflowed or a page that reconnects after a short
+# outage still gets everything it missed in ordinary operation (erpwatch writes a few events
+# a minute, a crash loop a few dozen), while a replay from id 0 of a large history costs no
+# more than that (typically ~1 MB of frames; the page itself shows the newest 30).
+CATCH_UP_MAX = 1000
+CATCH_UP_PAGE = 100  # events read and formatted per worker-thread step
+# Catch-up steps at once: each occupies a thread of the default pool (at least 5 threads),
+# which /health's and /status's store reads need as well.
+CATCH_UP_CONCURRENCY = 2
 HISTORY_MAX = 10_000
 INCIDENTS_MAX = 500
 RECENT_EVENTS = 30
@@ -107,6 +124,9 @@ EVENT_ID_MAX = 2**63 - 1  # SQLite's INTEGER
 _SECRET_WORDS = ("password", "secret", "token", "credential")
 _STREAM_PRELUDE = f"retry: 2000\n: erpwatch {__version__}\n\n".encode()
 _HEARTBEAT = b": heartbeat\n\n"
+_CATCH_UP_LIMITED = (
+    f": catch-up limited to the newest {CATCH_UP_MAX} events; older ones: /api/history\n\n"
+).encode()
 
 
 class StatusSource(Protocol):
@@ -381,8 +401,10 @@ class _App:
         health: Callable[[], str | None] | None,
         heartbeat: float,
         host_resources: Callable[[], Mapping[str, Any]] | None = None,
+        replays: ReplayGate | None = None,
     ) -> None:
         self.settings = settings
+        self.replays = replays if replays is not None else ReplayGate(CATCH_UP_CONCURRENCY)
         self.host_resources = host_resources
         self.source = source
         self.store = store
@@ -568,9 +590,9 @@ class _App:
             last = stream.start_id if resume is None else resume
             yield _STREAM_PRELUDE
             if resume is not None:
-                async for event in self._catch_up(last):
-                    last = event.id or last
-                    yield format_sse(event).encode()
+                async for frames, sent in self._catch_up(last):
+                    last = sent
+                    yield frames
             while True:
                 try:
                     async with asyncio.timeout(self.heartbeat):  # no task per wait
@@ -581,9 +603,9 @@ class _App:
                 if item is STOP:
                     return
                 if item is RESYNC:
-                    async for event in self._catch_up(last):
-                        last = event.id or last
-                        yield format_sse(event).encode()
+                    async for frames, sent in self._catch_up(last):
+                        last = sent
+                        yield frames
                     continue
                 assert isinstance(item, Frame)
                 if item.id <= last:
@@ -593,15 +615,16 @@ class _App:
         finally:
             self.hub.close(stream)
 
-    async def _catch_up(self, after_id: int) -> AsyncIterator[Event]:
-        while True:
-            page = await asyncio.to_thread(
-                self.store.query, after_id=after_id, limit=CATCH_UP_PAGE, newest_first=False
-            )
-            for event in page:
-                yield event
-                after_id = event.id or after_id
-            if len(page) < CATCH_UP_PAGE:
+    async def _catch_up(self, after_id: int) -> AsyncIterator[tuple[bytes, int]]:
+        """The events after ``after_id`` as SSE frames, a page at a time, each with the
+        newest id it covers (bounded: see `_replay_step`)."""
+        end: int | None = None
+        while not self.hub.stopped:
+            step = await self.replays.run(_replay_step, self.store, after_id, end)
+            end, after_id = step.end, step.last_id
+            if step.frames:
+                yield step.frames, step.last_id
+            if step.done:
                 return
 
     # -- / ---------------------------------------------------------------------------------
@@ -654,6 +677,47 @@ class _App:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _ReplayStep:
+    frames: bytes  # SSE frames, ready to send
+    last_id: int  # the newest id they cover: the next step reads after it
+    end: int  # the newest id of this catch-up; later ones arrive on the live queue
+    done: bool
+
+
+def _replay_step(store: EventStore, after_id: int, end: int | None) -> _ReplayStep:
+    """One step of a catch-up (in a worker thread): read and format up to `CATCH_UP_PAGE`
+    events after ``after_id``, none above ``end``.
+
+    The first step (``end`` None) fixes the window: up to the newest id now, from at most
+    `CATCH_UP_MAX` ids below it (ids are unique, so at most that many events). A client
+    further behind skips the older ones and is told so in a comment (`_CATCH_UP_LIMITED`):
+    its Last-Event-ID then continues from the newest events, as after any reconnect."""
+    frames: list[bytes] = []
+    if end is None:
+        newest = store.query(limit=1)
+        end = max(after_id, newest[0].id or 0) if newest else after_id
+        floor = end - CATCH_UP_MAX
+        if after_id < floor:
+            older = store.query(after_id=after_id, limit=1, newest_first=False)
+            if older and (older[0].id or 0) <= floor:
+                frames.append(_CATCH_UP_LIMITED)
+            after_id = floor
+    page = (
+        store.query(after_id=after_id, limit=CATCH_UP_PAGE, newest_first=False)
+        if after_id < end
+        else []
+    )
+    last = after_id
+    for event in page:
+        if event.id is None or event.id > end:
+            break
+        frames.append(format_sse(event).encode())
+        last = event.id
+    done = last >= end or len(page) < CATCH_UP_PAGE
+    return _ReplayStep(b"".join(frames), last, end, done)
+
+
 class _TokenGuard:
     """Pure ASGI middleware (streams pass through untouched): bearer token or ``?token=``."""
 
@@ -694,14 +758,25 @@ def create_app(
     heartbeat: float = HEARTBEAT_S,
     host_resources: Callable[[], Mapping[str, Any]] | None = None,
     control: Control | None = None,
+    replays: ReplayGate | None = None,
 ) -> Starlette:
     """The status app. Live events reach ``/events`` through ``hub.publish`` (the
-    `StatusServer` feeds it from the bus); ``health`` may name a problem for ``/health``."""
+    `StatusServer` feeds it from the bus); ``health`` may name a problem for ``/health``;
+    ``replays`` bounds the catch-ups running at once (`CATCH_UP_CONCURRENCY` by default)."""
     hub = hub if hub is not None else EventHub()
     if metrics is None:
         metrics = Metrics(source.statuses, alert_stats, lambda: hub.count)
     state = _App(
-        settings, source, store, hub, metrics, alert_stats, health, heartbeat, host_resources
+        settings,
+        source,
+        store,
+        hub,
+        metrics,
+        alert_stats,
+        health,
+        heartbeat,
+        host_resources,
+        replays,
     )
     token = settings.status_token.get_secret_value() if settings.status_token else None
     app = Starlette(
@@ -812,6 +887,7 @@ class StatusServer:
         self._bus = bus
         self._probe_sample_interval = probe_sample_interval
         self.hub = EventHub()
+        self.replays = ReplayGate(CATCH_UP_CONCURRENCY)
         hub = self.hub
         self.metrics = Metrics(source.statuses, alert_stats, lambda: hub.count)
         self.app = create_app(
@@ -825,6 +901,7 @@ class StatusServer:
             heartbeat=heartbeat,
             host_resources=host_resources,
             control=control,
+            replays=self.replays,
         )
         self._server: _EmbeddedServer | None = None
         self._serve_task: asyncio.Task[None] | None = None

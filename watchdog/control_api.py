@@ -76,11 +76,19 @@ def control_routes(settings: Settings, control: Control | None) -> list[Route]:
 
 
 async def _reason(request: Request) -> str | JSONResponse:
-    body = await request.body()
+    """The ``reason`` of a JSON body. The body is never read past `MAX_BODY`: a declared
+    Content-Length above it is refused before reading, a body without one (chunked) as soon
+    as it grows past it."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        return _too_large()
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            return _too_large()
     if not body:
         return ""
-    if len(body) > MAX_BODY:
-        return _error(413, "request body too large")
     try:
         document = json.loads(body)
     except ValueError:
@@ -103,6 +111,13 @@ def _answer(answer: Mapping[str, Any]) -> JSONResponse:
     error = str(answer.get("error", ""))
     status = 404 if error.startswith("unknown target") else 409
     return JSONResponse(dict(answer), status_code=status)
+
+
+def _too_large() -> JSONResponse:
+    # The unread rest of the body makes the connection unusable: close it.
+    response = _error(413, f"request body too large (at most {MAX_BODY} bytes)")
+    response.headers["Connection"] = "close"
+    return response
 
 
 def _error(status: int, text: str) -> JSONResponse:

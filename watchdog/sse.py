@@ -3,15 +3,24 @@
 Every bus event is formatted and encoded once and handed to each open stream's bounded
 queue; a stream that falls behind is emptied and told to re-read what it missed from the store
 by id, so a stalled browser costs bounded memory, loses nothing and never blocks the publisher.
+
+Those re-reads (catch-ups) run through one `ReplayGate`: at most ``limit`` of them read and
+format the store at once, in worker threads; the others wait their turn.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
 
 from watchdog.events import Event
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 STREAM_QUEUE = 256  # events buffered per SSE client before it re-reads from the store
 
@@ -64,6 +73,10 @@ class EventHub:
     def count(self) -> int:
         return len(self._streams)
 
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
     def open(self) -> EventStream:
         stream = EventStream(asyncio.Queue(self.maxsize + 1), self.last_id)
         if self._stopped:
@@ -104,6 +117,44 @@ class EventHub:
     def _resync(stream: EventStream) -> None:
         _drain(stream.queue)
         stream.queue.put_nowait(RESYNC)
+
+
+class ReplayGate:
+    """At most ``limit`` catch-up steps (one store page read and formatted) at once, each in
+    a worker thread; the others wait, counted in `waiting`.
+
+    A slot is held for one step, never while its frames are sent: a client that stops
+    reading cannot keep one. A step whose caller is cancelled (the client hung up) keeps its
+    slot until its thread has finished, so `running` is never more than ``limit``.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("a replay gate needs at least one slot")
+        self.limit = limit
+        self.running = 0
+        self.waiting = 0
+        self._slots = asyncio.Semaphore(limit)
+
+    async def run(self, step: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.running += 1
+        try:
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(None, functools.partial(step, *args, **kwargs))
+        except BaseException:
+            self._release(None)
+            raise
+        future.add_done_callback(self._release)
+        return await asyncio.shield(future)
+
+    def _release(self, _: object) -> None:
+        self.running -= 1
+        self._slots.release()
 
 
 def _drain(queue: asyncio.Queue[StreamItem]) -> None:
