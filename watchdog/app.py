@@ -123,6 +123,7 @@ class Watchdog:
         self._leftovers = list(leftovers)
         self._reload_lock = asyncio.Lock()
         self._reloads: set[asyncio.Task[Any]] = set()
+        self._stopping = False  # set by `stop`: a reload then changes nothing
         self.store = EventStore(settings.event_db_path)
         self.bus = EventBus(self.store)
         self.ledger = ChildLedger(self.store)
@@ -221,9 +222,14 @@ class Watchdog:
         """Stop everything that runs, each step even when an earlier one failed; the
         ``watchdog-stopped`` event is recorded after the targets have stopped."""
         sdnotify.stopping("stopping targets")
+        self._stopping = True
         await self._attempt("closing the control socket", self.control.stop())
         for task in list(self._reloads):
             task.cancel()
+        # A reload still running (from the control socket or the API) finishes first: it
+        # could otherwise start a target after the targets were stopped (an orphan).
+        await self._attempt("waiting for a reload", self._reload_lock.acquire())
+        self._reload_lock.release()
         for name in WORKERS:
             await self._attempt(f"stopping {name}", self.tasks.cancel(name))
         await self._attempt("stopping the targets", self.supervisor.stop())
@@ -280,6 +286,8 @@ class Watchdog:
         added targets, stop removed ones, restart those whose process changed, apply
         changed supervision settings in place (``config-reloaded`` lists what changed)."""
         async with self._reload_lock:
+            if self._stopping:
+                return {"ok": False, "error": "erpwatch is stopping: nothing reloaded"}
             try:
                 settings = await asyncio.to_thread(load_settings, **self._overrides)
                 add_secrets(settings.secret_values())  # before anything logs about them

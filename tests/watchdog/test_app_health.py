@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import await_until
 from watchdog.app import Watchdog
 from watchdog.config import load_settings
 
@@ -25,3 +27,18 @@ async def test_store_trouble_degrades_health_but_keeps_the_systemd_ping(
     finally:
         await watchdog.bus.close()
         watchdog.store.close()
+
+
+async def test_a_reload_after_stop_began_changes_nothing(tmp_path: Path) -> None:
+    """stop() waits for a reload in progress and refuses later ones: a reload finishing
+    after the targets were stopped could start one again (an orphan)."""
+    settings = load_settings(command="sleep 60", log_path=tmp_path / "logs")
+    watchdog = Watchdog(settings, settings.targets_resolved())
+    await watchdog._reload_lock.acquire()  # a reload in progress
+    stopping = asyncio.create_task(watchdog.stop())
+    await await_until(lambda: watchdog._stopping, what="stop begun")
+    assert not stopping.done()  # it waits for the reload
+    watchdog._reload_lock.release()
+    await asyncio.wait_for(stopping, 30)
+    answer = await watchdog.reload(actor="test")
+    assert answer == {"ok": False, "error": "erpwatch is stopping: nothing reloaded"}
