@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import resource
+import shlex
 import signal
 import socket
 import subprocess
@@ -128,6 +130,48 @@ def test_signal_stops_all_targets_with_grandchildren_and_exits_0(
     kinds = run.kinds()
     assert ("backend", "stopped") in kinds and ("stubborn", "stopped") in kinds
     assert kinds[-1] == ("erpwatch", "watchdog-stopped")
+
+
+# A target whose daemon leaves its group and session and drops its whole environment
+# (ERPWATCH_TARGET marker included): re-parented to erpwatch, found by no stop of the target.
+# The middle process exits at once, so no walk of the target's tree sees the daemon.
+MARKERLESS_DAEMON = """
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        print("DAEMON", os.getpid(), flush=True)
+        os.execve(sys.executable, [sys.executable, "-c", "import time; time.sleep(300)"], {})
+    os._exit(0)
+time.sleep(300)
+"""
+
+
+def test_a_daemon_that_dropped_its_marker_does_not_outlive_erpwatch(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    command = shlex.join([sys.executable, "-c", MARKERLESS_DAEMON])
+    run = Run(tmp_path, {"ERPWATCH_COMMAND": command, "ERPWATCH_STOP_TIMEOUT": "1"})
+    runs.append(run)
+    out_log = tmp_path / "logs" / "backend.out.log"
+
+    def daemon() -> int | None:
+        for line in out_log.read_text().splitlines() if out_log.exists() else []:
+            if line.startswith("DAEMON "):
+                return int(line.split()[1])
+        return None
+
+    pid = wait_until(daemon, timeout=20, what="the daemon started")
+    assert pid is not None
+    proc = psutil.Process(pid)
+    try:
+        wait_until(lambda: proc.ppid() == run.proc.pid, timeout=10, what="adopted by erpwatch")
+        run.proc.send_signal(signal.SIGTERM)
+        assert run.proc.wait(30) == 0
+        assert not alive(pid)  # it lived on, re-parented to init
+    finally:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()  # by PID, should the check above have failed
 
 
 def test_crash_recorded_while_history_reads_concurrently(tmp_path: Path, runs: list[Run]) -> None:

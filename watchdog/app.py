@@ -233,6 +233,7 @@ class Watchdog:
         for name in WORKERS:
             await self._attempt(f"stopping {name}", self.tasks.cancel(name))
         await self._attempt("stopping the targets", self.supervisor.stop())
+        await self._attempt("ending adopted strays", self._end_strays())
         await self._attempt("stopping erpwatch's tasks", self.tasks.stop())
         await self._attempt(
             "recording watchdog-stopped",
@@ -246,6 +247,19 @@ class Watchdog:
             self.store.close()
         except Exception:
             log.exception("closing the event store failed")
+
+    async def _end_strays(self) -> None:
+        """What escaped a target without its marker dies with erpwatch, not after it."""
+        if not reaper.is_subreaper():
+            return
+        grace = max(self.settings.stop_timeout, 1.0)
+        ended = await asyncio.to_thread(reaper.end_strays, grace)
+        if ended:
+            log.warning(
+                "ended %d process(es) a target left without its ERPWATCH_TARGET marker: %s",
+                len(ended),
+                ", ".join(map(str, ended)),
+            )
 
     @staticmethod
     async def _attempt(what: str, step: Awaitable[Any]) -> None:

@@ -17,6 +17,7 @@ API (for ``watchdog/app.py``; only ``erpwatch run`` is a subreaper):
 
     is_subreaper() -> bool
     reap_strays(protected=None) -> list[tuple[int, int]]   # (pid, wait status) reaped
+    end_strays(grace) -> list[int]  # at shutdown: end the adopted children left (no marker)
     adopted(target, children=None) -> list[psutil.Process]  # a target's escaped processes
     claim(pid) / release(pid) / claimed() -> frozenset[int]
         # the children whose exit status belongs to a waiter (`ManagedProcess` claims its
@@ -171,6 +172,30 @@ def reap_strays(protected: Collection[int] | None = None) -> list[tuple[int, int
         if got == pid:
             reaped.append((pid, status))
     return reaped
+
+
+def end_strays(grace: float) -> list[int]:
+    """At shutdown, once every target is stopped: end every live child still adopted here
+    (not claimed, outside erpwatch's session), SIGTERM then SIGKILL after ``grace``. Such
+    a process escaped a target and dropped its marker (``setsid env -i ...``), so no stop
+    found it; it must not outlive erpwatch. Returns the pids signalled."""
+    session = os.getsid(0)
+    strays: list[psutil.Process] = []
+    for pid in own_children():
+        stat = _state_and_session(pid)
+        if pid in _claimed or stat is None or stat[0] == "Z" or stat[1] == session:
+            continue
+        with contextlib.suppress(psutil.Error):
+            strays.append(psutil.Process(pid))  # our child: its pid is not reused unreaped
+    for proc in strays:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(strays, timeout=grace)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=2.0)  # reaps them too (psutil waits for its children)
+    return [proc.pid for proc in strays]
 
 
 async def run(interval: float = REAP_INTERVAL) -> None:
