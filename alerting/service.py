@@ -358,7 +358,7 @@ class AlertService:
             self._store_trouble = None
             self.outbox.paused = None
             self._wake.set()
-            self.delivery.wake()
+            self.lanes.wake()  # every receiver's lane, not only mail's
             return
         self._store_trouble = trouble
         self.outbox.paused = trouble.reason
