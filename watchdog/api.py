@@ -19,9 +19,10 @@ Boundary, outermost first:
 * connections: at most ``ERPWATCH_STATUS_MAX_CONNECTIONS`` open at once (`_BoundedH11`, a
   uvicorn h11 protocol). One more closes the oldest idle connection (no request in progress:
   an idle flood or a slowloris cannot lock ``/health`` out), or, when every one is busy, is
-  answered 503 and closed. A connection that sends no request within `IDLE_TIMEOUT_S` is
-  closed. (uvicorn's own ``limit_concurrency`` only answers requests 503: idle sockets would
-  still pile up, holding descriptors, and lock every client out.)
+  answered 503 and closed. A connection that sends no request within `IDLE_TIMEOUT_S`, or
+  whose request head is not complete `IDLE_TIMEOUT_S` after its first byte, is closed.
+  (uvicorn's own ``limit_concurrency`` only answers requests 503: idle sockets would still
+  pile up, holding descriptors, and lock every client out.)
 * Host header (`_HostGuard`, DNS-rebinding defence, ``/health`` included): `allowed_hosts`
   are the loopback names, ``STATUS_HOST``, the host of ``STATUS_PAGE_URL`` and
   ``STATUS_ALLOWED_HOSTS`` (``*`` = any), with or without a port; others get 421.
@@ -230,6 +231,7 @@ class _BoundedH11(H11Protocol):
     max_connections = 100
     idle_timeout = IDLE_TIMEOUT_S
     opened_at = 0.0
+    _head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -244,6 +246,31 @@ class _BoundedH11(H11Protocol):
         self.timeout_keep_alive_task = self.loop.call_later(
             self.idle_timeout, self.timeout_keep_alive_handler
         )
+
+    def data_received(self, data: bytes) -> None:
+        # uvicorn cancels its idle timer at the first byte; a request head that trickles in
+        # (slowloris) would then hold the connection for ever: it gets `idle_timeout` from
+        # its first byte to be complete.
+        super().data_received(data)
+        if not self.is_idle():
+            self._cancel_head_timer()
+        elif self._head_timer is None and not self.transport.is_closing():
+            self._head_timer = self.loop.call_later(self.idle_timeout, self._head_too_slow)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self.is_idle() and not self.transport.is_closing():
+            log.debug("status server: a request head took over %gs; closing", self.idle_timeout)
+            self.transport.close()
 
     def is_idle(self) -> bool:
         return self.cycle is None or self.cycle.response_complete

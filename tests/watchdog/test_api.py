@@ -962,6 +962,33 @@ async def test_a_connection_without_a_request_is_closed_after_the_idle_timeout(
         await close_env(e)
 
 
+async def test_a_request_head_that_trickles_in_is_closed_after_the_idle_timeout(
+    tmp_path: Path,
+) -> None:
+    """Slowloris: a header line now and then, never the blank line that ends the head.
+    uvicorn's idle timer stops at the first byte; ours gives the head the idle timeout."""
+    e = await make_env(tmp_path, idle_timeout=0.3)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", e.server.port)
+        writer.write(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+
+        async def trickle() -> None:
+            for n in range(1000):  # 100 s of it, far past any deadline below
+                writer.write(b"X-Slow-%d: 1\r\n" % n)
+                await asyncio.sleep(0.1)
+
+        dripping = asyncio.create_task(trickle())
+        try:
+            closed = await asyncio.wait_for(reader.read(), 20)  # kept open before
+        finally:
+            dripping.cancel()
+            writer.close()
+        assert closed == b""
+        assert (await e.client.get("/health")).status_code == 200
+    finally:
+        await close_env(e)
+
+
 # --- what the status server imports -------------------------------------------------------------
 
 
