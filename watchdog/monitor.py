@@ -66,6 +66,10 @@ _STOP_SLACK = 7.0  # reaping after SIGKILL and its checks, on top of a stop's gr
 LATENCY_HISTORY = 30  # probes kept for the status's response-time history
 _MIN_WAIT = 0.01
 _TREE_REREAD = 0.02  # s: a round this soon after the last does not read the tree again
+# A dying process closes its sockets a moment before the kernel reports its exit: a check
+# refused in that moment waits this long for the exit, so a crash reads "crashed", not
+# "unhealthy" then "crashed".
+EXIT_SETTLE_S = 0.2
 
 
 class ManagedProcessLike(Protocol):
@@ -483,8 +487,19 @@ class TargetMonitor:
         self._cancel_probe()
         self._probe_pid = self._state.pid
         self._probe_task = asyncio.create_task(
-            self._prober.check(), name=f"erpwatch-probe-{self.name}"
+            self._check(self._prober), name=f"erpwatch-probe-{self.name}"
         )
+
+    async def _check(self, prober: ProberLike) -> ProbeResult:
+        result = await prober.check()
+        exiting, state = self._exit_wait, self._state
+        refused = result.status is ProbeStatus.FAILED and not result.answered
+        # Only for a process that answered before: one booting is forgiven anyway, and its
+        # next check must not wait (that would slow crash → healthy).
+        answered = state is not None and state.answered
+        if refused and not result.timed_out and answered and exiting and not exiting.done():
+            await asyncio.wait({exiting}, timeout=EXIT_SETTLE_S)  # see EXIT_SETTLE_S
+        return result
 
     def _cancel_probe(self) -> None:
         if self._probe_task is not None:

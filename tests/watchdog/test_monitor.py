@@ -218,6 +218,42 @@ async def test_crash_to_restarted_immediately(harness: Harness) -> None:
     assert harness.kinds() == ["started", "healthy", "crashed", "restarted", "healthy"]
 
 
+# Serves /health (HTTP/1.0: a new connection per check) until the trigger file appears,
+# then closes its socket and exits 0.1 s later: a crash's sockets close before its exit
+# shows (the kernel's window, widened).
+DYING_BACKEND = """
+import http.server, os, sys, threading, time
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"ok")
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Health)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.01)
+server.socket.close()
+time.sleep(0.1)
+os._exit(3)
+"""
+
+
+async def test_a_crash_refusing_checks_before_its_exit_shows_reads_crashed_only(
+    harness: Harness, tmp_path: Path
+) -> None:
+    port, trigger = free_port(), tmp_path / "die"
+    await harness.start(
+        harness.configs(
+            command=shlex.join([sys.executable, "-c", DYING_BACKEND, str(port), str(trigger)]),
+            health_url=f"http://127.0.0.1:{port}/health",
+        )
+    )
+    await harness.wait_kind("healthy")
+    trigger.write_text("")
+    await harness.wait_kind("crashed")
+    assert harness.kinds()[:3] == ["started", "healthy", "crashed"]  # no "unhealthy" first
+
+
 async def test_hang_to_restarted_after_threshold(harness: Harness, tmp_path: Path) -> None:
     _port, fault = await start_faulty_backend(harness, tmp_path)
     await harness.wait_kind("healthy")
