@@ -498,8 +498,24 @@ class TargetMonitor:
         # next check must not wait (that would slow crash → healthy).
         answered = state is not None and state.answered
         if refused and not result.timed_out and answered and exiting and not exiting.done():
-            await asyncio.wait({exiting}, timeout=EXIT_SETTLE_S)  # see EXIT_SETTLE_S
+            await self._exit_or(exiting, EXIT_SETTLE_S)  # see EXIT_SETTLE_S
         return result
+
+    async def _exit_or(self, exiting: asyncio.Future[ExitInfo], seconds: float) -> None:
+        """Until ``exiting`` is done or ``seconds`` passed on the monitor's clock."""
+        settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def done(_: object = None) -> None:
+            if not settled.done():
+                settled.set_result(None)
+
+        timer = self._clock.call_later(seconds, done)
+        exiting.add_done_callback(done)
+        try:
+            await settled
+        finally:
+            timer.cancel()
+            exiting.remove_done_callback(done)
 
     def _cancel_probe(self) -> None:
         if self._probe_task is not None:

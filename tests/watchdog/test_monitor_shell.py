@@ -14,7 +14,7 @@ from watchdog.clock import FakeClock
 from watchdog.config import TargetConfig, load_settings
 from watchdog.core import Hold, Release, RestartRequest
 from watchdog.events import Event
-from watchdog.monitor import LATENCY_HISTORY, TargetMonitor
+from watchdog.monitor import EXIT_SETTLE_S, LATENCY_HISTORY, TargetMonitor
 from watchdog.probe import CheckResult, ProbeResult, ProbeStatus
 from watchdog.process import ExitInfo, ProcessStartError, StopReport
 from watchdog.states import TargetState
@@ -419,7 +419,7 @@ async def test_latency_history_is_bounded_and_an_unanswered_probe_has_no_ms(rig:
     assert {(ms, status) for _age, ms, status in history} == {(1.0, "ok")}
     rig.prober.status, rig.prober.status_code = ProbeStatus.FAILED, None
     rig.prober.reason = "connection refused"
-    await rig.advance(0.2)
+    await rig.advance(0.2 + EXIT_SETTLE_S)  # refused while running: it waits for an exit first
     _age, ms, status = rig.monitor.status().latencies[-1]
     assert (ms, status) == (None, "failed")
     entry = rig.monitor.status().to_dict()["latencies"][-1]
