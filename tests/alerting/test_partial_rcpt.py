@@ -111,6 +111,17 @@ def envelopes(server: SmtpServer) -> list[list[str]]:
     return [to for _sender, to in server.recorder.envelopes]
 
 
+def refusing_lane(
+    tmp_path: Path, refusing: SmtpServer, store: EventStore, bus: EventBus, refuse: dict[str, str]
+) -> tuple[Delivery, Refusing, FakeClock]:
+    """A mail lane on a fake clock to the refusing server, which answers RCPT TO ``refuse``."""
+    recorder = refusing.recorder
+    assert isinstance(recorder, Refusing)
+    recorder.refuse.update(refuse)
+    clock = FakeClock()
+    return make_delivery(tmp_path, store, bus, refusing.port, clock), recorder, clock
+
+
 def next_try_in(delivery: Delivery, outbox_id: int) -> float:
     return delivery.retry_at[outbox_id] - delivery.clock.now()
 
@@ -118,11 +129,7 @@ def next_try_in(delivery: Delivery, outbox_id: int) -> float:
 async def test_recipient_refused_with_450_is_retried_alone_and_the_accepted_one_mailed_once(
     tmp_path: Path, refusing: SmtpServer, store: EventStore, bus: EventBus
 ) -> None:
-    clock = FakeClock()
-    recorder = refusing.recorder
-    assert isinstance(recorder, Refusing)
-    recorder.refuse[ONCALL] = BUSY
-    delivery = make_delivery(tmp_path, store, bus, refusing.port, clock)
+    delivery, recorder, clock = refusing_lane(tmp_path, refusing, store, bus, {ONCALL: BUSY})
     mail_id = await queue(delivery, (OPS, ONCALL))
 
     assert await delivery.drain() == 1
@@ -159,11 +166,7 @@ async def test_recipient_refused_with_450_is_retried_alone_and_the_accepted_one_
 async def test_recipient_refused_with_550_is_a_dead_letter_named_in_alert_failed(
     tmp_path: Path, refusing: SmtpServer, store: EventStore, bus: EventBus
 ) -> None:
-    clock = FakeClock()
-    recorder = refusing.recorder
-    assert isinstance(recorder, Refusing)
-    recorder.refuse[GONE] = NO_SUCH_USER
-    delivery = make_delivery(tmp_path, store, bus, refusing.port, clock)
+    delivery, recorder, clock = refusing_lane(tmp_path, refusing, store, bus, {GONE: NO_SUCH_USER})
     mail_id = await queue(delivery, (OPS, GONE))
 
     assert await delivery.drain() == 1
@@ -239,11 +242,7 @@ async def test_every_recipient_refused_keeps_the_whole_mail_classified_as_before
     store: EventStore,
     bus: EventBus,
 ) -> None:
-    clock = FakeClock()
-    recorder = refusing.recorder
-    assert isinstance(recorder, Refusing)
-    recorder.refuse.update({OPS: reply, ONCALL: reply})
-    delivery = make_delivery(tmp_path, store, bus, refusing.port, clock)
+    delivery, _, _ = refusing_lane(tmp_path, refusing, store, bus, {OPS: reply, ONCALL: reply})
     mail_id = await queue(delivery, (OPS, ONCALL))
     assert await delivery.drain() == 0
     ((only_id, (got, to, attempts, error)),) = rows(tmp_path).items()
@@ -256,11 +255,7 @@ async def test_every_recipient_refused_keeps_the_whole_mail_classified_as_before
 async def test_partial_acceptance_whose_commit_fails_is_recorded_later_and_not_resent(
     tmp_path: Path, refusing: SmtpServer, store: EventStore, bus: EventBus
 ) -> None:
-    clock = FakeClock()
-    recorder = refusing.recorder
-    assert isinstance(recorder, Refusing)
-    recorder.refuse[ONCALL] = BUSY
-    delivery = make_delivery(tmp_path, store, bus, refusing.port, clock)
+    delivery, _, _ = refusing_lane(tmp_path, refusing, store, bus, {ONCALL: BUSY})
     mail_id = await queue(delivery, (OPS, ONCALL))
     real = delivery.outbox.mark_partly_sent
     calls = 0

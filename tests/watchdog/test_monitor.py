@@ -129,18 +129,6 @@ def alive(pid: int) -> bool:
         return False
 
 
-# HTTP/1.0: it closes each connection, so every check needs a new descriptor.
-CLOSING_BACKEND = """
-import http.server, sys
-class Health(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200); self.end_headers(); self.wfile.write(b"ok")
-    def log_message(self, *args):
-        pass
-http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Health).serve_forever()
-"""
-
-
 async def test_out_of_fds_itself_erpwatch_judges_no_target_and_says_so(
     harness: Harness, tmp_path: Path
 ) -> None:
@@ -150,7 +138,9 @@ async def test_out_of_fds_itself_erpwatch_judges_no_target_and_says_so(
     port = free_port()
     await harness.start(
         harness.configs(
-            command=shlex.join([sys.executable, "-c", CLOSING_BACKEND, str(port)]),
+            command=shlex.join(
+                [sys.executable, "-c", DYING_BACKEND, str(port), str(tmp_path / "never")]
+            ),
             health_url=f"http://127.0.0.1:{port}/health",
         )
     )
@@ -218,9 +208,9 @@ async def test_crash_to_restarted_immediately(harness: Harness) -> None:
     assert harness.kinds() == ["started", "healthy", "crashed", "restarted", "healthy"]
 
 
-# Serves /health (HTTP/1.0: a new connection per check) until the trigger file appears,
-# then closes its socket and exits 0.1 s later: a crash's sockets close before its exit
-# shows (the kernel's window, widened).
+# Serves /health (HTTP/1.0: a new connection, a new descriptor per check) until the trigger
+# file appears, then closes its socket and exits 0.1 s later: a crash's sockets close
+# before its exit shows (the kernel's window, widened).
 DYING_BACKEND = """
 import http.server, os, sys, threading, time
 class Health(http.server.BaseHTTPRequestHandler):
