@@ -26,6 +26,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -37,7 +38,7 @@ from alerting.payloads import PayloadRenderer, note_severity
 from alerting.receivers import EMAIL, receivers_from
 from alerting.render import Mail, Renderer
 from alerting.stages import Ctx, Pipeline, Policy, RateLimiter, next_deadline
-from alerting.transport import DELIVERY_ERRORS, Transport, classify
+from alerting.transport import DELIVERY_ERRORS, PartlyAccepted, Transport, classify
 from watchdog.bus import EventBus, StoreTrouble, Subscription
 from watchdog.clock import Clock, RealClock
 from watchdog.config import Settings
@@ -387,7 +388,9 @@ class AlertService:
             log.exception("the store-trouble mail could not be sent")
 
     async def _send_direct(self, mail: Mail) -> None:
-        """Send ``mail`` now, bypassing the outbox; transient failures retry with backoff."""
+        """Send ``mail`` now, bypassing the outbox; transient failures retry with backoff.
+        Recipients the server refused while it took the mail for others are retried alone
+        (4xx) or given up with ``alert-failed`` (5xx); ``alert-sent`` names the accepted."""
         where = self.transport.describe()
         delay = self._retry_initial
         while True:
@@ -396,23 +399,11 @@ class AlertService:
                     response = await session.send(
                         mail.data, self.settings.alert_from, mail.recipients
                     )
-                break
             except DELIVERY_ERRORS as exc:
                 self.direct_failures += 1
                 error = classify(exc, self.transport.secrets())
                 if error.permanent:
-                    log.error(
-                        "the store-failing mail could not be sent via %s (%s); giving up",
-                        where,
-                        error.reason,
-                    )
-                    await self._publish_direct(
-                        Kind.ALERT_FAILED,
-                        f"store-failing mail could not be sent directly via {where}: "
-                        f"{error.reason}",
-                        mail,
-                        reason=error.reason,
-                    )
+                    await self._direct_failed(mail, error.reason)
                     return
                 log.warning(
                     "store-failing mail via %s failed (%s); retrying in %.1fs",
@@ -420,9 +411,36 @@ class AlertService:
                     error.reason,
                     delay,
                 )
-                await self.clock.sleep(delay)
-                delay = min(delay * 2, self._retry_max)
+            else:
+                refused = response.refused if isinstance(response, PartlyAccepted) else ()
+                gone = {r for group in refused for r in group.recipients}
+                accepted = replace(
+                    mail, recipients=tuple(r for r in mail.recipients if r not in gone)
+                )
+                await self._direct_sent(accepted, response)
+                retry: tuple[str, ...] = ()
+                for group in refused:
+                    if group.error.permanent:
+                        await self._direct_failed(
+                            replace(mail, recipients=group.recipients), group.error.reason
+                        )
+                    else:
+                        retry += group.recipients
+                if not retry:
+                    return
+                self.direct_failures += 1
+                mail = replace(mail, recipients=retry)
+                log.warning(
+                    "store-failing mail refused for %s; retrying them in %.1fs",
+                    ", ".join(retry),
+                    delay,
+                )
+            await self.clock.sleep(delay)
+            delay = min(delay * 2, self._retry_max)
+
+    async def _direct_sent(self, mail: Mail, response: str) -> None:
         self.direct_sent += 1
+        where = self.transport.describe()
         log.warning(
             "store-failing mail sent directly (not through the outbox) via %s to %s: %s",
             where,
@@ -433,6 +451,16 @@ class AlertService:
             Kind.ALERT_SENT,
             f"{self.transport.sent_text(mail, response)} (directly, not through the outbox)",
             mail,
+        )
+
+    async def _direct_failed(self, mail: Mail, reason: str) -> None:
+        where = self.transport.describe()
+        log.error("the store-failing mail could not be sent via %s (%s); giving up", where, reason)
+        await self._publish_direct(
+            Kind.ALERT_FAILED,
+            f"store-failing mail could not be sent directly via {where}: {reason}",
+            mail,
+            reason=reason,
         )
 
     async def _publish_direct(self, kind: Kind, message: str, mail: Mail, **details: Any) -> None:

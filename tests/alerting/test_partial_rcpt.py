@@ -23,8 +23,9 @@ import pytest
 from alerting.delivery import Delivery
 from alerting.outbox import EventBatch, OutboxRow
 from alerting.render import Mail
-from tests.alerting.conftest import PASSWORD, USER, Recorder, SmtpServer
+from tests.alerting.conftest import PASSWORD, USER, Recorder, SmtpServer, make_settings
 from tests.alerting.test_delivery_faults import SENDER, make_delivery
+from tests.helpers import await_until
 from watchdog.bus import EventBus
 from watchdog.clock import FakeClock
 from watchdog.events import Event, Kind, utcnow
@@ -280,3 +281,28 @@ async def test_partial_acceptance_whose_commit_fails_is_recorded_later_and_not_r
     assert state[mail_id][:3] == ("sent", [OPS], 1)
     assert [r[:3] for i, r in state.items() if i != mail_id] == [("pending", [ONCALL], 1)]
     assert [e.details["to"] for e in events(store, Kind.ALERT_SENT)] == [[OPS]]
+
+
+async def test_the_direct_store_failing_mail_splits_a_partial_refusal_too(
+    tmp_path: Path, refusing: SmtpServer
+) -> None:
+    """The mail sent directly while the store fails (no outbox row to split): the accepted
+    recipient is mailed once, the 4xx one retried alone until it goes, the 5xx one failed."""
+    from tests.alerting.test_store_trouble import fill_up, running, store_mails
+
+    recorder = refusing.recorder
+    assert isinstance(recorder, Refusing)
+    recorder.refuse.update({ONCALL: BUSY, GONE: NO_SUCH_USER})
+    settings = make_settings(tmp_path, refusing, alert_to=[OPS, ONCALL, GONE])
+    async with running(settings, tmp_path / "erpwatch.db") as (service, bus, store):
+        await bus.publish(Event.of("backend", Kind.HEALTHY, "ok"))
+        await bus.run_in_writer(fill_up, store)
+        await bus.publish(Event.of("backend", Kind.CRASHED, "crashed", pad="p" * 5000))
+        await await_until(lambda: store_mails(refusing), what="the direct mail")
+        assert envelopes(refusing) == [[OPS]]
+        await await_until(lambda: recorder.rcpt_calls.count(ONCALL) >= 2, what="a retry")
+        del recorder.refuse[ONCALL]  # its mailbox is back
+        await await_until(lambda: len(envelopes(refusing)) == 2, what="the retry accepted")
+        assert envelopes(refusing) == [[OPS], [ONCALL]]  # GONE never again, OPS once
+        assert recorder.rcpt_calls.count(GONE) == 1
+        await await_until(lambda: service.direct_sent == 2, what="the retry's QUIT")
