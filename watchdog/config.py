@@ -464,12 +464,17 @@ def url_host(url: str) -> str:
     return urlsplit(url).netloc.rsplit("@", 1)[-1]
 
 
+def _after_host(url: str) -> str:
+    """What follows ``scheme://netloc``: path, query and fragment as written."""
+    return url.partition("://")[2][len(urlsplit(url).netloc) :]
+
+
 def url_secrets(url: str) -> list[str]:
     """What of a URL must never be shown: the whole, what follows the host (a Slack or
     Teams URL's path is its token, a key may sit in the query) and a password in it."""
     parts = urlsplit(url)
+    after = _after_host(url)
     rest = url.partition("://")[2]
-    after = rest[len(parts.netloc) :]
     found = [url, rest, after, parts.path, parts.query] if after.strip("/") else []
     found.append(parts.password or "")
     return [value for value in found if len(value) >= 4 and value.strip("/")]
@@ -477,11 +482,8 @@ def url_secrets(url: str) -> list[str]:
 
 def url_shown(url: str) -> str:
     """A URL as it may be shown: scheme and host only (a webhook's path is its secret)."""
-    scheme = url.partition("://")[0]
-    host = url_host(url)
-    rest = url.partition("://")[2]
-    hidden = rest[len(urlsplit(url).netloc) :].strip("/")
-    return f"{scheme}://{host}/…" if hidden else f"{scheme}://{host}"
+    shown = f"{url.partition('://')[0]}://{url_host(url)}"
+    return f"{shown}/…" if _after_host(url).strip("/") else shown
 
 
 def parse_headers(text: str) -> dict[str, str]:

@@ -225,15 +225,20 @@ class Supervisor:
                 holds = {}
             for name, monitor in self.monitors.items():
                 monitor.held_at_start = holds.get(name.lower())
-        for config in self._configs:
-            if config.name not in self._pending and config.name not in self._started:
-                self._schedule_start(config)  # (a reload before start may have done so)
+        self._schedule_waiting()  # (a reload before start may have done some)
         independent = [c.name for c in self._configs if not c.after]
         await asyncio.gather(*(self._await_launch(name) for name in independent))
+
+    def _schedule_waiting(self) -> None:
+        """A start task for every target neither started nor waiting to start."""
+        for config in self._configs:
+            if config.name not in self._pending and config.name not in self._started:
+                self._schedule_start(config)
 
     def _schedule_start(self, config: TargetConfig) -> None:
         task = asyncio.create_task(self._start_one(config), name=f"start:{config.name}")
         self._pending[config.name] = task
+        self._start_failed.pop(config.name, None)
         task.add_done_callback(lambda done: self._start_done(config.name, done))
 
     def _start_done(self, name: str, task: asyncio.Task[None]) -> None:
@@ -249,7 +254,6 @@ class Supervisor:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        self._start_failed.pop(name, None)
 
     async def _start_one(self, config: TargetConfig) -> None:
         """Start ``config``'s monitor once its AFTER dependencies are healthy (each waits
@@ -345,8 +349,12 @@ class Supervisor:
         new = {c.name: c for c in ordered}
         old = {c.name: c for c in self._configs}
         report = ReloadReport()
-        for name in [n for n in reversed(list(old)) if n not in new]:
+        # Targets still waiting for their dependencies wait anew (at the end), for the
+        # current ones: their AFTER may change, a dependency be removed or replaced.
+        for name in list(self._pending):
             await self._cancel_start(name)
+        for name in [n for n in reversed(list(old)) if n not in new]:
+            self._start_failed.pop(name, None)
             await self._stop_one(name)
             monitor = self.monitors.pop(name)
             client = self._clients.pop(name, None)
@@ -360,14 +368,12 @@ class Supervisor:
             previous = old.get(name)
             if previous is None:
                 self.monitors[name] = self._new_monitor(config)
-                self._schedule_start(config)
                 report.added.append(name)
             elif previous == config:
                 report.unchanged.append(name)
             elif _process_changed(previous, config):
                 held = self.monitors[name].core_state
                 hold = None if held is None else held.held
-                await self._cancel_start(name)
                 await self._stop_one(name)
                 client = self._clients.pop(name, None)
                 if client is not None:
@@ -375,7 +381,6 @@ class Supervisor:
                 monitor = self._new_monitor(config)
                 monitor.held_at_start = hold
                 self.monitors[name] = monitor
-                self._schedule_start(config)
                 report.restarted.append(name)
             else:
                 monitor = self.monitors[name]
@@ -390,11 +395,7 @@ class Supervisor:
                     prober = self._prober_factory(config)
                 monitor.reconfigure(config, prober)
                 report.updated.append(name)
-        # Targets still waiting for their dependencies wait anew, for the current ones:
-        # their AFTER may have changed, a dependency been removed or replaced.
-        for name in list(self._pending):
-            await self._cancel_start(name)
-            self._schedule_start(new[name])
+        self._schedule_waiting()  # added, replaced and still waiting targets
         return report
 
     async def operate(
