@@ -70,7 +70,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from alerting import silences as alert_silences
-from watchdog import __version__
+from watchdog import __version__, heap
 from watchdog.availability import AvailabilityCache, load_incidents
 from watchdog.bus import EventBus, Subscription
 from watchdog.clock import RealClock
@@ -694,6 +694,7 @@ class _App:
             # Operate buttons exist only when HTTP control can work (a token is configured).
             control_enabled=self.settings.status_token is not None,
         )
+        heap.trim()  # what rendering (the first time, compiling the template) freed: ~1 ms
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     async def favicon(self, request: Request) -> Response:

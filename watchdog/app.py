@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from alerting.service import AlertService
-from watchdog import __version__, preflight, reaper, sdnotify
+from watchdog import __version__, heap, preflight, reaper, sdnotify
 from watchdog.bus import EventBus
 from watchdog.clock import Clock, RealClock
 from watchdog.config import (
@@ -332,6 +332,7 @@ class Watchdog:
             await self._publish(
                 CONFIG_RELOADED, message, actor=actor, settings_changed=changed, **report.to_dict()
             )
+            heap.trim()  # what validating the new settings freed
             return {"ok": True, "message": message, "changes": report.to_dict()}
 
     async def _publish(self, kind: str, message: str, **details: Any) -> None:
@@ -516,6 +517,7 @@ def run_service(
     (unknown variables) are logged first. `StartupError` when the event database cannot be
     opened or the status server cannot listen."""
     before, now, hard = raise_open_file_limit()  # before anything opens a descriptor
+    heap.one_arena()  # before any thread starts
     setup_logging(settings)
     hard_text = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
     if now != before:

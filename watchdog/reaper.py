@@ -73,7 +73,8 @@ def claimed() -> frozenset[int]:
 
 
 @functools.cache
-def _libc() -> ctypes.CDLL | None:
+def libc() -> ctypes.CDLL | None:
+    """This process's C library; None where ctypes cannot load it."""
     try:
         return ctypes.CDLL(None, use_errno=True)
     except OSError:
@@ -89,11 +90,11 @@ def become_subreaper() -> bool:
     """Make this process the child subreaper of its descendants; False when the platform
     cannot (not Linux, no prctl)."""
     global _subreaper
-    libc = _libc()
-    if libc is None or not hasattr(libc, "prctl"):
+    c = libc()
+    if c is None or not hasattr(c, "prctl"):
         return False
     try:
-        done = int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+        done = int(c.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
     except (OSError, ctypes.ArgumentError):
         return False
     if done:
@@ -109,12 +110,12 @@ def is_subreaper() -> bool:
 
 
 def _ask_subreaper() -> bool:
-    libc = _libc()
-    if libc is None or not hasattr(libc, "prctl"):
+    c = libc()
+    if c is None or not hasattr(c, "prctl"):
         return False
     value = ctypes.c_int(0)
     try:
-        if int(libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(value), 0, 0, 0)) != 0:
+        if int(c.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(value), 0, 0, 0)) != 0:
             return False
     except (OSError, ctypes.ArgumentError):
         return False
