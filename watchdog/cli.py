@@ -14,8 +14,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from watchdog import __version__
 from watchdog.commands import COMMANDS
+from watchdog.entry import version_line
 from watchdog.errors import ConfigError
 
 EXIT_CONFIG = 2
@@ -78,7 +78,7 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
 
     def __call__(self, parser: argparse.ArgumentParser, *_args: object) -> None:
-        print(f"erpwatch {__version__}")
+        print(version_line())
         parser.exit()
 
 

@@ -128,6 +128,40 @@ def test_version_prints_one_line_and_exits_zero(capsys: pytest.CaptureFixture[st
     assert capsys.readouterr().out == f"erpwatch {__version__}\n"
 
 
+def test_console_script_answers_version_before_importing_argparse(tmp_path: Path) -> None:
+    """``erpwatch --version`` (the console script `watchdog.entry.main`) prints what the
+    parser prints, importing nothing but itself (argparse, re and gettext were half of the
+    command's start)."""
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"erpwatch": "watchdog.entry:main"}
+    code = (
+        "import sys\nbefore = set(sys.modules)\nfrom watchdog.entry import main\n"
+        "code = main(['--version'])\nprint(code, sorted(set(sys.modules) - before))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    from watchdog import __version__
+
+    assert done.stdout == f"erpwatch {__version__}\n0 ['watchdog', 'watchdog.entry']\n"
+
+
+@pytest.mark.parametrize("args", [["--vers"], ["--version", "status"]])
+def test_console_script_hands_other_version_forms_to_the_parser(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from watchdog import __version__
+    from watchdog.entry import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"erpwatch {__version__}\n"
+
+
 @pytest.mark.parametrize("args", [["--help"], ["-h"], ["--he"], ["-h", "status"]])
 def test_help_lists_every_command(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     from watchdog.cli import main
