@@ -651,12 +651,15 @@ def write_report(results: dict[str, Any], out_dir: Path) -> None:
         "",
         *(
             [
-                f"Rows {', '.join(r['kept_rows']['rows'])} are from the earlier run "
-                f"`{r['kept_rows']['of']}` on {r['kept_rows']['from']}, measured with the "
-                "code of that run, not re-measured since.",
+                " ".join(
+                    f"{rows_are(group['rows'])} from the earlier run "
+                    f"`{group['of']}` on {group['from']}, measured with the code of that run, "
+                    "not re-measured since."
+                    for group in kept_groups(r)
+                ),
                 "",
             ]
-            if r.get("kept_rows")
+            if kept_groups(r)
             else []
         ),
         f"- Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, {m['os']}, "
@@ -1007,11 +1010,10 @@ def readme_table(r: dict[str, Any]) -> str:
         "include their hang-detecting helper (httpok, the watchdog plugin). monit (default "
         "timeouts) differs from monit only in its timeouts: its orphan, RSS and CPU cells "
         "are monit's."
-        + (
-            f" Rows from {', '.join(r['kept_rows']['rows'])} are from the earlier run of "
-            f"{r['kept_rows']['from'][:10]} (with that run's code)."
-            if r.get("kept_rows")
-            else ""
+        + "".join(
+            f" {rows_are(group['rows'])} from the earlier run of "
+            f"{group['from'][:10]} (with that run's code)."
+            for group in kept_groups(r)
         ),
         "",
         head,
@@ -1049,6 +1051,31 @@ def readme_table(r: dict[str, Any]) -> str:
 
 NOTES_FILE = BENCH_DIR / "NOTES.md"
 ROWS = ["crash", "hang", "overhead", "scale", "footprint", "store", "alerts", "orphans"]
+
+
+def kept_groups(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows ``results`` kept from earlier runs, one group per run (``rows``, ``from``,
+    ``of``); an older results.json kept from one run only (a single group, not a list)."""
+    kept = results.get("kept_rows") or []
+    return [kept] if isinstance(kept, dict) else list(kept)
+
+
+def rows_are(rows: list[str]) -> str:
+    return f"Row {rows[0]} is" if len(rows) == 1 else f"Rows {', '.join(rows)} are"
+
+
+def kept_from(earlier: dict[str, Any], rows: list[str]) -> list[dict[str, Any]]:
+    """Where each of ``rows`` taken from ``earlier`` was measured: by ``earlier``'s own run,
+    or, for a row that run had itself kept, by the run it was kept from."""
+    origin = {row: (earlier["date"], earlier["command"]) for row in rows}
+    for group in kept_groups(earlier):
+        for row in group["rows"]:
+            if row in origin:
+                origin[row] = (group["from"], group["of"])
+    groups: dict[tuple[str, str], list[str]] = {}
+    for row in rows:
+        groups.setdefault(origin[row], []).append(row)
+    return [{"rows": kept, "from": date, "of": command} for (date, command), kept in groups.items()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1127,7 +1154,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if earlier is not None:
         kept = [key for key in rows if key not in args.only]
-        results["kept_rows"] = {"rows": kept, "from": earlier["date"], "of": earlier["command"]}
+        results["kept_rows"] = kept_from(earlier, kept)
         for key in kept:
             empty[key] = earlier.get(key, empty[key])
     try:
