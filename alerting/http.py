@@ -9,8 +9,11 @@
 * permanent, a dead letter with the status and the start of the response: any other 4xx,
   and 3xx (a redirect is not followed: the URL is wrong).
 
-At most `RESPONSE_READ_MAX` bytes of a response are read, and the whole exchange has one
-deadline (the receiver's timeout). A webhook URL is a secret (its
+At most `RESPONSE_READ_MAX` bytes of a response are read, as they came over the wire: the
+request asks for ``Accept-Encoding: identity`` and a body encoded anyway (gzip, ...) is
+never decoded (a few KiB of doubly gzipped zeros inflate to gigabytes, a whole network read
+at a time) and not quoted in a reason. The whole exchange has one deadline (the receiver's
+timeout). A webhook URL is a secret (its
 path carries the token): only the receiver's name and host appear in logs, reasons and
 events, and the headers of ``ERPWATCH_WEBHOOK_HEADERS`` and the signing key never do.
 """
@@ -136,6 +139,7 @@ class HttpTransport:
         headers = {
             "content-type": "application/json",
             "user-agent": USER_AGENT,
+            "accept-encoding": "identity",
             "x-erpwatch-delivery": hashlib.sha256(data).hexdigest()[:24],
             **self.headers,
         }
@@ -184,7 +188,7 @@ class _HttpSession:
                 response = await client.send(request, stream=True)
                 try:
                     head = b""
-                    async for chunk in response.aiter_bytes():
+                    async for chunk in response.aiter_raw():  # never inflated
                         head += chunk
                         if len(head) >= RESPONSE_READ_MAX:
                             break
@@ -202,7 +206,8 @@ class _HttpSession:
                 permanent=isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL),
                 whole_batch=isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout),
             ) from None
-        text = " ".join(head[:200].decode("utf-8", "replace").split())
+        encoded = response.headers.get("content-encoding", "identity").lower() != "identity"
+        text = "" if encoded else " ".join(head[:200].decode("utf-8", "replace").split())
         error = classify_response(response.status_code, text, response.headers, self._now())
         if error is not None:
             raise DeliveryError(
