@@ -13,9 +13,11 @@ At most `RESPONSE_READ_MAX` bytes of a response are read, as they came over the 
 request asks for ``Accept-Encoding: identity`` and a body encoded anyway (gzip, ...) is
 never decoded (a few KiB of doubly gzipped zeros inflate to gigabytes, a whole network read
 at a time) and not quoted in a reason. The whole exchange has one deadline (the receiver's
-timeout). A webhook URL is a secret (its
-path carries the token): only the receiver's name and host appear in logs, reasons and
-events, and the headers of ``ERPWATCH_WEBHOOK_HEADERS`` and the signing key never do.
+timeout); once the status line has come, a body cut short by it (or by a lost connection)
+changes nothing: the status decides, so a 2xx dripping its body is delivered, not posted
+again on every retry. A webhook URL is a secret (its path carries the token): only the
+receiver's name and host appear in logs, reasons and events, and the headers of
+``ERPWATCH_WEBHOOK_HEADERS`` and the signing key never do.
 """
 
 from __future__ import annotations
@@ -180,6 +182,8 @@ class _HttpSession:
         assert client is not None
         body, headers = transport.request(data)
         secrets = transport.secrets()
+        response: httpx.Response | None = None  # once its status line and headers came
+        head = b""
         try:
             # One deadline for the whole exchange: httpx's timeouts are per read, so a
             # receiver dripping a byte at a time would otherwise hold the lane for hours.
@@ -187,7 +191,6 @@ class _HttpSession:
                 request = client.build_request("POST", transport.url, content=body, headers=headers)
                 response = await client.send(request, stream=True)
                 try:
-                    head = b""
                     async for chunk in response.aiter_raw():  # never inflated
                         head += chunk
                         if len(head) >= RESPONSE_READ_MAX:
@@ -195,17 +198,21 @@ class _HttpSession:
                 finally:
                     await response.aclose()
         except TimeoutError:
-            raise DeliveryError(
-                f"no complete answer within {transport.timeout:g}s",
-                permanent=False,
-                whole_batch=False,
-            ) from None
+            if response is None:
+                raise DeliveryError(
+                    f"no complete answer within {transport.timeout:g}s",
+                    permanent=False,
+                    whole_batch=False,
+                ) from None
         except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
-            raise DeliveryError(
-                redact(f"{type(exc).__name__}: {exc}", secrets),
-                permanent=isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL),
-                whole_batch=isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout),
-            ) from None
+            if response is None:
+                raise DeliveryError(
+                    redact(f"{type(exc).__name__}: {exc}", secrets),
+                    permanent=isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL),
+                    whole_batch=isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout),
+                ) from None
+        # The status decides, also when the body was cut short (deadline, lost connection): a
+        # 2xx means the receiver took the notification, and a retry would post it again.
         encoded = response.headers.get("content-encoding", "identity").lower() != "identity"
         text = "" if encoded else " ".join(head[:200].decode("utf-8", "replace").split())
         error = classify_response(response.status_code, text, response.headers, self._now())
