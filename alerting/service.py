@@ -53,6 +53,10 @@ log = logging.getLogger(__name__)
 INBOX_BATCH = 500  # events read per pipeline step
 FAULT_TEXT_MAX = 500  # characters of an exception kept in a watchdog-fault event
 WORKERS = ("alerting-listen", "alerting-pipeline")  # and a delivery lane per receiver
+# The wall time of the last step's commit, in ``alert_state``: the saved instants are mapped
+# back through the wall clock (`TimeBase`), and a clock stepped back since then would put
+# them (a group wait's end, the rate limiter's sends) hours ahead.
+SAVED_AT = "saved_at"
 
 
 class AlertService:
@@ -315,6 +319,7 @@ class AlertService:
             f"target:{name}": self.book.track(name).to_json(base) for name in ctx.touched
         }
         state["limiter"] = self.limiter.to_json(base)
+        state[SAVED_AT] = wall.isoformat()
         await self.bus.run_in_writer(
             self.outbox.commit_step, batch, state, mails, ctx.decisions, wall
         )
@@ -504,7 +509,10 @@ class AlertService:
     async def _restore(self) -> None:
         state = await self.bus.run_in_writer(self.outbox.load_state)
         self._cursor = await self.bus.run_in_writer(self.outbox.cursor)
-        base = TimeBase(self.clock.now(), self.wall())
+        wall = self.wall()
+        if SAVED_AT in state:  # saved "later" than now: the clock went back, no time passed
+            wall = max(wall, datetime.fromisoformat(state[SAVED_AT]))
+        base = TimeBase(self.clock.now(), wall)
         self.book = IncidentBook()
         self.limiter = RateLimiter(self.policy.rate_limit, self.policy.rate_window)
         for key, value in state.items():
