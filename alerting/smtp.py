@@ -13,9 +13,10 @@ from __future__ import annotations
 import ssl
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiosmtplib
+from aiosmtplib import SMTPResponse
 
 from alerting.transport import DeliveryError, PartlyAccepted, Refused, classify, redact
 
@@ -29,6 +30,25 @@ if TYPE_CHECKING:
 SMTP_ERRORS: tuple[type[Exception], ...] = (aiosmtplib.SMTPException, OSError, EOFError, ValueError)
 
 _CLOSING = 421  # "service not available, closing transmission channel"
+# The wait for the reply to a mail's DATA, RFC 5321 4.5.3.2 (the "DATA Termination" time):
+# a server that is slow there (a content scanner, a busy relay) has the whole mail, and
+# giving up after SMTP_TIMEOUT sends it again on every retry while the server stays slow.
+DATA_REPLY_TIMEOUT = 600.0
+
+
+class _Client(aiosmtplib.SMTP):
+    """aiosmtplib's client, waiting `DATA_REPLY_TIMEOUT` (or SMTP_TIMEOUT, if longer) for
+    DATA's replies; every other command keeps SMTP_TIMEOUT. erpwatch's stop cancels a wait."""
+
+    async def data(
+        self,
+        message: str | bytes,
+        /,
+        *,
+        timeout: Any = None,  # noqa: ASYNC109 (aiosmtplib's signature; not used)
+    ) -> SMTPResponse:
+        wait = max(self.timeout or 0.0, DATA_REPLY_TIMEOUT)
+        return await super().data(message, timeout=wait)
 
 
 def _connection_broken(code: int) -> bool:
@@ -71,13 +91,13 @@ class SmtpSession:
         self._secrets = transport.secrets()
         self._client: aiosmtplib.SMTP | None = None
 
-    def _new_client(self) -> aiosmtplib.SMTP:
+    def _new_client(self) -> _Client:
         transport = self._transport
         context = None
         if transport.security != "none":
             cafile = str(transport.ca_file) if transport.ca_file else None
             context = ssl.create_default_context(cafile=cafile)
-        return aiosmtplib.SMTP(
+        return _Client(
             hostname=transport.host,
             port=transport.port,
             username=transport.username if self._password is not None else None,
