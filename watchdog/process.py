@@ -961,13 +961,21 @@ class ManagedProcess:
         return self._strays()
 
     def _strays(self) -> list[psutil.Process]:
-        """Those seen before, still alive, with their descendants, and the escaped ones."""
+        """Those seen before, still alive, with their descendants, and the escaped ones.
+
+        A process found below one walked already is not walked again: its subtree is in.
+        Walking each from scratch cost O(depth x tree): a 300-deep chain held the event
+        loop for over a second on every crash, stop and sweep round."""
         for proc in self.escaped():
             self._known.setdefault(proc.pid, proc)
+        walked: set[int] = set()
         for proc in list(self._known.values()):
-            if is_alive(proc):
-                with contextlib.suppress(psutil.Error):
-                    self._remember(_walk(proc.pid))
+            if proc.pid in walked or not is_alive(proc):
+                continue
+            with contextlib.suppress(psutil.Error):
+                pairs = _walk(proc.pid)
+                walked.update(pid for pid, _parent in pairs)
+                self._remember(pairs)
         return list(self._known.values())
 
     def escaped(self, *, max_age: float = 0.0) -> list[psutil.Process]:
