@@ -395,6 +395,7 @@ class LogFile:
         written is dropped and counted."""
         if not data:
             return
+        self._follow_path()
         if self._pending and (self._fd is not None or self._reopen()):
             count, self._pending = self._pending, 0
             if self._put(self._notice(count), counted=False):
@@ -406,6 +407,25 @@ class LogFile:
         self._put(data)
         if not self._pending:
             self._failing = None  # e.g. a failed rename: nothing was lost
+
+    def _follow_path(self) -> None:
+        """The open file was deleted (``rm -rf LOG_PATH``): writing on would fill a file
+        nobody can read, holding its space, until ``max_bytes``. Close it (said once), so
+        the write starts a new file at the path, making the directory again. One fstat a
+        write, which is one read of the pipe (up to `READ_CHUNK` bytes)."""
+        fd = self._fd
+        if fd is None:
+            return
+        try:
+            deleted = os.fstat(fd).st_nlink == 0
+        except OSError:
+            return
+        if deleted:
+            self.close()
+            self._size = self._used = 0
+            self._at_line_start = True
+            if self._report is not None:
+                self._report(f"{self.path}: deleted while open; writing a new file")
 
     def _notice(self, count: int) -> bytes:
         lead = "" if self._at_line_start else "\n"
