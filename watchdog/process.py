@@ -43,7 +43,8 @@ ADDITIONS:
         # share a single /proc scan between many targets in the same sampling round.
     ManagedProcess.escaped() -> list[psutil.Process]
         # processes of this target that left its tree (double-forked daemons re-parented to
-        # erpwatch as the subreaper, see `watchdog.reaper`) and their descendants
+        # erpwatch as the subreaper, see `watchdog.reaper`), by their marker or, without
+        # one (``setsid env -i``), by the output pipe they hold; and their descendants
     ManagedProcess.dropped_log_bytes -> int           # output lost to write errors (ENOSPC)
     ppid_map() -> dict[int, int]                      # pid -> parent pid of every process
     descendants(pid) -> list[int]                     # O(tree) via /proc/<pid>/task/*/children
@@ -739,6 +740,9 @@ class ManagedProcess:
         # Descendants seen so far (by stop() or tree_pids()): those that left the group via
         # setsid cannot be found through the group once the child is gone.
         self._known: dict[int, psutil.Process] = {}
+        # The inodes of the last run's output pipes: whoever holds one is this target's
+        # (an escapee without the marker, see `reaper.holding`).
+        self._pipes: frozenset[int] = frozenset()
 
     @property
     def running(self) -> bool:
@@ -781,6 +785,7 @@ class ManagedProcess:
                 err_r, err_w = os.pipe2(os.O_CLOEXEC)
                 writers.append(err_w)
                 self._attach(err_r, self._err_log, tail)
+                pipes = frozenset(os.fstat(fd).st_ino for fd in (out_r, err_r))
             except OSError as exc:
                 raise ProcessStartError(
                     f"cannot create the output pipes of {self.name}: {_describe_os_error(exc)}"
@@ -821,6 +826,7 @@ class ManagedProcess:
         self.started_at = self._clock.now()
         self.exit_info = None
         self._known = {}
+        self._pipes = pipes
         self._tail = tail
         self._exited = asyncio.get_running_loop().create_future()
         self._watch(proc, self._exited)
@@ -1000,8 +1006,10 @@ class ManagedProcess:
 
     def escaped(self, *, max_age: float = 0.0) -> list[psutil.Process]:
         """This target's processes that left its tree and were re-parented to erpwatch (when
-        it is the subreaper), with their descendants. ``max_age``: see `reaper.adopted`."""
+        it is the subreaper): by the marker, or by one of its output pipes they hold (the
+        marker dropped); with their descendants. ``max_age``: see `reaper.adopted`."""
         found = reaper.adopted(self.marker, max_age=max_age)
+        found += reaper.holding(self._pipes, max_age=max_age)
         result = list(found)
         for proc in found:
             with contextlib.suppress(psutil.Error):

@@ -19,6 +19,7 @@ API (for ``watchdog/app.py``; only ``erpwatch run`` is a subreaper):
     reap_strays(protected=None) -> list[tuple[int, int]]   # (pid, wait status) reaped
     end_strays(grace) -> list[int]  # at shutdown: end the adopted children left (no marker)
     adopted(target, children=None) -> list[psutil.Process]  # a target's escaped processes
+    holding(pipes) -> list[psutil.Process]  # unmarked ones holding one of a target's pipes
     claim(pid) / release(pid) / claimed() -> frozenset[int]
         # the children whose exit status belongs to a waiter (`ManagedProcess` claims its
         # Popen child): the stray reaper never touches them.
@@ -53,6 +54,8 @@ MARKER = "ERPWATCH_TARGET"  # in every target's environment: ERPWATCH_TARGET=<ta
 REAP_INTERVAL = 1.0  # seconds between passes of the stray reaper (a zombie waits at most that)
 PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
+UNMARKED = ""  # `adopted`'s key for children without a marker (see `holding`)
+_FD_SCAN_MAX = 1024  # descriptors of one unmarked child looked at for a target's pipe
 
 _claimed: set[int] = set()
 _index: tuple[float, dict[str, list[psutil.Process]]] | None = None  # see `adopted`
@@ -239,7 +242,8 @@ def adopted(
 
 
 def _escapees(children: Iterable[int]) -> dict[str, list[psutil.Process]]:
-    """Marker value → the unclaimed children of this process that carry it."""
+    """Marker value → the unclaimed children of this process that carry it (`UNMARKED`:
+    those that carry none)."""
     me = os.getpid()
     prefix = f"{MARKER}=".encode()
     index: dict[str, list[psutil.Process]] = {}
@@ -253,6 +257,30 @@ def _escapees(children: Iterable[int]) -> dict[str, list[psutil.Process]]:
             values = [
                 e[len(prefix) :].decode(errors="replace") for e in entries if e.startswith(prefix)
             ]
-            if values and proc.ppid() == me:
-                index.setdefault(values[0], []).append(proc)
+            if proc.ppid() == me:
+                index.setdefault(values[0] if values else UNMARKED, []).append(proc)
     return index
+
+
+def holding(pipes: Collection[int], *, max_age: float = 0.0) -> list[psutil.Process]:
+    """Unmarked children of this process (when it is a subreaper) that hold one of
+    ``pipes`` (pipe inodes): a target's escapee that dropped its environment (``setsid env
+    -i ...``) is still proven the target's by the output pipe it inherited from it.
+    ``max_age``: as for `adopted`."""
+    if not pipes:
+        return []
+    wanted = {f"pipe:[{inode}]" for inode in pipes}
+    return [proc for proc in adopted(UNMARKED, max_age=max_age) if _holds(proc.pid, wanted)]
+
+
+def _holds(pid: int, links: Collection[str]) -> bool:
+    """One of ``pid``'s first `_FD_SCAN_MAX` descriptors links to one of ``links``."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds[:_FD_SCAN_MAX]:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in links:
+                return True
+    return False
