@@ -22,7 +22,10 @@ Boundary, outermost first:
   answered 503 and closed. A connection that sends no request within `IDLE_TIMEOUT_S`, or
   whose request head is not complete `IDLE_TIMEOUT_S` after its first byte, is closed.
   (uvicorn's own ``limit_concurrency`` only answers requests 503: idle sockets would still
-  pile up, holding descriptors, and lock every client out.)
+  pile up, holding descriptors, and lock every client out.) A connection whose peer reads
+  nothing of what is waiting for it (writing paused) for `WRITE_TIMEOUT_S` is dropped: it
+  is busy, so it could never be closed as idle, and a few such ones would lock ``/health``
+  out for ever.
 * Host header (`_HostGuard`, DNS-rebinding defence, ``/health`` included): `allowed_hosts`
   are the loopback names, ``STATUS_HOST``, the host of ``STATUS_PAGE_URL`` and
   ``STATUS_ALLOWED_HOSTS`` (``*`` = any), with or without a port; others get 421.
@@ -120,6 +123,7 @@ RECENT_EVENTS = 30
 PAGE_INCIDENTS = 10  # incidents the page lists
 SHUTDOWN_GRACE_S = 2
 IDLE_TIMEOUT_S = 5.0  # a connection without a request is closed after this (uvicorn: 5 s)
+WRITE_TIMEOUT_S = 30.0  # a peer that accepts none of our buffered output for this is dropped
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 EVENT_ID_MAX = 2**63 - 1  # SQLite's INTEGER
 _SECRET_WORDS = ("password", "secret", "token", "credential")
@@ -230,8 +234,10 @@ class _BoundedH11(H11Protocol):
 
     max_connections = 100
     idle_timeout = IDLE_TIMEOUT_S
+    write_timeout = WRITE_TIMEOUT_S
     opened_at = 0.0
     _head_timer: asyncio.TimerHandle | None = None
+    _write_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -259,7 +265,29 @@ class _BoundedH11(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_write_timer()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        # The transport's buffer is over its high-water mark: the peer is not reading.
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(self.write_timeout, self._write_stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._cancel_write_timer()
+
+    def _cancel_write_timer(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_stalled(self) -> None:
+        """Abort, not close: close() would wait for the buffer to drain, for ever."""
+        self._write_timer = None
+        log.warning("status server: a client read nothing for %gs; dropping it", self.write_timeout)
+        self.transport.abort()
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -289,7 +317,9 @@ class _BoundedH11(H11Protocol):
 
 
 def bounded_protocol(
-    max_connections: int, idle_timeout: float = IDLE_TIMEOUT_S
+    max_connections: int,
+    idle_timeout: float = IDLE_TIMEOUT_S,
+    write_timeout: float = WRITE_TIMEOUT_S,
 ) -> type[H11Protocol]:
     """The uvicorn ``http`` protocol class: at most ``max_connections`` open connections."""
 
@@ -298,6 +328,7 @@ def bounded_protocol(
 
     BoundedH11.max_connections = max_connections
     BoundedH11.idle_timeout = idle_timeout
+    BoundedH11.write_timeout = write_timeout
     return BoundedH11
 
 
@@ -905,9 +936,11 @@ class StatusServer:
         tasks: TaskSupervisor | None = None,
         idle_timeout: float = IDLE_TIMEOUT_S,
         control: Control | None = None,
+        write_timeout: float = WRITE_TIMEOUT_S,
     ) -> None:
         check_bind(settings)
         self._idle_timeout = idle_timeout
+        self._write_timeout = write_timeout
         self._extra_health = health
         self._settings = settings
         self._source = source
@@ -977,7 +1010,9 @@ class StatusServer:
             lifespan="off",
             timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
             server_header=False,
-            http=bounded_protocol(self._settings.status_max_connections, self._idle_timeout),
+            http=bounded_protocol(
+                self._settings.status_max_connections, self._idle_timeout, self._write_timeout
+            ),
             # No WebSocket routes: without this uvicorn imports websockets or wsproto
             # when the environment has one (uvicorn[standard] does): 0.6 MiB for nothing.
             ws="none",
