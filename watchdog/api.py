@@ -18,9 +18,12 @@ Boundary, outermost first:
 
 * connections: at most ``ERPWATCH_STATUS_MAX_CONNECTIONS`` open at once (`_BoundedH11`, a
   uvicorn h11 protocol). One more closes the oldest idle connection (no request in progress:
-  an idle flood or a slowloris cannot lock ``/health`` out), or, when every one is busy, is
-  answered 503 and closed. A connection that sends no request within `IDLE_TIMEOUT_S`, or
-  whose request head is not complete `IDLE_TIMEOUT_S` after its first byte, is closed.
+  an idle flood or a slowloris cannot lock ``/health`` out), else the oldest ``/events``
+  stream (busy for as long as it is open, so open pages or streams that are never read
+  would lock ``/health`` out; EventSource reconnects and resumes from its Last-Event-ID),
+  or, when every one is busy with something else, is answered 503 and closed. A
+  connection that sends no request within `IDLE_TIMEOUT_S`, or whose request head is not
+  complete `IDLE_TIMEOUT_S` after its first byte, is closed.
   (uvicorn's own ``limit_concurrency`` only answers requests 503: idle sockets would still
   pile up, holding descriptors, and lock every client out.) A connection whose peer reads
   nothing of what is waiting for it (writing paused) for `WRITE_TIMEOUT_S` is dropped: it
@@ -106,6 +109,7 @@ from watchdog.templating import LazyEnvironment
 log = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/health"})
+STREAM_PATHS = frozenset({"/events"})  # responses that last as long as the client stays
 HEARTBEAT_S = 15.0
 # A catch-up replays at most the newest CATCH_UP_MAX events: about four live queues
 # (STREAM_QUEUE, 256), so a stream that overflowed or a page that reconnects after a short
@@ -243,7 +247,7 @@ class _BoundedH11(H11Protocol):
         super().connection_made(transport)
         self.opened_at = self.loop.time()
         live = [c for c in self.connections if not c.transport.is_closing()]
-        if len(live) > self.max_connections and not self._close_oldest_idle(live):
+        if len(live) > self.max_connections and not self._make_room(live):
             log.warning("status server: %d connections, all busy; refusing more", len(live) - 1)
             transport.write(_BUSY_RESPONSE)
             transport.close()
@@ -303,16 +307,38 @@ class _BoundedH11(H11Protocol):
     def is_idle(self) -> bool:
         return self.cycle is None or self.cycle.response_complete
 
-    def _close_oldest_idle(self, live: Sequence[object]) -> bool:
-        idle = [c for c in live if c is not self and isinstance(c, _BoundedH11) and c.is_idle()]
-        if not idle:
+    def is_stream(self) -> bool:
+        """An ``/events`` response in progress."""
+        cycle = self.cycle
+        return (
+            cycle is not None
+            and not cycle.response_complete
+            and (cycle.scope.get("path") in STREAM_PATHS)
+        )
+
+    def _make_room(self, live: Sequence[object]) -> bool:
+        """Close the oldest idle connection, else abort the oldest stream (its buffered
+        frames would keep a close() waiting for a peer that may never read)."""
+        others = [c for c in live if c is not self and isinstance(c, _BoundedH11)]
+        idle = [c for c in others if c.is_idle()]
+        if idle:
+            oldest = min(idle, key=lambda c: c.opened_at)
+            log.warning(
+                "status server at its limit of %d connections: closing the oldest idle one",
+                self.max_connections,
+            )
+            oldest.transport.close()
+            return True
+        streams = [c for c in others if c.is_stream()]
+        if not streams:
             return False
-        oldest = min(idle, key=lambda c: c.opened_at)
+        oldest = min(streams, key=lambda c: c.opened_at)
         log.warning(
-            "status server at its limit of %d connections: closing the oldest idle one",
+            "status server at its limit of %d connections, all busy: ending the oldest "
+            "/events stream",
             self.max_connections,
         )
-        oldest.transport.close()
+        oldest.transport.abort()
         return True
 
 
