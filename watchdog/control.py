@@ -13,6 +13,11 @@ Protocol: one JSON object per line each way.
 ``command`` is ``restart``, ``stop``, ``start`` (``targets`` empty = all) or ``reload``; a
 refusal is ``{"ok": false, "error": "…"}``. The peer's Unix user (SO_PEERCRED) becomes the
 actor recorded in the events: ``operator (alice)``.
+
+At most `MAX_CLIENTS` connections are served at once (each for at most `READ_TIMEOUT` before
+its line is in); one more is answered ``{"ok": false, "error": "busy: …"}`` and closed, so a
+flood of clients that connect and send nothing cannot take erpwatch's descriptors (EMFILE
+fails its own workers, and then the systemd ping is withheld).
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ log = logging.getLogger(__name__)
 
 MAX_REQUEST = 64 * 1024
 READ_TIMEOUT = 10.0
+MAX_CLIENTS = 32  # served at once; one more is answered "busy" and closed
 COMMANDS = frozenset({"restart", "stop", "start", "reload"})
+_BUSY = f"busy: {MAX_CLIENTS} control clients at once; try again"
 
 
 class ControlError(RuntimeError):
@@ -99,6 +106,7 @@ class ControlServer:
         self._handler = handler
         self._server: asyncio.AbstractServer | None = None
         self._inode: int | None = None
+        self._clients = 0
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,6 +149,18 @@ class ControlServer:
     async def _serve_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        if self._clients >= MAX_CLIENTS:
+            log.warning("control: %d clients at once; refusing one more", self._clients)
+            writer.write(json.dumps({"ok": False, "error": _BUSY}).encode() + b"\n")
+            writer.close()  # the answer fits the socket buffer: close() sends it
+            return
+        self._clients += 1
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self._clients -= 1
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = peer_of(writer.get_extra_info("socket"))
         try:
             line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
