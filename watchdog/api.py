@@ -535,12 +535,24 @@ class _App:
                 "pid": os.getpid(),
                 "uptime": round(time.monotonic() - self.started, 3),
                 "sse_clients": self.hub.count,
+                "problem": self.own_problem(),
             },
             "targets": targets,
             "host": dict(self.host_resources()) if self.host_resources else self._host(),
             "store": store,
             "alerting": _redact(dict(self.alert_stats())) if self.alert_stats else None,
         }
+
+    def own_problem(self) -> str | None:
+        """What ``/health`` names (a dead worker, a stalled monitor, a failing store), so
+        that the page and ``erpwatch status`` cannot show a sound erpwatch meanwhile."""
+        if self.health_problem is None:
+            return None
+        try:
+            return self.health_problem()
+        except Exception as exc:
+            log.warning("status: the health check failed: %r", exc)
+            return f"health check failed: {exc!r}"[:500]
 
     def _from_store(
         self, names: Sequence[str], now: datetime
