@@ -81,6 +81,13 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 SEVERITY_RANK: dict[str, int] = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
 BUSY_TIMEOUT_S = 5.0
+# Once a write has waited the whole busy timeout for a lock another process holds (a sqlite3
+# shell in BEGIN EXCLUSIVE, a stuck CLI), writes wait this long for it until one gets
+# through: every job on the bus's single writer thread (events, the children ledger,
+# alerting's steps) waited the whole 5 s in turn, and a monitor awaiting its publish neither
+# probed nor restarted its target meanwhile (a crash restarted 20 s late, seen).
+CONTENDED_WAIT_S = 0.1
+_BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
 WAL_SIZE_LIMIT = 4 * 1024 * 1024  # the WAL file is truncated back to this after a checkpoint
 VACUUM_CONVERT_MAX_BYTES = 64 * 1024 * 1024  # convert to incremental auto-vacuum up to this
 PRUNE_BATCH = 1000
@@ -310,6 +317,7 @@ class EventStore:
         self._path = Path(path)
         self._readonly = readonly
         self._timeout = timeout
+        self._lock_wait = timeout  # the write connection's busy timeout now
         self._write_lock = threading.RLock()
         self._read_lock = threading.Lock()
         self._db: sqlite_utils.Database | None = None
@@ -462,17 +470,31 @@ class EventStore:
                 raise StoreError("transaction() is already open on this thread")
             if conn.in_transaction:
                 conn.rollback()  # left open by a rollback that failed (I/O error): retry it
-            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in _BUSY_CODES:
+                    self._wait_for_locks(conn, CONTENDED_WAIT_S)
+                raise
             self._in_transaction = True
             try:
                 yield conn
                 conn.commit()  # may fail too (disk full while writing the WAL)
+                self._wait_for_locks(conn, self._timeout)
             except BaseException:
                 if conn.in_transaction:
                     _rollback(conn)
                 raise
             finally:
                 self._in_transaction = False
+
+    def _wait_for_locks(self, conn: sqlite3.Connection, seconds: float) -> None:
+        """Set the busy timeout of the write connection (under the write lock) when it
+        changes: `CONTENDED_WAIT_S` after a write found the database locked for the whole
+        timeout, the store's own after a write got through."""
+        if seconds != self._lock_wait:
+            conn.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+            self._lock_wait = seconds
 
     def append(self, event: Event) -> Event:
         """Insert ``event`` in a transaction of its own; return the committed copy.
