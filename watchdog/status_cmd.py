@@ -580,6 +580,8 @@ def format_api(
     if not targets:
         return f"{version} {running}; no targets are supervised\n"
     lines = [f"{version} {running}; {_summary(targets, paint)}"]
+    if me.get("problem"):  # what /health answers 503 for: the page says it too
+        lines.append(paint(f"erpwatch itself: {_clip(me['problem'], 300)}", "red"))
     rows: list[Sequence[str]] = [
         ("TARGET", "STATE", "PID", "UP/DOWN", "RESTARTS", "LAST PROBE", "LAST EVENT")
     ]

@@ -40,6 +40,7 @@ class Stack:
     supervisor: Supervisor
     server: StatusServer
     store: EventStore
+    bus: EventBus
 
     @property
     def url(self) -> str:
@@ -77,7 +78,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     )
     await server.start()
     await supervisor.start()
-    stack = Stack(supervisor, server, store)
+    stack = Stack(supervisor, server, store, bus)
     try:
         await await_until(lambda: stack.state() is TargetState.HEALTHY, 15, what="healthy")
         yield stack
@@ -129,6 +130,37 @@ async def test_card_turns_red_on_crash_without_reload(stack: Stack, browser: Bro
     await page.click(f"{CARD} summary")
     await screenshot(page, "status-page.png")
     await page.close()
+
+
+async def test_the_page_says_what_is_wrong_with_erpwatch_itself(
+    stack: Stack, browser: Browser, tmp_path: Path
+) -> None:
+    """``erpwatch.problem`` (what /health answers 503 for) appears above the cards once the
+    page refreshes, and goes away with the problem."""
+    problem: list[str | None] = [None]
+    server = StatusServer(
+        Settings(status_port=0, log_path=tmp_path / "logs"),
+        source=stack.supervisor,
+        store=stack.store,
+        bus=stack.bus,
+        health=lambda: problem[0],
+    )
+    await server.start()
+    page = await browser.new_page(viewport={"width": 1100, "height": 800})
+    try:
+        await page.goto(f"http://127.0.0.1:{server.port}/")
+        assert await page.is_hidden("#own-problem")
+        problem[0] = "degraded: event store failing (database is locked)"
+        await page.click("#refresh")
+        await page.wait_for_function("!document.getElementById('own-problem').hidden", timeout=5000)
+        text = await page.text_content("#own-problem") or ""
+        assert text == "erpwatch itself: degraded: event store failing (database is locked)"
+        problem[0] = None
+        await page.click("#refresh")
+        await page.wait_for_function("document.getElementById('own-problem').hidden", timeout=5000)
+    finally:
+        await page.close()
+        await server.stop()
 
 
 async def test_page_readable_without_javascript(stack: Stack, browser: Browser) -> None:

@@ -411,6 +411,17 @@ def test_format_api_reads_at_a_glance() -> None:
     assert backend[column:].startswith("Down") and worker[column:].startswith("Healthy")
 
 
+def test_format_api_says_what_is_wrong_with_erpwatch_itself() -> None:
+    """What /health answers 503 for (a failing store, a stalled monitor) is the second line,
+    in red: the targets' table alone would show a sound erpwatch."""
+    document = contract_document()
+    problem = "degraded: event store failing (database is locked)"
+    document["erpwatch"]["problem"] = problem
+    lines = format_api(document, now=NOW, colour=True).splitlines()
+    assert lines[1] == f"\x1b[31merpwatch itself: {problem}\x1b[0m"
+    assert "erpwatch itself" not in format_api(contract_document(), now=NOW)
+
+
 async def test_contract_fields_from_a_status_server(tmp_path: Path) -> None:
     body = json.dumps(contract_document()).encode()
     with serving(200, body) as port:

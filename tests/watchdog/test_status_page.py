@@ -148,6 +148,26 @@ def test_a_status_without_the_newer_fields_still_renders() -> None:
     }
     html = render(document)
     assert "Down: restart limit reached" in html
+    assert '<p id="own-problem" role="alert" hidden>' in html  # no problem field: none shown
     assert 'data-row="down-since" hidden' in html and 'data-row="silence" hidden' in html
     assert "24 h</span> \u2013" in html  # availability unknown, not 0 %
     assert "5 in window, 7 total" in html
+
+
+def test_the_page_says_what_is_wrong_with_erpwatch_itself() -> None:
+    """``erpwatch.problem`` (what /health answers 503 for) above the cards, escaped."""
+    document: dict[str, Any] = {
+        "generated_at": "2025-01-02T03:04:05.000Z",
+        "erpwatch": {"version": "0", "pid": 1, "uptime": 1.0, "sse_clients": 0},
+        "targets": [],
+        "host": {"cpu_percent": None, "ram_percent": 1.0, "disks": {}},
+        "store": {"path": "x.db", "size_bytes": 0, "events": 0},
+        "alerting": None,
+    }
+    assert '<p id="own-problem" role="alert" hidden>' in render(document)
+    document["erpwatch"]["problem"] = f"stalled: backend {EVIL}"
+    html = render(document)
+    assert (
+        f'<p id="own-problem" role="alert">erpwatch itself: <span>stalled: backend {ESCAPED}'
+        in html
+    )
