@@ -411,6 +411,7 @@ class Watchdog:
             await self.clock.sleep(LOG_ROTATION_INTERVAL)
             flush_repeats()  # summaries of suppressed repeats whose window has ended
             await asyncio.to_thread(self._rotate_all_logs)
+            await self.control.ensure_bound()  # e.g. after rm -rf LOG_PATH
 
     def _rotate_all_logs(self) -> None:
         for monitor in self.supervisor.monitors.values():

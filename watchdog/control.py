@@ -135,6 +135,31 @@ class ControlServer:
         log.info("replacing the stale control socket %s (left by a killed run)", self.path)
         self.path.unlink()
 
+    async def ensure_bound(self) -> bool:
+        """Bind the socket again when its file is gone (``rm -rf LOG_PATH`` took it):
+        ``erpwatch ctl`` would find nothing until erpwatch restarts. Something else put at
+        the path since is left alone. True when it was bound again; erpwatch calls this
+        every few seconds, so a failure (EMFILE, a full disk) is logged and tried again."""
+        if self._server is None:
+            return False
+        try:
+            self.path.lstat()
+            return False
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
+        old, self._server = self._server, None
+        old.close()  # clients already connected are served to the end
+        try:
+            await self.start()
+        except (OSError, ControlError) as exc:
+            self._server = old  # closed: kept so that the next call tries again, stop() too
+            log.warning("control socket %s is gone and cannot be made again: %s", self.path, exc)
+            return False
+        log.warning("control socket %s was deleted; listening there again", self.path)
+        return True
+
     async def stop(self) -> None:
         if self._server is None:
             return
