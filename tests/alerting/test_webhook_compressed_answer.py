@@ -9,14 +9,8 @@ import gzip
 import tracemalloc
 import zlib
 
-from alerting.delivery import Delivery
-from alerting.http import HttpTransport
-from alerting.outbox import Outbox
-from alerting.receivers import Receiver, url_name
-from tests.alerting.test_webhooks import queue, statuses
+from tests.alerting.test_webhooks import raw_lane, statuses
 from watchdog.bus import EventBus
-from watchdog.clock import FakeClock
-from watchdog.events import Severity
 from watchdog.store import EventStore
 
 INFLATED = 200 << 20  # bytes the answer inflates to
@@ -44,16 +38,7 @@ async def test_a_gzip_bomb_answer_is_not_inflated(store: EventStore, bus: EventB
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    outbox = Outbox(store)
-    await bus.run_in_writer(outbox.ensure_schema)
-    url = f"http://127.0.0.1:{port}/hook"
-    target = Receiver(url_name("webhook", url), "webhook", Severity.INFO, url)
-    delivery = Delivery(
-        outbox, bus, HttpTransport(target, timeout=30), "x", FakeClock(), ordered=True
-    )
-    queue(store, outbox, target.name, "firing")
+    delivery, server = await raw_lane(store, bus, answer, "firing", wait=30)
     tracemalloc.start()
     try:
         accepted = await delivery.drain()

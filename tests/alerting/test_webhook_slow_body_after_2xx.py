@@ -7,13 +7,9 @@ from __future__ import annotations
 import asyncio
 
 from alerting.delivery import Delivery
-from alerting.http import HttpTransport
-from alerting.outbox import Outbox
-from alerting.receivers import Receiver, url_name
-from tests.alerting.test_webhooks import queue, statuses
+from tests.alerting.test_webhooks import raw_lane, statuses
 from watchdog.bus import EventBus
 from watchdog.clock import FakeClock
-from watchdog.events import Severity
 from watchdog.store import EventStore
 
 
@@ -36,15 +32,7 @@ async def lane_to(
             pass
         writer.close()
 
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    outbox = Outbox(store)
-    await bus.run_in_writer(outbox.ensure_schema)
-    url = f"http://127.0.0.1:{port}/hook"
-    target = Receiver(url_name("webhook", url), "webhook", Severity.INFO, url)
-    transport = HttpTransport(target, timeout=0.5)
-    delivery = Delivery(outbox, bus, transport, "x", FakeClock(), ordered=True)
-    queue(store, outbox, target.name, "firing", "resolved")
+    delivery, server = await raw_lane(store, bus, answer, "firing", "resolved")
     return delivery, posts, server
 
 

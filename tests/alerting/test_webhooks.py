@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -170,6 +171,27 @@ def queue(store: EventStore, outbox: Outbox, receiver: str, *purposes: str) -> N
     ]
     with store.transaction() as conn:
         Outbox._insert(conn, rows, datetime.now(UTC))
+
+
+Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def raw_lane(
+    store: EventStore, bus: EventBus, answer: Answer, *purposes: str, wait: float = 0.5
+) -> tuple[Delivery, asyncio.Server]:
+    """A webhook lane on a fake clock to a raw loopback server that answers as ``answer``
+    writes (for answers no HTTP library would send), with one row queued per purpose;
+    ``wait``: the receiver's timeout."""
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    outbox = Outbox(store)
+    await bus.run_in_writer(outbox.ensure_schema)
+    url = f"http://127.0.0.1:{port}/hook"
+    target = Receiver(url_name("webhook", url), "webhook", Severity.INFO, url)
+    transport = HttpTransport(target, timeout=wait)
+    delivery = Delivery(outbox, bus, transport, "x", FakeClock(), ordered=True)
+    queue(store, outbox, target.name, *purposes)
+    return delivery, server
 
 
 @pytest.fixture
@@ -377,7 +399,6 @@ async def test_a_receiver_dripping_its_answer_is_cut_at_the_timeout(
 ) -> None:
     """httpx's timeouts are per read: one byte every 50 ms would never trip them. (The head
     drips: once a status line has come, it decides; see test_webhook_slow_body_after_2xx.)"""
-    import asyncio
 
     async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -390,16 +411,7 @@ async def test_a_receiver_dripping_its_answer_is_cut_at_the_timeout(
         except (ConnectionError, asyncio.CancelledError):
             writer.close()
 
-    server = await asyncio.start_server(drip, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    outbox = Outbox(store)
-    await bus.run_in_writer(outbox.ensure_schema)
-    url = f"http://127.0.0.1:{port}/slow"
-    target = Receiver(url_name("webhook", url), "webhook", Severity.INFO, url)
-    delivery = Delivery(
-        outbox, bus, HttpTransport(target, timeout=0.5), "x", FakeClock(), ordered=True
-    )
-    queue(store, outbox, target.name, "firing")
+    delivery, server = await raw_lane(store, bus, drip, "firing")
     try:
         assert await delivery.drain() == 0
     finally:
