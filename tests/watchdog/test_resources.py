@@ -53,6 +53,10 @@ class Hog:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", HOG], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
+        # Started (in its command loop): its descriptors and threads no longer change, so a
+        # sample and a reading after it agree (a sample during its start-up once saw 4 fds
+        # where the reading after it saw 3).
+        assert self.send("free") == "ok"
 
     @property
     def pid(self) -> int:
