@@ -19,6 +19,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.helpers import await_until
 from watchdog import reaper
 from watchdog.process import ManagedProcess, is_alive
 
@@ -37,7 +38,11 @@ if sys.argv[1] == "exit":
     print("HOLDER", flush=True)
     time.sleep(0.3)
     sys.exit(3)
-signal.signal(signal.SIGTERM, lambda *_: (holder(), os._exit(0)))
+def on_term(*_):
+    holder()
+    print("HOLDER", flush=True)
+    os._exit(0)
+signal.signal(signal.SIGTERM, on_term)
 print("READY", flush=True)
 while True:
     time.sleep(3600)
@@ -63,19 +68,17 @@ async def main(work: Path, mode: str) -> dict[str, object]:
     process = ManagedProcess(
         "erp", [sys.executable, "-c", TARGET, mode], log_dir=work / "logs", stop_timeout=2.0
     )
-    seen: list[psutil.Process] = []
+    out = process.stdout_path
     try:
         await process.start()
-        deadline = time.monotonic() + 20
-        while b"READY" not in _read(process.stdout_path) and mode == "stop":
-            assert time.monotonic() < deadline, "no READY"
-            await asyncio.sleep(0.01)
         if mode == "exit":
             info = await asyncio.wait_for(process.wait(), 20)
         else:
+            await await_until(lambda: b"READY" in _read(out), 20, what="the target's READY")
             info = await process.stop()
-        seen = holders(me)
-        made = bool(seen) or b"HOLDER" in _read(process.stdout_path) or mode == "stop"
+        # The holder printed HOLDER on the pipe it holds: its line is in the log by the time
+        # the pipe closes (the holder ended), or the holder was never made.
+        made = await await_until(lambda: b"HOLDER" in _read(out), 20, what="the holder")
         # The clean-up after an exit is bounded (_REAP_GRACE); give it that and more.
         deadline = time.monotonic() + 5
         while holders(me) and time.monotonic() < deadline:  # noqa: ASYNC110 - not ours
