@@ -1008,8 +1008,9 @@ class ManagedProcess:
         """This target's processes that left its tree and were re-parented to erpwatch (when
         it is the subreaper): by the marker, or by one of its output pipes they hold (the
         marker dropped); with their descendants. ``max_age``: see `reaper.adopted`."""
-        found = reaper.adopted(self.marker, max_age=max_age)
-        found += reaper.holding(self._pipes, max_age=max_age)
+        index = reaper.escapees(max_age=max_age)  # one scan for both ways of knowing them
+        found = list(index.get(self.marker, ()))
+        found += reaper.holding(self._pipes, index.get(reaper.UNMARKED, ()))
         result = list(found)
         for proc in found:
             with contextlib.suppress(psutil.Error):

@@ -19,7 +19,8 @@ API (for ``watchdog/app.py``; only ``erpwatch run`` is a subreaper):
     reap_strays(protected=None) -> list[tuple[int, int]]   # (pid, wait status) reaped
     end_strays(grace) -> list[int]  # at shutdown: end the adopted children left (no marker)
     adopted(target, children=None) -> list[psutil.Process]  # a target's escaped processes
-    holding(pipes) -> list[psutil.Process]  # unmarked ones holding one of a target's pipes
+    escapees(children=None) -> dict[str, list[psutil.Process]]  # marker -> escapees, one scan
+    holding(pipes, unmarked) -> list[psutil.Process]  # unmarked ones holding a target's pipe
     claim(pid) / release(pid) / claimed() -> frozenset[int]
         # the children whose exit status belongs to a waiter (`ManagedProcess` claims its
         # Popen child): the stray reaper never touches them.
@@ -229,16 +230,24 @@ def adopted(
     Each is proven ours: the psutil.Process is made first (it pins the start time, so it
     is safe against pid reuse), then its environment is read, then its parent is checked to
     still be this process: a child's pid cannot be reused before we reap it."""
+    return list(escapees(children, max_age=max_age).get(target, ()))
+
+
+def escapees(
+    children: Iterable[int] | None = None, *, max_age: float = 0.0
+) -> dict[str, list[psutil.Process]]:
+    """Marker value → this process's escaped children carrying it (`UNMARKED`: carrying
+    none), from one scan; {} when not a subreaper. ``children``, ``max_age``: as `adopted`."""
     if not is_subreaper():
-        return []
+        return {}
     global _index
     now = time.monotonic()
     if children is None and _index is not None and now - _index[0] <= max_age:
-        return list(_index[1].get(target, ()))
+        return _index[1]
     index = _escapees(own_children() if children is None else children)
     if children is None:
         _index = (now, index)
-    return list(index.get(target, ()))
+    return index
 
 
 def _escapees(children: Iterable[int]) -> dict[str, list[psutil.Process]]:
@@ -262,15 +271,14 @@ def _escapees(children: Iterable[int]) -> dict[str, list[psutil.Process]]:
     return index
 
 
-def holding(pipes: Collection[int], *, max_age: float = 0.0) -> list[psutil.Process]:
-    """Unmarked children of this process (when it is a subreaper) that hold one of
-    ``pipes`` (pipe inodes): a target's escapee that dropped its environment (``setsid env
-    -i ...``) is still proven the target's by the output pipe it inherited from it.
-    ``max_age``: as for `adopted`."""
+def holding(pipes: Collection[int], unmarked: Iterable[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``unmarked`` (escapees without a marker, ``escapees()[UNMARKED]``) that hold
+    one of ``pipes`` (pipe inodes): a target's escapee that dropped its environment
+    (``setsid env -i ...``) is still proven the target's by the output pipe it inherited."""
     if not pipes:
         return []
     wanted = {f"pipe:[{inode}]" for inode in pipes}
-    return [proc for proc in adopted(UNMARKED, max_age=max_age) if _holds(proc.pid, wanted)]
+    return [proc for proc in unmarked if _holds(proc.pid, wanted)]
 
 
 def _holds(pid: int, links: Collection[str]) -> bool:
