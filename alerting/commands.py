@@ -27,9 +27,10 @@ from alerting.transport import (
     classify,
     transport_for,
 )
-from watchdog.config import Settings, load_settings
+from watchdog.config import load_settings
 from watchdog.events import SYSTEM_TARGET
 from watchdog.resources import host_snapshot
+from watchdog.settings import Settings
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

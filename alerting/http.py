@@ -38,7 +38,7 @@ from alerting.payloads import ALERTMANAGER_PATH, with_ends_at
 from alerting.receivers import Receiver
 from alerting.render import Mail
 from alerting.transport import DeliveryError, redact
-from watchdog.config import url_secrets, url_shown
+from watchdog.settings import url_secrets, url_shown
 
 RESPONSE_READ_MAX = 4096
 RETRY_AFTER_MAX = 3600.0

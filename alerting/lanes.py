@@ -26,9 +26,9 @@ from alerting.receivers import EMAIL, Receiver
 from alerting.transport import Transport, transport_for
 from watchdog.bus import EventBus
 from watchdog.clock import Clock
-from watchdog.config import Settings, parse_headers
 from watchdog.events import Event, Kind
 from watchdog.leftovers import HookLedger
+from watchdog.settings import Settings, parse_headers
 from watchdog.tasks import TaskSupervisor
 
 log = logging.getLogger(__name__)

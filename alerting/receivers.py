@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from watchdog.config import Settings, split_command, url_host
 from watchdog.events import DEFAULT_SEVERITY, Severity
+from watchdog.settings import Settings, split_command, url_host
 
 EMAIL, HOOK = "email", "hook"
 ReceiverKind = Literal["email", "webhook", "alertmanager", "hook"]

@@ -41,10 +41,10 @@ from alerting.stages import Ctx, Pipeline, Policy, RateLimiter, next_deadline
 from alerting.transport import DELIVERY_ERRORS, PartlyAccepted, Transport, classify
 from watchdog.bus import EventBus, StoreTrouble, Subscription
 from watchdog.clock import Clock, RealClock
-from watchdog.config import Settings
 from watchdog.events import SYSTEM_TARGET, Event, Kind, utcnow
 from watchdog.leftovers import ChildLedger, HookLedger
 from watchdog.resources import host_snapshot
+from watchdog.settings import Settings
 from watchdog.store import EventStore, store_trouble_reason
 from watchdog.tasks import TaskSupervisor
 

@@ -21,9 +21,8 @@ from aiosmtplib import SMTPResponse
 from alerting.transport import DeliveryError, PartlyAccepted, Refused, classify, redact
 
 if TYPE_CHECKING:
-    from pydantic import SecretStr
-
     from alerting.transport import SmtpTransport
+    from watchdog.settings import Secret
 
 # What an SMTP session can fail with besides bugs: SMTP replies and protocol errors, network,
 # TLS and timeouts (`OSError`), an EOF, an address or message that cannot be sent.
@@ -85,7 +84,7 @@ class SmtpSession:
     """One SMTP connection: connect (EHLO, STARTTLS, AUTH) on enter, QUIT on a clean exit;
     a failure leaves it as a `DeliveryError`."""
 
-    def __init__(self, transport: SmtpTransport, password: SecretStr | None) -> None:
+    def __init__(self, transport: SmtpTransport, password: Secret | None) -> None:
         self._transport = transport
         self._password = password
         self._secrets = transport.secrets()

@@ -43,8 +43,8 @@ from alerting.incidents import (
     TimeBase,
 )
 from alerting.silences import Silence, active_silence
-from watchdog.config import ConfigError, Settings
 from watchdog.events import Event, Kind, cut_text
+from watchdog.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +80,7 @@ class Policy:
 def depends_of(settings: Settings) -> dict[str, tuple[str, ...]]:
     """Each configured target's ``AFTER`` list, by the names its events carry (the single
     target keeps the spelling of ``ERPWATCH_TARGET_NAME``; ``AFTER`` names are lower-case)."""
-    try:
-        configs = settings.targets_resolved()
-    except ConfigError:  # a target without a command: the supervisor refuses to start anyway
-        return {}
+    configs = settings.targets_resolved()
     names = {config.name.lower(): config.name for config in configs}
     names.setdefault(settings.target_name.lower(), settings.target_name)
     return {

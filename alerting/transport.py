@@ -40,7 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self
 
-from watchdog.config import Settings
+from watchdog.settings import Settings
 
 if TYPE_CHECKING:
     from alerting.render import Mail

@@ -278,7 +278,7 @@ async def floor_phase(args: argparse.Namespace) -> None:
 async def main_bench(args: argparse.Namespace) -> int:
     from watchdog.api import StatusServer
     from watchdog.bus import EventBus
-    from watchdog.config import Settings
+    from watchdog.config import load_settings
     from watchdog.events import Event, Kind
     from watchdog.monitor import TargetStatus
     from watchdog.probe import ProbeResult, ProbeStatus
@@ -309,7 +309,7 @@ async def main_bench(args: argparse.Namespace) -> int:
         for n in range(args.events):
             store.append(Event.of(f"target-{n % args.targets}", Kind.HEALTHY, f"filler {n}"))
         bus = EventBus(store)
-        settings = Settings(status_port=0, log_path=Path(tmp), status_cache_ttl=2.0)
+        settings = load_settings(status_port=0, log_path=Path(tmp), status_cache_ttl=2.0)
         server = StatusServer(settings, source=Source(), store=store, bus=bus)
         await server.start()
         ticker = Ticker()

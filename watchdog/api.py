@@ -60,6 +60,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import uvicorn
 from starlette.applications import Starlette
@@ -80,8 +81,8 @@ from watchdog import __version__, heap
 from watchdog.availability import AvailabilityCache, load_incidents
 from watchdog.bus import EventBus, Subscription
 from watchdog.clock import RealClock
-from watchdog.config import ConfigError, Settings, is_loopback, status_bind_problem
 from watchdog.control_api import Control, control_routes
+from watchdog.errors import ConfigError
 from watchdog.events import Kind
 from watchdog.favicon import MEDIA_TYPE as FAVICON_TYPE
 from watchdog.favicon import (
@@ -100,6 +101,7 @@ from watchdog.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from watchdog.metrics import Metrics
 from watchdog.monitor import TargetStatus
 from watchdog.resources import host_snapshot
+from watchdog.settings import Settings, is_loopback, status_bind_problem
 from watchdog.sse import RESYNC, STOP, EventHub, Frame, ReplayGate, format_sse
 from watchdog.states import STATE_LABELS, TargetState
 from watchdog.store import EventStore
@@ -184,8 +186,9 @@ def allowed_hosts(settings: Settings) -> frozenset[str]:
     """The names the status server answers to; ``*`` in it means any."""
     names = set(LOOPBACK_NAMES)
     configured = [settings.status_host, *settings.status_allowed_hosts]
-    if settings.status_page_url is not None and settings.status_page_url.host:
-        configured.append(settings.status_page_url.host)
+    page_host = urlsplit(settings.status_page_url).hostname if settings.status_page_url else None
+    if page_host:
+        configured.append(page_host)
     for name in configured:
         if name.strip() == "*":
             names.add("*")

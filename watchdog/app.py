@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -35,19 +36,14 @@ from alerting.service import AlertService
 from watchdog import __version__, heap, preflight, reaper, sdnotify
 from watchdog.bus import EventBus
 from watchdog.clock import Clock, RealClock
-from watchdog.config import (
-    ConfigError,
-    Settings,
-    TargetConfig,
-    load_settings,
-    status_bind_problem,
-    unknown_variables,
-)
+from watchdog.config_reader import read_settings
 from watchdog.control import ControlError, ControlServer, Peer
+from watchdog.errors import ConfigError
 from watchdog.events import SYSTEM_TARGET, Event, Kind
 from watchdog.leftovers import ChildLedger, Cleanup, LedgerHooks, clean_up
 from watchdog.logs import add_secrets, flush_repeats, setup_logging
 from watchdog.resources import ResourceMonitor, default_paths, host_snapshot
+from watchdog.settings import Settings, TargetConfig, status_bind_problem
 from watchdog.store import EventStore, StoreError
 from watchdog.supervisor import Supervisor, UnknownTarget
 from watchdog.tasks import TaskSupervisor
@@ -90,8 +86,7 @@ def select_targets(
     chosen_names = {c.name.lower() for c in chosen}
     # A dependency that is not supervised here cannot become healthy: do not wait for it.
     return [
-        c.model_copy(update={"after": tuple(d for d in c.after if d in chosen_names)})
-        for c in chosen
+        dataclasses.replace(c, after=tuple(d for d in c.after if d in chosen_names)) for c in chosen
     ]
 
 
@@ -303,7 +298,7 @@ class Watchdog:
             if self._stopping:
                 return {"ok": False, "error": "erpwatch is stopping: nothing reloaded"}
             try:
-                settings = await asyncio.to_thread(load_settings, **self._overrides)
+                settings = (await asyncio.to_thread(read_settings, self._overrides)).settings
                 add_secrets(settings.secret_values())  # before anything logs about them
                 targets = select_targets(settings.targets_resolved(), self._only, self._exclude)
             except ConfigError as exc:
@@ -625,7 +620,7 @@ def _changed_settings(old: Settings, new: Settings) -> list[str]:
     """The names (never the values: some are secrets) of global settings that changed."""
     return sorted(
         f"ERPWATCH_{name.upper()}"
-        for name in type(new).model_fields
+        for name in (item.name for item in dataclasses.fields(new))
         if name not in _PER_TARGET and getattr(old, name) != getattr(new, name)
     )
 
@@ -637,8 +632,8 @@ def _print_warnings(warnings: Sequence[str]) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {"debug": True} if args.debug else {}
-    settings = load_settings(**overrides)
-    warnings = unknown_variables()
+    answer = read_settings(overrides)  # validated in a child: no pydantic in the daemon
+    settings, warnings = answer.settings, answer.warnings
     try:
         targets = select_targets(settings.targets_resolved(), args.only, args.exclude)
         problem = status_bind_problem(settings)

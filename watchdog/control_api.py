@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from watchdog.config import Settings
 from watchdog.control import Peer
+from watchdog.settings import Settings
 
 Control = Callable[[Mapping[str, Any], Peer], Awaitable[dict[str, Any]]]
 ACTIONS = ("restart", "stop", "start")

@@ -30,8 +30,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from watchdog.config import TargetConfig
 from watchdog.events import Kind
+from watchdog.settings import TargetConfig
 from watchdog.states import TargetState
 
 S = TargetState

@@ -35,8 +35,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from watchdog.config import Settings, load_settings
 from watchdog.process import LogFile
+from watchdog.settings import Settings
 
 LOG_FILE_NAME = "erpwatch.log"
 REDACTED = "***"
@@ -503,6 +503,8 @@ def run_logs(
     args: argparse.Namespace, *, out: IO[str] | None = None, stop: threading.Event | None = None
 ) -> int:
     out = sys.stdout if out is None else out
+    from watchdog.config import load_settings
+
     settings = load_settings()
     log_dir = settings.log_path
     name = _resolve_target(log_dir, args.target)

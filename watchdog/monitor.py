@@ -27,7 +27,6 @@ from typing import Any, Protocol
 import psutil
 
 from watchdog.clock import Clock
-from watchdog.config import TargetConfig
 from watchdog.core import (
     Core,
     Effect,
@@ -53,6 +52,7 @@ from watchdog.core import (
 from watchdog.events import Event, utcnow
 from watchdog.probe import ProbeResult, ProbeStatus
 from watchdog.process import ExitInfo, StopReport
+from watchdog.settings import TargetConfig
 from watchdog.states import TargetState
 from watchdog.store import format_ts
 

@@ -36,16 +36,9 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from watchdog.config import (
-    ENV_PREFIX,
-    ConfigError,
-    Settings,
-    TargetConfig,
-    load_settings,
-    status_bind_problem,
-    unknown_variables,
-)
+from watchdog.errors import ConfigError
 from watchdog.logs import LOG_FILE_NAME
+from watchdog.settings import ENV_PREFIX, Settings, TargetConfig, status_bind_problem
 from watchdog.store import SCHEMA_VERSION
 
 OK_MARK = "✔"
@@ -107,10 +100,7 @@ def format_results(results: Sequence[CheckResult]) -> str:
 
 def fast_checks(settings: Settings) -> list[CheckResult]:
     """Everything that can be checked in milliseconds without the network or SMTP."""
-    try:
-        targets = settings.targets_resolved()
-    except ConfigError as exc:
-        return [CheckResult("configuration", False, str(exc), "fix the variable named above")]
+    targets = settings.targets_resolved()
     results = [config_result(targets)]
     for target in targets:
         results.append(check_command(target))
@@ -128,6 +118,8 @@ def fast_checks(settings: Settings) -> list[CheckResult]:
 
 def variable_warnings() -> list[CheckResult]:
     """A ⚠ line per ``ERPWATCH_*`` variable that is no setting (a typo is otherwise ignored)."""
+    from watchdog.config import unknown_variables
+
     return [
         CheckResult(
             text,
@@ -639,6 +631,8 @@ def grace_seconds(text: str) -> float:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from watchdog.config import load_settings
+
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -660,7 +654,7 @@ def collect(
     """All checks, in display order; with ``kill_stale`` a held port whose holder runs the
     target's own command is freed and checked again."""
     results: list[CheckResult] = []
-    targets = {target.name: target for target in _targets_or_empty(settings)}
+    targets = {target.name: target for target in settings.targets_resolved()}
     for result in fast_checks(settings):
         if not (kill_stale and result.holder is not None and result.target in targets):
             results.append(result)
@@ -673,10 +667,3 @@ def collect(
     if settings.smtp_host:
         results.append(asyncio.run(smtp_check(settings)))
     return results
-
-
-def _targets_or_empty(settings: Settings) -> list[TargetConfig]:
-    try:
-        return settings.targets_resolved()
-    except ConfigError:
-        return []  # fast_checks reports it

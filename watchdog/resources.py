@@ -30,9 +30,9 @@ from typing import Any, Protocol
 import psutil
 
 from watchdog.clock import Clock, RealClock
-from watchdog.config import Settings, TargetConfig
 from watchdog.events import SYSTEM_TARGET, Event, Kind, utcnow
 from watchdog.process import descendants
+from watchdog.settings import Settings, TargetConfig
 
 logger = logging.getLogger(__name__)
 

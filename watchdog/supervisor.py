@@ -14,7 +14,6 @@ from typing import Any, Protocol
 import httpx
 
 from watchdog.clock import Clock
-from watchdog.config import TargetConfig
 from watchdog.core import Hold, Release, RestartRequest
 from watchdog.events import utcnow
 from watchdog.monitor import (
@@ -27,6 +26,7 @@ from watchdog.monitor import (
 from watchdog.probe import Prober, ProbeResult, make_client
 from watchdog.probe_transport import ProbeClient
 from watchdog.process import ManagedProcess
+from watchdog.settings import TargetConfig
 from watchdog.tasks import TaskSupervisor
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from tests.helpers import free_port
 from watchdog.bus import EventBus
-from watchdog.config import Settings, load_settings
+from watchdog.config import load_settings
+from watchdog.settings import Settings
 from watchdog.store import EventStore
 
 USER = "alerts"

@@ -32,8 +32,8 @@ from tests.alerting.conftest import (
 from tests.helpers import await_until, wait_until
 from watchdog.bus import EventBus
 from watchdog.clock import FakeClock, RealClock
-from watchdog.config import Settings
 from watchdog.events import SYSTEM_TARGET, Event, Kind, Severity
+from watchdog.settings import Settings
 from watchdog.store import EventStore
 from watchdog.tasks import TaskSupervisor
 

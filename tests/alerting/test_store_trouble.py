@@ -25,8 +25,8 @@ from alerting.service import AlertService
 from tests.alerting.conftest import SmtpServer, make_settings
 from tests.helpers import await_until, tmpfs
 from watchdog.bus import EventBus
-from watchdog.config import Settings
 from watchdog.events import Event, Kind
+from watchdog.settings import Settings
 from watchdog.store import EventStore
 
 

@@ -16,8 +16,8 @@ from tests.alerting.conftest import SmtpServer, make_settings
 from tests.alerting.test_service import subjects
 from tests.helpers import await_until
 from watchdog.bus import EventBus
-from watchdog.config import Settings
 from watchdog.events import Event, Kind
+from watchdog.settings import Settings
 from watchdog.store import EventStore
 
 AHEAD = timedelta(hours=3)

@@ -16,7 +16,7 @@ from tests.helpers import await_until, free_port
 from watchdog.api import StatusServer
 from watchdog.bus import EventBus
 from watchdog.clock import RealClock
-from watchdog.config import Settings, load_settings
+from watchdog.config import load_settings
 from watchdog.states import TargetState
 from watchdog.store import EventStore
 from watchdog.supervisor import Supervisor
@@ -92,7 +92,7 @@ async def erp(tmp_path: Path) -> AsyncIterator[ErpStack]:
     bus = EventBus(store)
     supervisor = Supervisor(configs, bus, log_dir=tmp_path / "logs", clock=RealClock())
     server = StatusServer(
-        Settings(status_port=0, log_path=tmp_path / "logs"),
+        load_settings(status_port=0, log_path=tmp_path / "logs"),
         source=supervisor,
         store=store,
         bus=bus,

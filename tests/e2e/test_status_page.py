@@ -24,7 +24,7 @@ from tests.helpers import await_until, free_port
 from watchdog.api import StatusServer
 from watchdog.bus import EventBus
 from watchdog.clock import RealClock
-from watchdog.config import Settings, load_settings
+from watchdog.config import load_settings
 from watchdog.states import TargetState
 from watchdog.store import EventStore
 from watchdog.supervisor import Supervisor
@@ -71,7 +71,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     bus = EventBus(store)
     supervisor = Supervisor(configs, bus, log_dir=tmp_path / "logs", clock=RealClock())
     server = StatusServer(
-        Settings(status_port=0, log_path=tmp_path / "logs"),
+        load_settings(status_port=0, log_path=tmp_path / "logs"),
         source=supervisor,
         store=store,
         bus=bus,
@@ -139,7 +139,7 @@ async def test_the_page_says_what_is_wrong_with_erpwatch_itself(
     page refreshes, and goes away with the problem."""
     problem: list[str | None] = [None]
     server = StatusServer(
-        Settings(status_port=0, log_path=tmp_path / "logs"),
+        load_settings(status_port=0, log_path=tmp_path / "logs"),
         source=stack.supervisor,
         store=stack.store,
         bus=stack.bus,

@@ -23,7 +23,7 @@ from alerting import silences
 from tests.helpers import await_until, run_fresh
 from watchdog.api import StatusServer, check_bind
 from watchdog.bus import EventBus
-from watchdog.config import ConfigError, Settings
+from watchdog.config import ConfigError, load_settings
 from watchdog.events import Event, Kind, utcnow
 from watchdog.monitor import TargetStatus
 from watchdog.probe import ProbeResult, ProbeStatus
@@ -94,7 +94,7 @@ async def make_env(tmp_path: Path, *, idle_timeout: float | None = None, **setti
     source = FakeSource()
     options: dict[str, Any] = {} if idle_timeout is None else {"idle_timeout": idle_timeout}
     server = StatusServer(
-        Settings(**values),
+        load_settings(**values),
         source=source,
         store=store,
         bus=bus,
@@ -417,21 +417,21 @@ async def test_token_accepted_as_header_or_query(secured: Env) -> None:
 
 def test_refuses_non_loopback_without_token(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="ERPWATCH_STATUS_TOKEN"):
-        check_bind(Settings(status_host="0.0.0.0"))
+        check_bind(load_settings(status_host="0.0.0.0"))
     store = EventStore(tmp_path / "events.db")
     try:
         with pytest.raises(ConfigError, match="not a loopback address"):
             StatusServer(
-                Settings(status_host="0.0.0.0"),
+                load_settings(status_host="0.0.0.0"),
                 source=FakeSource(),
                 store=store,
                 bus=EventBus(store),
             )
     finally:
         store.close()
-    check_bind(Settings(status_host="0.0.0.0", status_token="t"))
-    check_bind(Settings(status_host="localhost"))
-    check_bind(Settings(status_host="::1"))
+    check_bind(load_settings(status_host="0.0.0.0", status_token="t"))
+    check_bind(load_settings(status_host="localhost"))
+    check_bind(load_settings(status_host="::1"))
 
 
 # --- /metrics ---------------------------------------------------------------------------------
@@ -703,7 +703,7 @@ async def test_health_names_a_failed_worker_until_it_is_restarted(
 
     for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
         monkeypatch.delenv(name, raising=False)
-    settings = Settings(
+    settings = load_settings(
         command=f"{sys.executable} -c 'import time; time.sleep(120)'",
         status_port=0,
         log_path=tmp_path / "logs",
@@ -770,7 +770,7 @@ async def test_extra_health_callback_joins_the_servers_own(tmp_path: Path) -> No
     store = EventStore(tmp_path / "events.db")
     bus = EventBus(store)
     server = StatusServer(
-        Settings(status_port=0, log_path=tmp_path / "logs"),
+        load_settings(status_port=0, log_path=tmp_path / "logs"),
         source=FakeSource(),
         store=store,
         bus=bus,
@@ -807,7 +807,7 @@ async def test_serve_failing_after_the_targets_started_stops_them_and_records_it
         raise RuntimeError("ready failed")
 
     monkeypatch.setattr(sdnotify, "ready", broken_ready)  # fails after the targets started
-    settings = Settings(
+    settings = load_settings(
         command=f"{sys.executable} -c 'import time; time.sleep(120)'",
         status_enabled=False,
         log_path=tmp_path / "logs",

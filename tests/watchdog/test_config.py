@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from watchdog.config import ConfigError, Settings, load_settings, unknown_variables
+from watchdog.config import ConfigError, load_settings, unknown_variables
+from watchdog.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,7 +47,7 @@ def test_dotenv_is_read_and_foreign_lines_ignored(
     )
     settings = load_settings()
     assert settings.max_restarts == 2
-    assert settings.alert_to == ["a@x.org", "b@x.org"]
+    assert settings.alert_to == ("a@x.org", "b@x.org")
 
 
 def test_env_example_documents_every_setting_and_loads(
@@ -53,7 +55,7 @@ def test_env_example_documents_every_setting_and_loads(
 ) -> None:
     text = (REPO / ".env.example").read_text()
     documented = {line.split("=")[0].strip("# ") for line in text.splitlines() if "=" in line}
-    for field in Settings.model_fields:
+    for field in (item.name for item in dataclasses.fields(Settings)):
         if field in ("targets", "env"):  # only the nested forms: ERPWATCH_ENV__<VAR>
             assert f"ERPWATCH_{field.upper()}__" in text
             continue
@@ -264,12 +266,13 @@ def test_child_env_keeps_the_case_of_its_names(
     backend, worker = load_settings().targets_resolved()
     assert backend.env == (("MyVar", "a=b c"), ("PYTHONUNBUFFERED", "1"), ("lower_one", "x"))
     assert worker.env == (("Queue_Name", "from-dotenv"),)
-    assert backend.model_config.get("frozen") is True
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        backend.name = "other"  # type: ignore[misc]
     assert len({backend, worker}) == 2  # frozen and hashable, env included
 
 
 def test_child_env_from_keyword_arguments_and_defaults() -> None:
-    settings = Settings(
+    settings = load_settings(
         command="backend", targets={"worker": {"command": "worker", "env": {"Mode": "x"}}}
     )
     backend, worker = settings.targets_resolved()

@@ -16,7 +16,7 @@ import pytest
 from tests.watchdog.test_api import FakeSource
 from watchdog.api import StatusServer
 from watchdog.bus import EventBus
-from watchdog.config import Settings
+from watchdog.config import load_settings
 from watchdog.control import Peer
 from watchdog.control_api import MAX_BODY
 from watchdog.store import EventStore
@@ -40,7 +40,7 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[int, Recorder]]:
     bus = EventBus(store)
     control = Recorder()
     server = StatusServer(
-        Settings(status_port=0, log_path=tmp_path / "logs", status_token=TOKEN),
+        load_settings(status_port=0, log_path=tmp_path / "logs", status_token=TOKEN),
         source=FakeSource(),
         store=store,
         bus=bus,

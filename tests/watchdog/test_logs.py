@@ -21,7 +21,7 @@ import pytest
 
 from tests.helpers import tmpfs, wait_until
 from watchdog import logs
-from watchdog.config import Settings
+from watchdog.config import load_settings
 from watchdog.process import LogFile
 
 
@@ -49,7 +49,7 @@ def _parse(*argv: str) -> argparse.Namespace:
 @pytest.mark.usefixtures("restore_root_logger")
 def test_text_log_has_timestamp_severity_and_goes_to_file(tmp_path: Path) -> None:
     console = io.StringIO()
-    logs.setup_logging(Settings(log_path=tmp_path / "logs"), stream=console)
+    logs.setup_logging(load_settings(log_path=tmp_path / "logs"), stream=console)
     logging.getLogger("watchdog.test").info("target %s started", "erp")
     logging.getLogger("watchdog.test").debug("hidden without DEBUG")
     line = (tmp_path / "logs" / "erpwatch.log").read_text().strip()
@@ -62,7 +62,7 @@ def test_text_log_has_timestamp_severity_and_goes_to_file(tmp_path: Path) -> Non
 @pytest.mark.usefixtures("restore_root_logger")
 def test_debug_setting_enables_debug(tmp_path: Path) -> None:
     console = io.StringIO()
-    logs.setup_logging(Settings(log_path=tmp_path, debug=True), stream=console)
+    logs.setup_logging(load_settings(log_path=tmp_path, debug=True), stream=console)
     logging.getLogger("watchdog.test").debug("details")
     assert "DEBUG" in console.getvalue() and "details" in console.getvalue()
 
@@ -71,7 +71,7 @@ def test_debug_setting_enables_debug(tmp_path: Path) -> None:
 def test_json_format_one_object_per_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ERPWATCH_LOG_FORMAT", "json")
     console = io.StringIO()
-    logs.setup_logging(Settings(log_path=tmp_path), stream=console)
+    logs.setup_logging(load_settings(log_path=tmp_path), stream=console)
     log = logging.getLogger("watchdog.test")
     log.warning("first", extra={"target": "erp"})
     try:
@@ -88,7 +88,9 @@ def test_json_format_one_object_per_line(tmp_path: Path, monkeypatch: pytest.Mon
 @pytest.mark.usefixtures("restore_root_logger")
 def test_secrets_are_redacted_everywhere(tmp_path: Path) -> None:
     console = io.StringIO()
-    settings = Settings(log_path=tmp_path, smtp_password="hunter2-pw", status_token="tok-123456")
+    settings = load_settings(
+        log_path=tmp_path, smtp_password="hunter2-pw", status_token="tok-123456"
+    )
     logs.setup_logging(settings, stream=console)
     log = logging.getLogger("alerting.test")
     log.error("login with %s failed", "hunter2-pw")
@@ -105,8 +107,10 @@ def test_secrets_are_redacted_everywhere(tmp_path: Path) -> None:
 @pytest.mark.usefixtures("restore_root_logger")
 def test_a_reloads_new_secrets_are_redacted_and_the_old_stay(tmp_path: Path) -> None:
     console = io.StringIO()
-    logs.setup_logging(Settings(log_path=tmp_path, smtp_password="old-pw-1234"), stream=console)
-    added = Settings(webhook_urls=["https://hooks.example.com/services/N3W-T0KEN"])
+    logs.setup_logging(
+        load_settings(log_path=tmp_path, smtp_password="old-pw-1234"), stream=console
+    )
+    added = load_settings(webhook_urls=["https://hooks.example.com/services/N3W-T0KEN"])
     logs.add_secrets(added.secret_values())  # what `reload` does with the new settings
     log = logging.getLogger("alerting.test")
     log.warning("posting to %s failed", "https://hooks.example.com/services/N3W-T0KEN")
@@ -125,7 +129,7 @@ def test_redact_filter_alone_handles_overlapping_secrets() -> None:
 
 @pytest.mark.usefixtures("restore_root_logger")
 def test_own_log_rotates_at_the_size_limit(tmp_path: Path) -> None:
-    settings = Settings(log_path=tmp_path, log_max_bytes=2048, log_backups=2)
+    settings = load_settings(log_path=tmp_path, log_max_bytes=2048, log_backups=2)
     logs.setup_logging(settings, stream=io.StringIO())
     log = logging.getLogger("watchdog.test")
     for i in range(100):
@@ -141,7 +145,7 @@ def test_own_log_rotates_at_the_size_limit(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("restore_root_logger")
 def test_no_backups_means_truncate(tmp_path: Path) -> None:
-    settings = Settings(log_path=tmp_path, log_max_bytes=2048, log_backups=0)
+    settings = load_settings(log_path=tmp_path, log_max_bytes=2048, log_backups=0)
     logs.setup_logging(settings, stream=io.StringIO())
     for i in range(100):
         logging.getLogger("watchdog.test").info("line %03d %s", i, "x" * 60)
@@ -153,8 +157,8 @@ def test_no_backups_means_truncate(tmp_path: Path) -> None:
 def test_setup_twice_replaces_its_handlers(tmp_path: Path) -> None:
     root = logging.getLogger()
     before = len(root.handlers)
-    logs.setup_logging(Settings(log_path=tmp_path), stream=io.StringIO())
-    logs.setup_logging(Settings(log_path=tmp_path), stream=io.StringIO())
+    logs.setup_logging(load_settings(log_path=tmp_path), stream=io.StringIO())
+    logs.setup_logging(load_settings(log_path=tmp_path), stream=io.StringIO())
     assert len(root.handlers) == before + 2
 
 
@@ -168,7 +172,7 @@ def _file_handler(handlers: list[logging.Handler]) -> Any:
 
 @pytest.mark.usefixtures("restore_root_logger")
 def test_own_log_stays_within_its_bound_even_with_huge_records(tmp_path: Path) -> None:
-    settings = Settings(log_path=tmp_path, log_max_bytes=2048, log_backups=2)
+    settings = load_settings(log_path=tmp_path, log_max_bytes=2048, log_backups=2)
     logs.setup_logging(settings, stream=io.StringIO())
     log = logging.getLogger("watchdog.test")
     for i in range(200):
@@ -203,7 +207,7 @@ def test_own_log_on_a_full_disk_counts_quietly_and_reports_when_back(
 ) -> None:
     disk = _DiskFull(monkeypatch)
     console = io.StringIO()
-    handlers = logs.setup_logging(Settings(log_path=tmp_path), stream=console)
+    handlers = logs.setup_logging(load_settings(log_path=tmp_path), stream=console)
     file = _file_handler(handlers)
     log = logging.getLogger("watchdog.test")
     log.info("before")
@@ -232,7 +236,7 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.mark.usefixtures("restore_root_logger")
 def test_own_log_on_a_real_full_disk(tiny_disk: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    settings = Settings(log_path=tiny_disk, log_max_bytes=64 * 1024, log_backups=1)
+    settings = load_settings(log_path=tiny_disk, log_max_bytes=64 * 1024, log_backups=1)
     file = _file_handler(logs.setup_logging(settings, stream=io.StringIO()))
     filler = tiny_disk / "filler"
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
@@ -389,7 +393,7 @@ def test_one_filter_on_two_handlers_decides_each_record_once() -> None:
 @pytest.mark.usefixtures("restore_root_logger")
 def test_setup_logging_limits_identical_lines_and_redacts_the_summary(tmp_path: Path) -> None:
     console = io.StringIO()
-    settings = Settings(log_path=tmp_path, smtp_password="hunter2-pw")
+    settings = load_settings(log_path=tmp_path, smtp_password="hunter2-pw")
     logs.setup_logging(settings, stream=console)
     log = logging.getLogger("watchdog.test")
     for _ in range(1000):

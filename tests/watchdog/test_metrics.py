@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import await_until, free_port
 from watchdog.clock import RealClock
-from watchdog.config import Settings, load_settings
+from watchdog.config import load_settings
 from watchdog.events import Event, Kind
 from watchdog.metrics import FAILURE_REASONS, Metrics, failure_reason, outbox_depth
 from watchdog.monitor import TargetStatus
@@ -253,7 +253,7 @@ async def test_resource_gauges_from_the_resource_monitor_sample(
     child: subprocess.Popen[bytes], tmp_path: Path
 ) -> None:
     monitor = ResourceMonitor(
-        Settings(log_path=tmp_path), _NoBus(), targets=lambda: {"backend": [child.pid]}
+        load_settings(log_path=tmp_path), _NoBus(), targets=lambda: {"backend": [child.pid]}
     )
     await monitor.step()
     sample = monitor.latest_target("backend")

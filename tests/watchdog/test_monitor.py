@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import resource
@@ -23,9 +24,10 @@ from tests.watchdog.test_probe import Postgres, serve_app
 from watchdog.api import StatusServer
 from watchdog.bus import EventBus
 from watchdog.clock import RealClock
-from watchdog.config import Settings, TargetConfig, load_settings
+from watchdog.config import load_settings
 from watchdog.demo.backend import CRASH_EXIT_CODE, CRASH_LINE
 from watchdog.events import Event
+from watchdog.settings import TargetConfig
 from watchdog.states import TargetState
 from watchdog.store import EventStore
 from watchdog.supervisor import Supervisor, start_order
@@ -508,7 +510,7 @@ async def test_stop_finishes_every_target_when_one_stop_fails(
 def test_start_order_cycle_is_an_error() -> None:
     def cfg(name: str, after: tuple[str, ...]) -> TargetConfig:
         base = load_settings(command="x").targets_resolved()[0]
-        return base.model_copy(update={"name": name, "after": after})
+        return dataclasses.replace(base, name=name, after=after)
 
     with pytest.raises(ValueError, match="cycle"):
         start_order([cfg("a", ("b",)), cfg("b", ("a",))])
@@ -709,7 +711,7 @@ async def test_failing_health_kit_check_names_itself_in_the_event_and_on_status(
         (check,) = degraded.details["checks"]
         assert (check["name"], check["status"], check["error"]) == ("database", "failed", error)
         assert isinstance(check["latency_ms"], float)
-        settings = Settings(status_port=0, log_path=tmp_path / "logs", status_cache_ttl=0)
+        settings = load_settings(status_port=0, log_path=tmp_path / "logs", status_cache_ttl=0)
         server = StatusServer(settings, source=supervisor, store=harness.store, bus=harness.bus)
         await server.start()
         try:

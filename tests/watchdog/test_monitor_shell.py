@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 
 from watchdog.clock import FakeClock
-from watchdog.config import TargetConfig, load_settings
+from watchdog.config import load_settings
 from watchdog.core import Hold, Release, RestartRequest
 from watchdog.events import Event
 from watchdog.monitor import EXIT_SETTLE_S, LATENCY_HISTORY, TargetMonitor
 from watchdog.probe import CheckResult, ProbeResult, ProbeStatus
 from watchdog.process import ExitInfo, ProcessStartError, StopReport
+from watchdog.settings import TargetConfig
 from watchdog.states import TargetState
 from watchdog.tasks import TaskSupervisor
 

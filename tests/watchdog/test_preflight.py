@@ -16,7 +16,8 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from tests.helpers import free_port, wait_until
 from watchdog import preflight
-from watchdog.config import Settings
+from watchdog.config import load_settings
+from watchdog.settings import Settings
 from watchdog.store import EventStore
 
 # A stray server: listens on 127.0.0.1:<argv[1]>, says so, then waits to be ended.
@@ -80,7 +81,7 @@ def _lines(text: str, mark: str) -> list[str]:
 
 
 def test_fast_checks_all_pass(tmp_path: Path, port: int) -> None:
-    settings = Settings(
+    settings = load_settings(
         command=f"{sys.executable} -m http.server {port}",
         health_url=f"http://127.0.0.1:{port}/health",
         workdir=tmp_path,
@@ -103,7 +104,7 @@ def test_fast_checks_all_pass(tmp_path: Path, port: int) -> None:
 
 
 def test_no_target_is_a_failure(tmp_path: Path) -> None:
-    results = preflight.fast_checks(Settings(log_path=tmp_path))
+    results = preflight.fast_checks(load_settings(log_path=tmp_path))
     assert not preflight.passed(results)
     assert "ERPWATCH_COMMAND" in results[0].hint
 
@@ -111,7 +112,7 @@ def test_no_target_is_a_failure(tmp_path: Path) -> None:
 def test_missing_and_non_executable_commands(tmp_path: Path) -> None:
     script = tmp_path / "start.sh"
     script.write_text("#!/bin/sh\n")
-    settings = Settings(
+    settings = load_settings(
         command="erpwatch-no-such-program --serve",
         targets={"worker": {"command": "./start.sh", "workdir": str(tmp_path)}},
         log_path=tmp_path,
@@ -128,7 +129,7 @@ def test_missing_and_non_executable_commands(tmp_path: Path) -> None:
 def test_missing_workdir_and_unwritable_log_dir(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    settings = Settings(
+    settings = load_settings(
         command=sys.executable, workdir=tmp_path / "gone", log_path=blocker / "logs"
     )
     text = preflight.format_results(preflight.fast_checks(settings))
@@ -263,7 +264,7 @@ def smtp_port() -> Iterator[int]:
 
 
 def _smtp_settings(port: int, password: str, tmp_path: Path) -> Settings:
-    return Settings(
+    return load_settings(
         log_path=tmp_path,
         smtp_host="127.0.0.1",
         smtp_port=port,
@@ -403,7 +404,7 @@ def test_unusable_database_fails_the_check(
     tmp_path: Path, make: Callable[[Path], Path], reason: str
 ) -> None:
     path = make(tmp_path)
-    settings = Settings(command=sys.executable, log_path=tmp_path / "logs", db_path=path)
+    settings = load_settings(command=sys.executable, log_path=tmp_path / "logs", db_path=path)
     text = preflight.format_results(preflight.fast_checks(settings))
     assert f"✘ event database: {path} {reason}" in text
     assert "ERPWATCH_DB_PATH" in text
@@ -415,7 +416,7 @@ def test_usable_databases_pass(tmp_path: Path) -> None:
     empty = tmp_path / "empty.db"
     empty.write_bytes(b"")
     for path in (existing, empty, tmp_path / "new" / "events.db"):
-        settings = Settings(command=sys.executable, log_path=tmp_path, db_path=path)
+        settings = load_settings(command=sys.executable, log_path=tmp_path, db_path=path)
         [result] = [r for r in preflight.fast_checks(settings) if r.name == "event database"]
         assert result.ok, result
 

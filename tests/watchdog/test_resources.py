@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers import wait_until
 from watchdog import process, resources
-from watchdog.config import Settings
+from watchdog.config import load_settings
 from watchdog.events import SYSTEM_TARGET, Event, Kind
 from watchdog.resources import (
     HostSampler,
@@ -218,7 +218,7 @@ def test_tree_sampler_cpu_percent_needs_the_same_process_object() -> None:
 
 async def test_rss_limit_crossed_and_recovered_without_flood(hog: Hog, tmp_path: Path) -> None:
     limit = _rss_mb(hog.pid) + 40
-    settings = Settings(log_path=tmp_path, resource_hysteresis=5)
+    settings = load_settings(log_path=tmp_path, resource_hysteresis=5)
     bus = ListBus()
     monitor = ResourceMonitor(
         settings, bus, targets=lambda: {"erp": [hog.pid]}, rss_limits={"erp": limit}
@@ -248,7 +248,7 @@ async def test_rss_limit_crossed_and_recovered_without_flood(hog: Hog, tmp_path:
 
 
 async def test_rss_over_the_limit_is_a_warning_and_a_sample(hog: Hog, tmp_path: Path) -> None:
-    settings = Settings(log_path=tmp_path)
+    settings = load_settings(log_path=tmp_path)
     monitor = ResourceMonitor(
         settings,
         ListBus(),
@@ -262,7 +262,9 @@ async def test_rss_over_the_limit_is_a_warning_and_a_sample(hog: Hog, tmp_path: 
 
 
 async def test_host_thresholds_publish_system_events_once(tmp_path: Path) -> None:
-    settings = Settings(log_path=tmp_path, ram_threshold=0.1, disk_threshold=0.1, cpu_threshold=100)
+    settings = load_settings(
+        log_path=tmp_path, ram_threshold=0.1, disk_threshold=0.1, cpu_threshold=100
+    )
     bus = ListBus()
     monitor = ResourceMonitor(settings, bus, targets=dict, paths=default_paths(settings))
     first = await monitor.step()
@@ -274,7 +276,7 @@ async def test_host_thresholds_publish_system_events_once(tmp_path: Path) -> Non
 
 
 async def test_for_targets_takes_limits_from_target_configs(hog: Hog, tmp_path: Path) -> None:
-    settings = Settings(
+    settings = load_settings(
         log_path=tmp_path,
         command="erp-server",
         targets={"worker": {"command": "erp-worker", "rss_limit_mb": 1, "restart_on_rss": True}},
@@ -441,7 +443,7 @@ async def test_many_targets_are_sampled_in_hops_spread_over_the_interval(tmp_pat
     from watchdog.clock import FakeClock
 
     clock = FakeClock()
-    settings = Settings(log_path=tmp_path, resource_interval=10.0)
+    settings = load_settings(log_path=tmp_path, resource_interval=10.0)
     targets = {f"t{i}": [os.getpid()] for i in range(45)}
     monitor = ResourceMonitor(settings, ListBus(), targets=lambda: targets, clock=clock)
     step = asyncio.ensure_future(monitor.step())

@@ -220,7 +220,7 @@ def test_unit_file_matches_the_notify_protocol() -> None:
     assert values["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert values["LimitNOFILE"] == "65536"
     assert values.get("User", "root") != "root"
-    from watchdog.config import Settings
+    from watchdog.settings import Settings
 
-    default_stop = Settings.model_fields["stop_timeout"].default
+    default_stop = Settings().stop_timeout
     assert float(values["TimeoutStopSec"]) > 2 * default_stop

@@ -20,7 +20,7 @@ from tests.watchdog.test_api import FakeSource, close_env, make_env
 from watchdog import api
 from watchdog.api import StatusServer
 from watchdog.bus import EventBus
-from watchdog.config import Settings
+from watchdog.config import load_settings
 from watchdog.events import Event, Kind
 from watchdog.store import EventStore
 
@@ -160,7 +160,7 @@ async def gated_server(tmp_path: Path) -> AsyncIterator[Served]:
     store = GatedStore(tmp_path / "events.db")
     bus = EventBus(store)
     server = StatusServer(
-        Settings(status_port=0, log_path=tmp_path / "logs"),
+        load_settings(status_port=0, log_path=tmp_path / "logs"),
         source=FakeSource(),
         store=store,
         bus=bus,

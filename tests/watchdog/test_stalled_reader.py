@@ -12,7 +12,7 @@ import httpx
 from tests.helpers import await_until
 from watchdog.api import StatusServer
 from watchdog.bus import EventBus
-from watchdog.config import Settings
+from watchdog.config import load_settings
 from watchdog.events import Event, Kind
 from watchdog.store import EventStore
 
@@ -31,7 +31,7 @@ async def test_a_client_that_never_reads_is_dropped_and_health_answers_again(
     store = EventStore(tmp_path / "events.db")
     store.append_many([Event.of("backend", Kind.HEALTHY, f"n{n}", pad=BIG) for n in range(200)])
     bus = EventBus(store)
-    settings = Settings(status_port=0, log_path=tmp_path / "logs", status_max_connections=1)
+    settings = load_settings(status_port=0, log_path=tmp_path / "logs", status_max_connections=1)
     server = StatusServer(settings, source=NoTargets(), store=store, bus=bus, write_timeout=0.5)
     await server.start()
     client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=5)

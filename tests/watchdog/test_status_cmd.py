@@ -31,10 +31,11 @@ from tests.helpers import await_until, free_port
 from watchdog.api import StatusServer
 from watchdog.bus import EventBus
 from watchdog.cli import main
-from watchdog.config import Settings
+from watchdog.config import load_settings
 from watchdog.events import SYSTEM_TARGET, Event, Kind
 from watchdog.favicon import tone
 from watchdog.monitor import TargetStatus
+from watchdog.settings import Settings
 from watchdog.states import TargetState
 from watchdog.status_cmd import (
     EXIT_NOT_RUNNING,
@@ -169,7 +170,7 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
     store = EventStore(db)
     bus = EventBus(store)
     last = await bus.publish(Event.of("backend", Kind.RESTART_LIMIT_REACHED, "gave up after 5"))
-    settings = Settings(status_port=port, status_token=TOKEN, db_path=db)
+    settings = load_settings(status_port=port, status_token=TOKEN, db_path=db)
     source = Source([status("backend", TargetState.FAILED, last_event=last)])
     server = StatusServer(settings, source=source, store=store, bus=bus)
     await server.start()
@@ -654,9 +655,9 @@ def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_api_base_url_maps_wildcards_to_loopback() -> None:
-    assert api_base_url(Settings(status_port=1)) == "http://127.0.0.1:1"
-    assert api_base_url(Settings(status_host="0.0.0.0", status_port=2)) == "http://127.0.0.1:2"
-    assert api_base_url(Settings(status_host="::", status_port=3)) == "http://[::1]:3"
+    assert api_base_url(load_settings(status_port=1)) == "http://127.0.0.1:1"
+    assert api_base_url(load_settings(status_host="0.0.0.0", status_port=2)) == "http://127.0.0.1:2"
+    assert api_base_url(load_settings(status_host="::", status_port=3)) == "http://[::1]:3"
 
 
 def test_format_duration() -> None:

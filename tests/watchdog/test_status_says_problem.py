@@ -11,7 +11,7 @@ import httpx
 from tests.watchdog.test_api import FakeSource
 from watchdog.api import StatusServer
 from watchdog.bus import EventBus
-from watchdog.config import Settings
+from watchdog.config import load_settings
 from watchdog.store import EventStore
 
 
@@ -19,7 +19,7 @@ async def test_status_names_erpwatchs_own_problem(tmp_path: Path) -> None:
     problem: list[str | None] = ["stalled: backend"]
     store = EventStore(tmp_path / "events.db")
     bus = EventBus(store)
-    settings = Settings(status_port=0, log_path=tmp_path / "logs", status_cache_ttl=60)
+    settings = load_settings(status_port=0, log_path=tmp_path / "logs", status_cache_ttl=60)
     server = StatusServer(
         settings, source=FakeSource(), store=store, bus=bus, health=lambda: problem[0]
     )

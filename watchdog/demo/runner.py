@@ -33,9 +33,10 @@ from typing import Any
 import httpx
 
 from watchdog.app import Watchdog, install_stop_signals, use_pidfd_child_watcher
-from watchdog.config import Settings, load_settings
+from watchdog.config import load_settings
 from watchdog.events import Event
 from watchdog.history import format_table
+from watchdog.settings import Settings
 
 COLOURS = {"info": "\033[32m", "warning": "\033[33m", "critical": "\033[31m"}
 RESET = "\033[0m"
