@@ -84,6 +84,13 @@ IMPORTS: list[tuple[str, str]] = [
         "prometheus_client, psutil, sqlite3, ctypes, h11, anyio, "
         "uvicorn.protocols.http.h11_impl, uvicorn.lifespan.off",
     ),
+    (
+        "what `erpwatch run` loads of them: the needs without pydantic-settings (its settings "
+        "are validated by a short-lived child process)",
+        "import httpx, uvicorn, starlette.applications, starlette.routing, prometheus_client, "
+        "psutil, sqlite3, ctypes, h11, anyio, uvicorn.protocols.http.h11_impl, "
+        "uvicorn.lifespan.off",
+    ),
     ("watchdog.cli (`erpwatch` before a command)", "import watchdog.cli"),
     ("watchdog.app + watchdog.api (`erpwatch run`)", "import watchdog.app, watchdog.api"),
 ]

@@ -505,11 +505,16 @@ def targets_check(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         (row.get("rss_mib") for row in imports if "required set +" in str(row.get("module"))),
         None,
     )
+    daemon = next(
+        (row.get("rss_mib") for row in imports if "without pydantic" in str(row.get("module"))),
+        None,
+    )
     add(
         f"RSS ≤ {TARGETS['rss_mib']:g} MiB, 1 target + status server, after warm-up",
         f"{rss} MiB idle, {served} MiB after one request to each page"
-        + ("" if floor is None else f" (the required libraries alone: {floor} MiB")
+        + ("" if floor is None else f" (the issue's floor, its required set: {floor} MiB")
         + ("" if needs is None else f"; with what else the run path needs: {needs} MiB")
+        + ("" if daemon is None else f"; without pydantic-settings, as erpwatch run: {daemon} MiB")
         + ("" if floor is None else ")"),
         None if rss is None else rss <= TARGETS["rss_mib"],
     )
