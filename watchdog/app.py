@@ -327,7 +327,7 @@ class Watchdog:
             await self._publish(
                 CONFIG_RELOADED, message, actor=actor, settings_changed=changed, **report.to_dict()
             )
-            heap.trim()  # what validating the new settings freed
+            heap.trim()  # what the old settings and the answer's unpickling freed
             return {"ok": True, "message": message, "changes": report.to_dict()}
 
     async def _publish(self, kind: str, message: str, **details: Any) -> None:

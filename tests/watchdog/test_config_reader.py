@@ -156,3 +156,46 @@ def test_settings_made_by_other_code_are_refused() -> None:
         config_reader._answer(pickle.dumps((settings, [])))
     target = dataclasses.replace(load_settings(), targets=())
     assert config_reader._answer(pickle.dumps((target, ["w"]))).warnings == ["w"]
+
+
+async def test_a_reload_whose_child_cannot_start_changes_nothing_and_a_later_one_works(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """EMFILE or ENOMEM at a reload (here: no interpreter to start) is a rejected reload:
+    the target keeps running under the old settings, and the next reload applies."""
+    from tests.helpers import await_until
+    from watchdog.app import Watchdog
+
+    for name in (
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "ERPWATCH_TARGETS__WORKER__COMMAND",
+        "ERPWATCH_TARGETS__WORKER__AFTER",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    sleeper = f"{sys.executable} -c 'import time; time.sleep(120)'"
+    monkeypatch.setenv("ERPWATCH_COMMAND", sleeper)
+    monkeypatch.setenv("ERPWATCH_HEALTH_URL", "")
+    monkeypatch.setenv("ERPWATCH_STATUS_ENABLED", "false")
+    monkeypatch.setenv("ERPWATCH_LOG_PATH", str(tmp_path / "logs"))
+    settings = read_settings().settings
+    watchdog = Watchdog(settings, settings.targets_resolved())
+    await watchdog.start()
+    try:
+        (status,) = await await_until(
+            lambda: [s for s in watchdog.supervisor.statuses() if s.pid is not None] or None,
+            what="the target running",
+        )
+        monkeypatch.setenv("ERPWATCH_COMMAND", sleeper + " # changed")
+        with monkeypatch.context() as patch:
+            patch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+            answer = await watchdog.reload(actor="test")
+        assert answer["ok"] is False and "cannot start the process" in answer["error"]
+        (same,) = watchdog.supervisor.statuses()
+        assert same.pid == status.pid and watchdog.settings is settings
+        answer = await watchdog.reload(actor="test")
+        assert answer["ok"] is True, answer
+        assert watchdog.settings.command == sleeper + " # changed"
+    finally:
+        await watchdog.stop()
