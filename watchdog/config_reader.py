@@ -24,7 +24,7 @@ import pickle
 import subprocess
 import sys
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PosixPath
 from typing import Any
 
 from watchdog.errors import ConfigError
@@ -50,9 +50,7 @@ class _Unpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
-        if module == "pathlib" and name in {"PosixPath", "Path"}:
-            from pathlib import PosixPath
-
+        if module in {"pathlib", "pathlib._local"} and name == "PosixPath":  # 3.13: _local
             return PosixPath
         raise pickle.UnpicklingError(f"unexpected {module}.{name} in the settings")
 

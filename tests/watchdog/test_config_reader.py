@@ -149,6 +149,15 @@ def test_an_answer_naming_other_classes_runs_nothing(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+def test_paths_pickled_by_python_3_13_are_read() -> None:
+    settings = load_settings(log_path="/var/log/erpwatch-test")
+    data = pickle.dumps((settings, []), protocol=pickle.HIGHEST_PROTOCOL)
+    name = b"\x8c\x07pathlib\x94"  # 3.13 pickles PosixPath from pathlib._local
+    assert name in data
+    newer = data.replace(name, b"\x8c\x0epathlib._local\x94")
+    assert config_reader._answer(newer).settings.log_path == Path("/var/log/erpwatch-test")
+
+
 def test_settings_made_by_other_code_are_refused() -> None:
     settings = load_settings()
     object.__setattr__(settings, "a_new_setting", 1)  # what an upgraded erpwatch would send
