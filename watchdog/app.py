@@ -619,9 +619,9 @@ _PER_TARGET = frozenset({"command", "health_url", "workdir", "targets", "env", "
 def _changed_settings(old: Settings, new: Settings) -> list[str]:
     """The names (never the values: some are secrets) of global settings that changed."""
     return sorted(
-        f"ERPWATCH_{name.upper()}"
-        for name in (item.name for item in dataclasses.fields(new))
-        if name not in _PER_TARGET and getattr(old, name) != getattr(new, name)
+        f"ERPWATCH_{item.name.upper()}"
+        for item in dataclasses.fields(new)
+        if item.name not in _PER_TARGET and getattr(old, item.name) != getattr(new, item.name)
     )
 
 

@@ -502,9 +502,9 @@ def _resolve_target(log_dir: Path, target: str) -> str | None:
 def run_logs(
     args: argparse.Namespace, *, out: IO[str] | None = None, stop: threading.Event | None = None
 ) -> int:
-    out = sys.stdout if out is None else out
-    from watchdog.config import load_settings
+    from watchdog.config import load_settings  # the CLI's: validated here, in-process
 
+    out = sys.stdout if out is None else out
     settings = load_settings()
     log_dir = settings.log_path
     name = _resolve_target(log_dir, args.target)
