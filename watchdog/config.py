@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -44,6 +45,7 @@ from watchdog.paths import env_file as env_file
 from watchdog.settings import (
     MAX_DURATION_S,
     PER_TARGET_FIELDS,
+    TARGET_NAME_PATTERN,
     WEBHOOK_TEMPLATES,
     Secret,
     Settings,
@@ -126,6 +128,19 @@ def _headers_object(value: Secret) -> Secret:
     return value
 
 
+def _header_token(value: Secret) -> Secret:
+    """A bearer token must survive an HTTP header: a space, a control character or a
+    non-ASCII letter would make every request fail as unauthorized (or the client raise)."""
+    if not value.get_secret_value() or not all(
+        "!" <= char <= "~" for char in value.get_secret_value()
+    ):
+        raise ValueError(
+            "visible ASCII characters only (no spaces, no accents), e.g. the output of "
+            "`openssl rand -hex 32`"
+        )
+    return value
+
+
 def _command_parses(value: str) -> str:
     split_command(value)
     return value
@@ -140,6 +155,7 @@ _RULES: dict[plain.Rule, tuple[Any, ...]] = {
     plain.HEADERS: (AfterValidator(_headers_object),),
     plain.COMMAND: (AfterValidator(_command_parses),),
     plain.CHILD_ENV: (AfterValidator(_check_child_env),),
+    plain.TOKEN: (AfterValidator(_header_token),),
 }
 _SECRET = Annotated[SecretStr, AfterValidator(lambda value: Secret(value.get_secret_value()))]
 
@@ -262,6 +278,11 @@ def _resolve_targets(
     """One config per target: the single ``COMMAND`` target first, then ``TARGETS__*``.
     ``overrides``: each target's explicitly set values, by lower-cased name."""
     for name, target in overrides.items():
+        if not re.fullmatch(TARGET_NAME_PATTERN, name):
+            raise ConfigError(
+                f"{ENV_PREFIX}TARGETS__<NAME>__*: {name!r} is not a target name; expected "
+                "letters, digits, '.', '_' or '-' (at most 64, the first a letter or digit)"
+            )
         for dep in target.get("after", ()):
             if dep.lower() not in overrides and dep.lower() != settings.target_name.lower():
                 raise ConfigError(

@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 from watchdog.paths import DB_FILE_NAME, DEFAULT_LOG_PATH, DEFAULT_STATUS_HOST, DEFAULT_STATUS_PORT
 from watchdog.paths import ENV_PREFIX as ENV_PREFIX
 
+# A target's name: it names its log files (LOG_PATH/<name>.out.log), so no '/' and no '..'.
+TARGET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MAX_DURATION_S = 30 * 86400.0  # no duration setting is longer: 30 days
 WEBHOOK_TEMPLATES = ("auto", "json", "slack", "teams")  # shipped bodies; auto = by the URL's host
 
@@ -53,6 +55,7 @@ EVENT_KINDS = Rule("event_kinds")  # each item an event kind
 HEADERS = Rule("headers")  # a JSON object of header names to values
 COMMAND = Rule("command")  # a command line shlex can split
 CHILD_ENV = Rule("child_env")  # environment variable names and values
+TOKEN = Rule("token")  # what an Authorization header can carry: visible ASCII, no spaces
 
 Seconds = Annotated[float, Limits.of(ge=0), DURATION]
 PositiveSeconds = Annotated[float, Limits.of(gt=0), DURATION]
@@ -156,7 +159,7 @@ class Settings:
     # --- single target -------------------------------------------------------------
     command: Command | None = None
     health_url: HttpUrl | None = None
-    target_name: Annotated[str, Limits.of(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = "backend"
+    target_name: Annotated[str, Limits.of(pattern=TARGET_NAME_PATTERN)] = "backend"
     workdir: Path | None = None
     # ERPWATCH_ENV__<VAR>: the single target's extra environment
     env: ChildEnv = field(default_factory=dict)
@@ -252,7 +255,7 @@ class Settings:
     status_enabled: bool = True
     status_host: str = DEFAULT_STATUS_HOST
     status_port: Port = DEFAULT_STATUS_PORT
-    status_token: Secret | None = None
+    status_token: Annotated[Secret, TOKEN] | None = None
     status_cache_ttl: Seconds = 2.0
     status_max_connections: Annotated[int, Limits.of(ge=1, le=10_000)] = 100
     status_allowed_hosts: CsvList = ()

@@ -102,6 +102,41 @@ def test_bad_value_names_variable_and_form(
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("token", ["pässwort-1234", "two words here", "tab\there1234"])
+def test_a_status_token_no_header_can_carry_is_refused_without_showing_it(
+    monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    monkeypatch.setenv("ERPWATCH_STATUS_TOKEN", token)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("ERPWATCH_STATUS_TOKEN: expected a valid value: visible ASCII")
+    assert token not in message and token[:4] not in message
+
+
+def test_a_status_token_of_visible_ascii_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    token = "Az09-._~+/=!#$%&*^|"
+    monkeypatch.setenv("ERPWATCH_STATUS_TOKEN", token)
+    settings = load_settings()
+    assert settings.status_token is not None
+    assert settings.status_token.get_secret_value() == token
+
+
+@pytest.mark.parametrize("name", ["../../tmp/escape", "a/b", ".hidden", "x" * 65])
+def test_a_target_name_that_cannot_name_its_log_files_is_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """The name names LOG_PATH/<name>.out.log: '../' would write outside LOG_PATH."""
+    monkeypatch.setenv("ERPWATCH_COMMAND", "backend")
+    monkeypatch.setenv(f"ERPWATCH_TARGETS__{name}__COMMAND", "sleep 1")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value) == (
+        f"ERPWATCH_TARGETS__<NAME>__*: {name.lower()!r} is not a target name; expected "
+        "letters, digits, '.', '_' or '-' (at most 64, the first a letter or digit)"
+    )
+
+
 def test_target_without_command_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ERPWATCH_TARGETS__WORKER__HEALTH_URL", "http://127.0.0.1:9/")
     with pytest.raises(ConfigError, match="ERPWATCH_TARGETS__WORKER__COMMAND"):
