@@ -372,8 +372,7 @@ class Finder(importlib.abc.MetaPathFinder):
                 return spec
         return None
 sys.meta_path.insert(0, Finder())
-import pydantic_settings, httpx, uvicorn, starlette.applications, starlette.routing
-import prometheus_client, psutil
+import httpx, uvicorn, starlette.applications, starlette.routing, prometheus_client, psutil
 before = set(own)
 import watchdog.app, watchdog.api
 print(json.dumps({k: v for k, v in own.items() if k not in before}))
@@ -381,8 +380,9 @@ print(json.dumps({k: v for k, v in own.items() if k not in before}))
 
 
 def own_modules_table(top: int = 15) -> dict[str, Any]:
-    """What ``erpwatch run`` imports beyond the required libraries, per module (traced
-    Python memory; native memory such as SQLite's and pydantic-core's is not in it)."""
+    """What ``erpwatch run`` imports beyond the libraries it loads (the required ones but
+    pydantic-settings, whose validation runs in a child), per module (traced Python memory;
+    native memory such as SQLite's is not in it)."""
     done = subprocess.run(
         [str(ERPWATCH_PYTHON), "-c", OWN_MODULES_PROBE],
         env=installed_env(),

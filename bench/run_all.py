@@ -908,13 +908,13 @@ def footprint_lines(fp: dict[str, Any]) -> list[str]:
     if isinstance(own, dict) and "top" in own:
         lines += [
             "",
-            f"What `erpwatch run` imports beyond the required libraries, as Python memory "
-            f"(tracemalloc) each module's own import allocates, nested imports excluded: "
-            f"erpwatch's {own['own_modules']} modules {own['own_mib']} MiB, "
-            f"{own['others_modules']} other modules (sqlite3, ctypes, h11, anyio, "
-            f"pydantic.networks, ...) {own['others_mib']} MiB. Native memory (SQLite, the "
-            "pydantic-core validators of the settings, malloc's own overhead) is not in it: "
-            "the RSS rows above hold it. The largest:",
+            "What `erpwatch run` imports beyond the libraries it loads (the required ones "
+            "but pydantic-settings, whose validation runs in a child process), as Python "
+            "memory (tracemalloc) each module's own import allocates, nested imports "
+            f"excluded: erpwatch's {own['own_modules']} modules {own['own_mib']} MiB, "
+            f"{own['others_modules']} other modules (sqlite3, ctypes, h11, anyio, ...) "
+            f"{own['others_mib']} MiB. Native memory (SQLite, malloc's own overhead) is not "
+            "in it: the RSS rows above hold it. The largest:",
             "",
             "| module | KiB |",
             "| --- | --- |",
