@@ -365,7 +365,7 @@ def row_alerts(plan: Plan) -> dict[str, Any]:
     def run() -> dict[str, Any]:
         args = [PYTHON, str(script)]
         if plan.quick:
-            args += ["--runs", "3", "--backlog", "200", "--storm", "200"]
+            args += ["--runs", "3", "--backlog", "200", "--storm", "200", "--waiting", "2000"]
         done = subprocess.run(
             args,
             cwd=ROOT,
