@@ -208,3 +208,25 @@ async def test_a_reload_whose_child_cannot_start_changes_nothing_and_a_later_one
         assert watchdog.settings.command == sleeper + " # changed"
     finally:
         await watchdog.stop()
+
+
+def test_emfile_when_starting_the_child_is_a_config_error() -> None:
+    """A real EMFILE: the descriptors for the child's pipes cannot be made."""
+    code = (
+        "import os, resource, subprocess, pickle\n"
+        "from watchdog.config_reader import read_settings\n"
+        "from watchdog.errors import ConfigError\n"
+        "used = len(os.listdir('/proc/self/fd'))\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (used + 1, resource.getrlimit("
+        "resource.RLIMIT_NOFILE)[1]))\n"
+        "try:\n"
+        "    read_settings()\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("cannot start the process that validates the configuration:")
+    assert "Too many open files" in done.stdout
