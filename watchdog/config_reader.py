@@ -39,6 +39,12 @@ _ALLOWED = {
     ("watchdog.settings", "Secret"): Secret,
 }
 
+# The fields a pickled Settings / TargetConfig must carry: those of this erpwatch's code.
+_FIELDS = {
+    cls: frozenset(item.name for item in dataclasses.fields(cls))
+    for cls in (Settings, TargetConfig)
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class Answer:
@@ -99,10 +105,8 @@ def _answer(data: bytes) -> Answer:
         settings, warnings = _Unpickler(io.BytesIO(data)).load()
         if not isinstance(settings, Settings) or not all(isinstance(w, str) for w in warnings):
             raise pickle.UnpicklingError("not a Settings")
-        expected = {item.name for item in dataclasses.fields(Settings)}
-        if set(vars(settings)) != expected or not all(
-            isinstance(target, TargetConfig)
-            and set(vars(target)) == {item.name for item in dataclasses.fields(TargetConfig)}
+        if vars(settings).keys() != _FIELDS[Settings] or not all(
+            isinstance(target, TargetConfig) and vars(target).keys() == _FIELDS[TargetConfig]
             for target in settings.targets
         ):
             raise pickle.UnpicklingError("fields differ")
