@@ -131,9 +131,8 @@ def _headers_object(value: Secret) -> Secret:
 def _header_token(value: Secret) -> Secret:
     """A bearer token must survive an HTTP header: a space, a control character or a
     non-ASCII letter would make every request fail as unauthorized (or the client raise)."""
-    if not value.get_secret_value() or not all(
-        "!" <= char <= "~" for char in value.get_secret_value()
-    ):
+    token = value.get_secret_value()
+    if not token or not all("!" <= char <= "~" for char in token):
         raise ValueError(
             "visible ASCII characters only (no spaces, no accents), e.g. the output of "
             "`openssl rand -hex 32`"
